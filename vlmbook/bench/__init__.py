@@ -1,0 +1,72 @@
+"""Benchmarks: ``python -m vlmbook.bench NAME [--quick]`` (Chapter 7).
+
+Each benchmark module ``vlmbook.bench.NAME`` defines ``run(quick: bool) -> BenchResult``. It
+measures our code and its reference in the same run; the runner writes the full table to
+``bench/results/NAME.json`` (machine and device named) and prints the headline figure last,
+as ``NAME: <figure> <unit>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import json
+import pkgutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..device import describe_machine
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """A benchmark's headline figure and its full table."""
+
+    name: str
+    headline: float
+    unit: str
+    table: Any
+    fmt: str = "{:.4g}"
+
+    def line(self) -> str:
+        return f"{self.name}: {self.fmt.format(self.headline)} {self.unit}"
+
+
+def available() -> list[str]:
+    """Names of the benchmark modules in this package."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/results") -> BenchResult:
+    """Run benchmark ``name``, write its JSON record, print its table and headline line."""
+    if name not in available():
+        raise ValueError(f"unknown benchmark {name!r}; available: {available()}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    t0 = time.perf_counter()
+    result: BenchResult = module.run(quick=quick)
+    record = {
+        "name": name,
+        "quick": quick,
+        "headline": {"value": result.headline, "unit": result.unit, "line": result.line()},
+        "table": result.table,
+        "machine": describe_machine(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (f"{name}.quick.json" if quick else f"{name}.json")
+    path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    print(json.dumps(result.table, indent=1, default=_jsonable))
+    print(f"(written to {path})")
+    print(result.line())
+    return result
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if dataclasses.is_dataclass(x):
+        return dataclasses.asdict(x)
+    return str(x)

@@ -1,0 +1,21 @@
+"""``python -m vlmbook.bench NAME [--quick] [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import available, run_benchmark
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vlmbook.bench", description="Run a vlmbook benchmark.")
+    p.add_argument("name", choices=available())
+    p.add_argument("--quick", action="store_true", help="a shorter run (under two minutes on a 2-core CPU)")
+    p.add_argument("--out", default="bench/results", help="folder for the JSON record")
+    args = p.parse_args(argv)
+    run_benchmark(args.name, quick=args.quick, out_dir=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The ``vlmbook`` command: ``vlmbook info``, ``vlmbook bench``, ``vlmbook artifacts``, and the
+subcommands chapters add (``vlmbook compress`` / ``decompress`` from Chapter 3)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that add subcommands with ``add_commands(subparsers)``; missing ones are skipped.
+PLUGINS = ("vlmbook.codec.cli",)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .device import describe_machine, get_device
+
+    print(f"vlmbook {__version__}")
+    for k, v in describe_machine().items():
+        print(f"{k}: {v}")
+    print(f"selected device: {get_device()}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    run_benchmark(args.name, quick=args.quick, out_dir=args.out)
+    return 0
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    from .hub import artifact_specs, build_artifact
+
+    if args.action == "list":
+        for name, spec in sorted(artifact_specs().items()):
+            print(f"{spec.key:32s} {spec.builder}  seed={spec.seed}  {spec.description}")
+        return 0
+    if not args.name:
+        raise SystemExit("vlmbook artifacts build needs a NAME")
+    print(build_artifact(args.name, args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlmbook", description="Companion command for the vlmbook textbook.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions and the device that training would use").set_defaults(func=_info)
+    b = sub.add_parser("bench", help="run a benchmark (same as python -m vlmbook.bench)")
+    b.add_argument("name")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--out", default="bench/results")
+    b.set_defaults(func=_bench)
+    a = sub.add_parser("artifacts", help="list or rebuild the small models chapters share")
+    a.add_argument("action", choices=("list", "build"))
+    a.add_argument("name", nargs="?")
+    a.add_argument("--out", default=None, help="folder to write (default: the cache)")
+    a.set_defaults(func=_artifacts)
+    for mod in PLUGINS:
+        try:
+            importlib.import_module(mod).add_commands(sub)
+        except ModuleNotFoundError as e:
+            if not (e.name and mod.startswith(e.name)):
+                raise
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vlmbook: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Saving, loading and caching models: ``save_pretrained``/``from_pretrained`` and artifacts.
+
+Checkpoints are a ``config.json`` plus ``model.safetensors``; nothing is ever unpickled.
+Artifacts are small named models that later chapters stand on: loaded from the repository
+when committed there, otherwise rebuilt by a registered ``vlmbook`` function with a fixed seed
+and cached (Chapter 0, "How to read this book").
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class PretrainedMixin:
+    """Adds ``save_pretrained``/``from_pretrained`` to an ``nn.Module`` with a ``config``.
+
+    Subclasses set ``config_class`` and take the config as their only constructor argument.
+    """
+
+    config_class: type[Config] = Config
+    config: Config
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` (with the class name) and ``model.safetensors`` into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"class": f"{type(self).__module__}.{type(self).__qualname__}", "config": self.config.to_dict()}
+        (path / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        save_file(_dedupe_shared(state), str(path / WEIGHTS_NAME))
+        return path
+
+    @classmethod
+    def from_pretrained(cls: type[M], path: str | os.PathLike, device: str | torch.device = "cpu") -> M:
+        """Rebuild the model from a folder written by :meth:`save_pretrained`."""
+        path = Path(path)
+        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise FileNotFoundError(f"{path} must contain {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        expected = f"{cls.__module__}.{cls.__qualname__}"
+        if meta.get("class") != expected:
+            raise ValueError(f"{path} holds a {meta.get('class')!r}, not a {expected!r}")
+        model = cls(cls.config_class.from_dict(meta["config"]))  # type: ignore[call-arg]
+        try:
+            state = load_file(str(w_file), device=str(device))
+        except Exception as e:  # safetensors raises its own error types on corrupt files
+            raise ValueError(f"{w_file} is not a readable safetensors file: {e}") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+        missing = [k for k in missing if not _is_tied(model, k, state)]
+        if missing or unexpected:
+            raise ValueError(f"{w_file} does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
+        return model.to(device)  # type: ignore[attr-defined,return-value]
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory (tied embeddings); keep the first name.
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            continue
+        seen[key] = k
+        out[k] = v.clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v
+    return out
+
+
+def _is_tied(model: Any, key: str, state: dict[str, torch.Tensor]) -> bool:
+    # A missing key is fine only when its parameter is the same tensor as a loaded one.
+    params = dict(model.state_dict(keep_vars=True))
+    p = params.get(key)
+    if p is None:
+        return False
+    return any(params[k] is p for k in state if k in params)
+
+
+# ---------------------------------------------------------------------------------------
+# Artifacts: named, versioned small models shared between chapters.
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ArtifactSpec:
+    """How an artifact is made: ``builder`` is ``"module:function"`` taking ``(seed)``."""
+
+    name: str
+    version: str
+    builder: str
+    seed: int = 0
+    description: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+
+_REGISTRY: dict[str, ArtifactSpec] = {}
+REPO_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def register_artifact(spec: ArtifactSpec) -> ArtifactSpec:
+    """Add an artifact to the registry (each chapter module registers its own)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def artifact_specs() -> dict[str, ArtifactSpec]:
+    """All registered artifacts (imports the chapter modules that register them)."""
+    for mod in ("vlmbook.vq", "vlmbook.codec", "vlmbook.vision", "vlmbook.resample", "vlmbook.fusion", "vlmbook.train"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    return dict(_REGISTRY)
+
+
+def cache_dir() -> Path:
+    """Where rebuilt artifacts are cached (``VLMBOOK_CACHE`` or ``~/.cache/vlmbook``)."""
+    return Path(os.environ.get("VLMBOOK_CACHE", Path.home() / ".cache" / "vlmbook"))
+
+
+def _resolve_builder(builder: str) -> Callable[[int], Any]:
+    mod, _, fn = builder.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def build_artifact(name: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """Rebuild artifact ``name`` with its registered builder and seed; returns its folder."""
+    specs = artifact_specs()
+    if name not in specs:
+        raise ValueError(f"unknown artifact {name!r}; known: {sorted(specs)}")
+    spec = specs[name]
+    out = Path(out_dir) if out_dir else cache_dir() / spec.key
+    model = _resolve_builder(spec.builder)(spec.seed)
+    model.save_pretrained(out)
+    (out / "artifact.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+    return out
+
+
+def load_artifact(name: str, cls: type[M], device: str | torch.device = "cpu", rebuild: bool = False) -> M:
+    """Load artifact ``name``: committed copy, else cached copy, else rebuild and cache it."""
+    specs = artifact_specs()
+    if name not in specs:
+        raise ValueError(f"unknown artifact {name!r}; known: {sorted(specs)}")
+    spec = specs[name]
+    for folder in (REPO_ARTIFACTS / spec.key, cache_dir() / spec.key):
+        if not rebuild and (folder / WEIGHTS_NAME).is_file():
+            return cls.from_pretrained(folder, device=device)
+    return cls.from_pretrained(build_artifact(name), device=device)
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's parameters and buffers (to compare rebuilt artifacts)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
