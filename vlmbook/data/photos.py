@@ -51,7 +51,7 @@ def eval_images(size: int = 256) -> list[np.ndarray]:
         img = _resize(load_photo(name), size)
         h, w = img.shape[:2]
         y, x = (h - size) // 2, (w - size) // 2
-        out.append(np.ascontiguousarray(img[y:y + size, x:x + size]))
+        out.append(img[y:y + size, x:x + size].copy())
     return out
 
 
