@@ -41,7 +41,9 @@ class BAResult:
 def blahut_arimoto(p_x, distortion, beta: float, tol: float = 1e-10, max_iter: int = 20_000) -> BAResult:
     """The R(D) point of slope −β for a discrete source p_x (n_x,) and distortion matrix (n_x, n_y).
 
-    Alternates q(y|x) ∝ q(y) e^{−β d(x,y)} and q(y) = Σ_x p(x) q(y|x), in the log domain.
+    Alternates q(y|x) ∝ q(y) e^{−β d(x,y)} and q(y) = Σ_x p(x) q(y|x), in the log domain, until
+    q(y) moves by less than ``tol``. (Blahut's rigorous stopping bound converges only
+    sublinearly when the optimal q(y) is sparse, as it is for bounded sources under MSE.)
     """
     p = as_prob(p_x, "p_x")
     d = np.asarray(distortion, dtype=np.float64)
