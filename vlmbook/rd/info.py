@@ -15,6 +15,13 @@ def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pair(p, q) -> tuple[np.ndarray, np.ndarray]:
+    a, b = as_prob(p, "p"), as_prob(q, "q")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"p and q must have the same support size, got {a.shape[-1]} and {b.shape[-1]}")
+    return a, b
+
+
 def entropy(p, base: float = 2.0) -> float | np.ndarray:
     """H(p) = −Σ p log p over the last axis (bits by default). Chapter 1 §1.2."""
     a = as_prob(p)
@@ -23,9 +30,7 @@ def entropy(p, base: float = 2.0) -> float | np.ndarray:
 
 def cross_entropy(p, q, base: float = 2.0) -> float | np.ndarray:
     """H(p, q) = −Σ p log q: the average code length when coding p with a code built for q."""
-    a, b = as_prob(p, "p"), as_prob(q, "q")
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"p and q must have the same support size, got {a.shape[-1]} and {b.shape[-1]}")
+    a, b = _pair(p, q)
     if np.any((a > 0) & (b == 0)):
         return np.inf
     return -_xlogy(a, np.where(b > 0, b, 1.0)).sum(axis=-1) / log_base(base)
@@ -33,9 +38,7 @@ def cross_entropy(p, q, base: float = 2.0) -> float | np.ndarray:
 
 def kl_divergence(p, q, base: float = 2.0) -> float | np.ndarray:
     """D(p‖q) = H(p, q) − H(p) ≥ 0: the bits wasted by coding p with q's code."""
-    a, b = as_prob(p, "p"), as_prob(q, "q")
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"p and q must have the same support size, got {a.shape[-1]} and {b.shape[-1]}")
+    a, b = _pair(p, q)
     if np.any((a > 0) & (b == 0)):
         return np.inf
     ratio = np.where(a > 0, a / np.where(b > 0, b, 1.0), 1.0)
