@@ -200,3 +200,44 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
                       log_every=max(1, demo.steps // 20))
     hist = fit(vlm, answer_loss, b.batch, loop, device=device, desc=f"vlm-{route}")
     return vlm, hist
+
+
+def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, routes: Sequence[str] | None = None,
+             test: QAData | None = None) -> dict[str, dict]:
+    """Train every route on the same data and score it on held-out exhibits. §5.8.
+
+    Returns ``{route: {"model", "history", "accuracy", "seconds"}}``.
+    """
+    from .model import ROUTES
+
+    demo = demo or DemoConfig.tiny()
+    cfg = vlm_cfg or VLMConfig.tiny()
+    train = museum_qa("train", demo.train_scenes, cfg.image_size)
+    test = test or museum_qa("test", demo.test_scenes, cfg.image_size)
+    out = {}
+    for r in routes or ROUTES:
+        t0 = time.perf_counter()
+        model, hist = train_route(r, cfg, demo, train=train)
+        secs = time.perf_counter() - t0
+        out[r] = {"model": model, "history": hist, "accuracy": evaluate(model, test), "seconds": secs}
+    return out
+
+
+@torch.no_grad()
+def latency(vlm: VisionLanguageModel, image: torch.Tensor, question: str, new_tokens: int = 16) -> dict[str, float]:
+    """Time to first token (prefill, ms) and decoding speed (tokens/s) for one question. §5.6."""
+    q = torch.tensor([vlm.encode_text(question) + [vlm.ids["assistant"]]])
+    img = image[None].to(vlm._device())
+    vlm.generate(img, q, max_new_tokens=1)  # warm up
+    t0 = time.perf_counter()
+    vlm.generate(img, q, max_new_tokens=1)
+    ttft = time.perf_counter() - t0
+    end = vlm.ids["end"]
+    vlm.ids["end"] = -1  # decode a fixed number of tokens: never stop early
+    try:
+        t0 = time.perf_counter()
+        out = vlm.generate(img, q, max_new_tokens=new_tokens)
+        total = time.perf_counter() - t0
+    finally:
+        vlm.ids["end"] = end
+    return {"ttft_ms": 1000 * ttft, "tokens_per_s": (out.shape[1] - 1) / max(total - ttft, 1e-9)}
