@@ -60,7 +60,7 @@ from vlmbook.plot import fusion as pf
 
 # %%
 # NBVAL_CHECK_OUTPUT
-tok = fusion.museum_tokenizer(vocab_size=384, codebook_size=16, n_scenes=1000)
+tok = fusion.museum_tokenizer(vocab_size=512, codebook_size=16, n_scenes=1000)
 ids = tok("What colour is the star? red", add_special_tokens=False)["input_ids"]
 print("vocabulary:", len(tok), "tokens")
 print(tok.convert_ids_to_tokens(ids))

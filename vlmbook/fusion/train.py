@@ -162,13 +162,13 @@ def _pct(x: torch.Tensor) -> float:
 class DemoConfig(Config):
     """The training demo: data sizes, optimiser and steps per route."""
 
-    train_scenes: int = 3000
-    test_scenes: int = 300
-    steps: int = 600
+    train_scenes: int = 2000
+    test_scenes: int = 200
+    steps: int = 300
     batch_size: int = 64
     lr: float = 3e-3
-    warmup: int = 50
-    caption_frac: float = 0.0
+    warmup: int = 30
+    caption_frac: float = 0.25
     seed: int = 0
 
     def validate(self) -> None:
@@ -181,7 +181,8 @@ class DemoConfig(Config):
 
     @classmethod
     def base(cls) -> "DemoConfig":
-        return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=1e-3, warmup=300)
+        return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=1e-3, warmup=300,
+                   caption_frac=0.25)
 
 
 def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
