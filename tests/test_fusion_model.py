@@ -196,3 +196,19 @@ def test_training_learns_something():
     m, hist = train_route("continuous", VLMConfig(**SMALL), DemoConfig(train_scenes=50, steps=30, batch_size=16, warmup=3))
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
     assert answer_loss(m, Batcher(m, museum_qa("train", 5), 4).batch(0))[0].ndim == 0
+
+
+def test_patch_labels_and_encoder_warmup():
+    from vlmbook.data import generate_scene
+    from vlmbook.fusion import PatchEncoder
+    from vlmbook.fusion.train import patch_labels, pretrain_encoder
+
+    lab = patch_labels("train", 6, 4)
+    assert lab.shape == (6, 16, 3) and lab.dtype == torch.int64
+    n_obj = [len(generate_scene("train", i).objects) for i in range(6)]
+    assert (lab[..., 0] > 0).sum(1).tolist() == n_obj  # one labelled patch per object
+    enc = PatchEncoder(16, 4, 8)
+    hist = pretrain_encoder(enc, Museum("train", 64).tensors(0, 6), lab, steps=20, batch_size=6, lr=1e-2)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    with pytest.raises(ValueError, match="label rows"):
+        pretrain_encoder(enc, Museum("train", 64).tensors(0, 5), lab, steps=1)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..data.museum import QUESTION_TYPES, RELATIONAL_TYPES, SINGLE_OBJECT_TYPES, Museum
+from ..data.museum import (COLOUR_NAMES, QUESTION_TYPES, RELATIONAL_TYPES, SHAPES, SINGLE_OBJECT_TYPES, SIZE_NAMES,
+                           Museum, generate_scene)
 from ..loop import LoopConfig, fit
 from .model import VisionLanguageModel, VLMConfig
 
@@ -169,6 +170,7 @@ class DemoConfig(Config):
     lr: float = 3e-3
     warmup: int = 30
     caption_frac: float = 0.25
+    encoder_steps: int = 0
     seed: int = 0
 
     def validate(self) -> None:
@@ -196,6 +198,9 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
     if route == "discrete":
         vlm.quantizer.fit(train.images[:1000], seed=demo.seed)
         train = dataclasses.replace(train, codes=None)
+    if demo.encoder_steps and route != "discrete":
+        pretrain_encoder(vlm.encoder, train.images, patch_labels("train", len(train.images), cfg.grid),
+                         demo.encoder_steps, demo.batch_size, demo.lr, demo.seed, device)
     b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac)
     loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, seed=demo.seed,
                       log_every=max(1, demo.steps // 20))
@@ -242,3 +247,51 @@ def latency(vlm: VisionLanguageModel, image: torch.Tensor, question: str, new_to
     finally:
         vlm.ids["end"] = end
     return {"ttft_ms": 1000 * ttft, "tokens_per_s": (out.shape[1] - 1) / max(total - ttft, 1e-9)}
+
+
+def patch_labels(split: str, n_scenes: int, grid: int, start: int = 0) -> torch.Tensor:
+    """(n, grid², 3) int64 (colour, shape, size) of the object centred in each patch; 0 = empty."""
+    out = torch.zeros(n_scenes, grid * grid, 3, dtype=torch.long)
+    for i in range(n_scenes):
+        for o in generate_scene(split, start + i).objects:
+            k = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
+            out[i, k] = torch.tensor([COLOUR_NAMES.index(o.colour) + 1, SHAPES.index(o.shape) + 1,
+                                      SIZE_NAMES.index(o.size) + 1])
+    return out
+
+
+class _Probe(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module, dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n + 1) for n in (len(COLOUR_NAMES), len(SHAPES),
+                                                                                  len(SIZE_NAMES)))
+
+
+def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
+                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None) -> list[dict]:
+    """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.8.
+
+    Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
+    museum's attributes are linearly readable.
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
+    with torch.no_grad():
+        dim = encoder(images[:1]).shape[-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = _Probe(encoder, dim)
+
+    def batch_fn(step: int):
+        g = torch.Generator().manual_seed(seed * 7919 + step)
+        idx = torch.randint(len(images), (batch_size,), generator=g)
+        return {"images": images[idx], "labels": labels[idx]}
+
+    def loss_fn(model, batch, step):
+        f = model.encoder(batch["images"])
+        losses = [F.cross_entropy(h(f).flatten(0, 1), batch["labels"][..., j].flatten()) for j, h in enumerate(model.heads)]
+        return sum(losses)
+
+    loop = LoopConfig(steps=steps, lr=lr, warmup=min(20, steps // 5), seed=seed, log_every=max(1, steps // 10))
+    return fit(probe, loss_fn, batch_fn, loop, device=device, desc="encoder")
