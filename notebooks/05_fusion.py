@@ -250,17 +250,30 @@ for route in fusion.ROUTES:
 demo = ftrain.DemoConfig.tiny()
 print(demo)
 results = ftrain.run_demo(cfg, demo)
+baseline = results.pop("baseline")["accuracy"]
 
 # %%
 show(pf.loss_curves({r: v["history"] for r, v in results.items()}))
 
 # %%
 types = [t for t in ("colour", "shape", "count", "exists", "locate", "spatial", "compare")]
-show(pf.accuracy_bars({r: v["accuracy"] for r, v in results.items()}, types,
+show(pf.accuracy_bars({**{r: v["accuracy"] for r, v in results.items()}, "no image (majority)": baseline}, types,
                       title="held-out museum-QA accuracy per question type"))
-for r, v in results.items():
-    a = v["accuracy"]
+for r, a in [*((r, v["accuracy"]) for r, v in results.items()), ("no image", baseline)]:
     print(f"{r:10s} all {a['all']:5.1f} %  single-object {a['single']:5.1f} %  relational {a['relational']:5.1f} %")
+
+# %% [markdown]
+# **What the tiny run does and does not reach.** With a few hundred steps on a CPU, every route
+# learns the answer format and each question type's answer distribution — the loss falls from
+# $\ln V pprox 6.5$ nats to well under 1 — but its accuracy stays close to the image-blind
+# majority baseline printed beside it: the models have not yet learned to *read* the image. That
+# is far from the 80 % this chapter aims for, and we say so plainly. Binding a word in the question
+# ("the star") to the image token that holds the star is a two-step circuit (find the token, then
+# copy its attribute). While writing the chapter we also tried 600–800 steps, a 3 × 3 grid aligned
+# with the exhibit cells, more captions in the mix, and warming the encoder up on per-patch labels
+# (`train.pretrain_encoder`): none of these runs got far above the baseline within a CPU budget.
+# The `base` presets of `VLMConfig` and `DemoConfig` are sized for a GPU run, and Chapter 6 returns
+# to training at scale; the code path — data, loss on answers only, evaluation per type — is the same.
 
 # %% [markdown]
 # ## 5.8 Grounding and audit

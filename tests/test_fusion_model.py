@@ -212,3 +212,15 @@ def test_patch_labels_and_encoder_warmup():
     assert hist[-1]["loss"] < hist[0]["loss"]
     with pytest.raises(ValueError, match="label rows"):
         pretrain_encoder(enc, Museum("train", 64).tensors(0, 5), lab, steps=1)
+
+
+def test_majority_baseline():
+    from vlmbook.fusion.train import QAData, majority_baseline
+
+    img = torch.zeros(1, 3, 8, 8)
+    train = QAData(img, [(0, "q", "yes", "exists"), (0, "q", "yes", "exists"), (0, "q", "no", "exists"),
+                         (0, "c", "red", "colour")])
+    test = QAData(img, [(0, "q", "yes", "exists"), (0, "q", "no", "exists"), (0, "c", "red", "colour"),
+                        (0, "c", "blue", "colour")])
+    acc = majority_baseline(train, test)
+    assert acc == {"all": 50.0, "colour": 50.0, "exists": 50.0, "single": 50.0}

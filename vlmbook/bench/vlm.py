@@ -20,6 +20,7 @@ def run(quick: bool = False) -> BenchResult:
     test = museum_qa("test", demo.test_scenes, cfg.image_size)
     res = run_demo(cfg, demo, test=test)
     table = {}
+    baseline = res.pop("baseline")["accuracy"]
     for route, r in res.items():
         m = r["model"]
         lat = latency(m, test.images[0], test.items[0][1])
@@ -33,6 +34,7 @@ def run(quick: bool = False) -> BenchResult:
             "train_seconds": round(r["seconds"], 1),
             "train_steps": demo.steps,
         }
+    table["majority_baseline_pct"] = baseline
     table["excluded_types"] = ["plaque"]
     table["config"] = {"vlm": cfg.to_dict(), "demo": demo.to_dict()}
     best = max(v["exact_match_pct"] for k, v in table.items() if k in res)
