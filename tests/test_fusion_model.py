@@ -224,3 +224,41 @@ def test_majority_baseline():
                         (0, "c", "blue", "colour")])
     acc = majority_baseline(train, test)
     assert acc == {"all": 50.0, "colour": 50.0, "exists": 50.0, "single": 50.0}
+
+
+def test_plug_in_other_encoder_and_quantizer(images):
+    """Any encoder (B,3,H,W)->(B,N,D) + compressor (B,N,D)->(B,M,D') and any quantizer fit the routes."""
+    class Flatten(torch.nn.Module):  # 64 patches of 8×8 px, D = 192
+        def forward(self, x):
+            return x.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).reshape(x.shape[0], 64, 192)
+
+    class Pool4(torch.nn.Module):  # (B, 64, 192) -> (B, 16, 192)
+        def forward(self, x):
+            return x.view(x.shape[0], 16, 4, 192).mean(2)
+
+    m = VisionLanguageModel(VLMConfig(route="continuous", **SMALL))
+    m.replace_encoder(Flatten(), 192, compressor=Pool4())
+    ids = torch.tensor([m.prompt_ids("What colour is the star?", "red")])
+    assert m(ids, images=images[:1]).shape[:2] == ids.shape
+    m.replace_encoder(Flatten(), 192)  # 64 features for 16 placeholders: a clear error
+    with pytest.raises(ValueError, match="count mismatch"):
+        m(ids, images=images[:1])
+
+    class Fixed(torch.nn.Module):
+        codebook_size = 8
+
+        def encode(self, x):
+            return torch.arange(16).remainder(8).view(1, 4, 4).expand(x.shape[0], -1, -1)
+
+    d = VisionLanguageModel(VLMConfig(route="discrete", **SMALL))
+    d.replace_quantizer(Fixed())
+    _, _, lm_ids = d.embed(ids, images[:1])
+    assert lm_ids[0, 2:18].tolist() == [d.visual_range[0] + k % 8 for k in range(16)]
+    with pytest.raises(ValueError, match="codebook_size"):
+        d.replace_quantizer(PatchQuantizerBig())
+    with pytest.raises(ValueError, match="replace_quantizer"):
+        d.replace_encoder(Flatten(), 192)
+
+
+class PatchQuantizerBig(torch.nn.Module):
+    codebook_size = 10_000
