@@ -190,7 +190,7 @@ class DemoConfig(Config):
 
     train_scenes: int = 2000
     test_scenes: int = 200
-    steps: int = 200
+    steps: int = 100
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 30
