@@ -262,3 +262,12 @@ def test_plug_in_other_encoder_and_quantizer(images):
 
 class PatchQuantizerBig(torch.nn.Module):
     codebook_size = 10_000
+
+
+def test_ask_returns_text(models, images):
+    m = models["continuous"]
+    out = m.ask(images[0], "What colour is the star?", max_new_tokens=3)
+    assert isinstance(out, str)
+    assert m.decode_answer(m.encode_text(" red") + [m.ids["end"]] + m.encode_text(" blue")) == "red"
+    with pytest.raises(ValueError, match="one"):
+        m.ask(images[:2], "What?")
