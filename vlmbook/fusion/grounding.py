@@ -1,4 +1,4 @@
-"""Grounding and audit: citations ``[CITE:<v_k>]`` ↔ patch boxes, citation precision, JSON records (Chapter 5 §5.7).
+"""Grounding and audit: citations ``[CITE:<v_k>]`` ↔ patch boxes, citation precision, JSON records (Chapter 5 §5.8).
 
 In a citation, ``<v_k>`` names patch ``k`` (row-major) of the image's ``grid × grid`` patch
 split — the same convention as :func:`vlmbook.data.cite` — so every cited token maps back to a
@@ -18,7 +18,7 @@ CITATION = re.compile(r"\[CITE:\s*<v_(\d+)>\s*\]")
 
 
 def parse_citations(text: str) -> tuple[str, list[int]]:
-    """``'red [CITE:<v_3>] [CITE:<v_4>]'`` -> ``('red', [3, 4])``. §5.7."""
+    """``'red [CITE:<v_3>] [CITE:<v_4>]'`` -> ``('red', [3, 4])``. §5.8."""
     if not isinstance(text, str):
         raise ValueError(f"parse_citations needs a string, got {type(text).__name__}")
     patches = [int(m) for m in CITATION.findall(text)]
@@ -34,7 +34,7 @@ def citation_boxes(patches: Sequence[int], grid: int, size: int) -> list[tuple[i
 
 
 def citation_scores(cited: Sequence[int], scene: Scene, qa: QA, grid: int) -> dict[str, float]:
-    """Precision and recall of cited patches against the museum's supporting patches. §5.7.
+    """Precision and recall of cited patches against the museum's supporting patches. §5.8.
 
     Precision is 1 when nothing is cited (no false claims); recall is 1 when nothing needed citing.
     """
@@ -53,7 +53,7 @@ def citation_precision(cited: Sequence[int], scene: Scene, qa: QA, grid: int) ->
 
 def audit_record(image_id: str, prompt: str, answer: str, answer_tokens: Sequence[int], grid: int, size: int,
                  timestamp: str | None = None) -> dict[str, Any]:
-    """A JSON-able record of one answer: image id, tokens, cited patches and boxes, time, prompt hash. §5.7."""
+    """A JSON-able record of one answer: image id, tokens, cited patches and boxes, time, prompt hash. §5.8."""
     if not image_id:
         raise ValueError("audit_record needs a non-empty image_id")
     text, patches = parse_citations(answer)

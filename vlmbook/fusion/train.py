@@ -1,4 +1,4 @@
-"""Teaching a VLM to answer museum questions: data, loss on answers only, evaluation (Chapter 5 §5.8).
+"""Teaching a VLM to answer museum questions: data, loss on answers only, evaluation (Chapter 5 §5.7).
 
 Questions, answers and images come from :class:`vlmbook.data.Museum`. Training minimises the
 next-token loss on the answer tokens (and ``<|end|>``) only; held-out accuracy is the exact
@@ -39,7 +39,7 @@ class QAData:
 
 def museum_qa(split: str, n_scenes: int, size: int = 64, start: int = 0,
               exclude: Sequence[str] = EXCLUDED_TYPES) -> QAData:
-    """Every question of ``n_scenes`` museum exhibits (minus ``exclude`` types) with their images. §5.8."""
+    """Every question of ``n_scenes`` museum exhibits (minus ``exclude`` types) with their images. §5.7."""
     if n_scenes < 1:
         raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     bad = set(exclude) - set(QUESTION_TYPES)
@@ -120,7 +120,7 @@ class Batcher:
 
 
 def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
-    """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.8."""
+    """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.7."""
     logits = model(batch["input_ids"], images=batch["images"], codes=batch.get("codes"), positions=batch["targets"])
     loss = F.cross_entropy(logits.float(), batch["labels"])
     acc = (logits.argmax(-1) == batch["labels"]).float().mean()
@@ -129,7 +129,7 @@ def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
 
 @torch.no_grad()
 def evaluate(vlm: VisionLanguageModel, data: QAData, batch_size: int = 256) -> dict[str, float]:
-    """Exact-match accuracy (%) overall, per question type, single-object and relational. §5.8."""
+    """Exact-match accuracy (%) overall, per question type, single-object and relational. §5.7."""
     vlm.eval()
     b = Batcher(vlm, data, batch_size)
     correct = torch.zeros(len(data), dtype=torch.bool)
@@ -156,7 +156,7 @@ def evaluate(vlm: VisionLanguageModel, data: QAData, batch_size: int = 256) -> d
 
 
 def majority_baseline(train: QAData, test: QAData) -> dict[str, float]:
-    """Accuracy (%) of answering every question with its type's most frequent training answer. §5.8.
+    """Accuracy (%) of answering every question with its type's most frequent training answer. §5.7.
 
     The score a model reaches without looking at the image: a route must beat it to show it reads
     the image at all.
@@ -214,7 +214,7 @@ class DemoConfig(Config):
 
 def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
                 train: QAData | None = None, device: str | None = None) -> tuple[VisionLanguageModel, list[dict]]:
-    """Build and train one route on museum QA; returns ``(model, history)``. §5.8."""
+    """Build and train one route on museum QA; returns ``(model, history)``. §5.7."""
     demo = demo or DemoConfig.tiny()
     cfg = (vlm_cfg or VLMConfig.tiny()).replace(route=route, seed=demo.seed)
     vlm = VisionLanguageModel(cfg)
@@ -235,7 +235,7 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
 
 def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, routes: Sequence[str] | None = None,
              test: QAData | None = None) -> dict[str, dict]:
-    """Train every route on the same data and score it on held-out exhibits. §5.8.
+    """Train every route on the same data and score it on held-out exhibits. §5.7.
 
     Returns ``{route: {"model", "history", "accuracy", "seconds"}}`` and, under ``"baseline"``,
     the image-blind majority answer's accuracy (:func:`majority_baseline`).
@@ -296,7 +296,7 @@ class _Probe(torch.nn.Module):
 
 def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None) -> list[dict]:
-    """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.8.
+    """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
 
     Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
     museum's attributes are linearly readable.
