@@ -1,0 +1,273 @@
+"""Chapter 5: VisionLanguageModel (routes, generate, KV/prompt cache, save/load), grounding, cost, training."""
+import json
+
+import pytest
+import torch
+
+from vlmbook.data import Museum, QUESTION_TYPES, cite, support_patches
+from vlmbook.fusion import ROUTES, VisionLanguageModel, VLMConfig
+from vlmbook.fusion.cost import gated_flops, measure_forward, prefix_flops
+from vlmbook.fusion.grounding import (audit_json, audit_record, citation_boxes, citation_precision, citation_scores,
+                                      parse_citations)
+from vlmbook.fusion.train import Batcher, DemoConfig, answer_loss, evaluate, museum_qa, train_route
+
+SMALL = dict(hidden=32, intermediate=64, enc_channels=8, layers=2, corpus_scenes=200, codebook_size=32)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return Museum("train", 64).tensors(0, 4)
+
+
+@pytest.fixture(scope="module")
+def models(images):
+    out = {}
+    for r in ROUTES:
+        torch.manual_seed(0)
+        m = VisionLanguageModel(VLMConfig(route=r, **SMALL))
+        if r == "discrete":
+            m.quantizer.fit(Museum("train", 64).tensors(0, 16), iters=5)
+        if r == "gated":  # open the gates so that the image matters in these tests
+            for b in m.adapter.blocks:
+                torch.nn.init.constant_(b.attn_gate, 0.7)
+        out[r] = m.eval()
+    return out
+
+
+def _question(m, text="What colour is the star?", B=2):
+    return torch.tensor([m.encode_text(text) + [m.ids["assistant"]]] * B)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_forward_shapes(models, images, route):
+    m = models[route]
+    ids = torch.tensor([m.prompt_ids("What colour is the star?", "red")] * 2)
+    logits = m(ids, images=images[:2])
+    assert logits.shape == (2, ids.shape[1], m.lm.config.vocab_size) and logits.dtype == torch.float32
+    assert m.image_slots == (1 if route == "gated" else 16)
+    # the image matters: other images give other logits
+    assert not torch.allclose(logits, m(ids, images=images[2:4]), atol=1e-5)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_generate_cache_equivalence(models, images, route):
+    m = models[route]
+    q = _question(m)
+    no_cache = m.generate(images[:2], q, max_new_tokens=5, use_cache=False)
+    cache = m.generate(images[:2], q, max_new_tokens=5)
+    pc = m.cache_prefix(images[:2])
+    prompt_cached = m.generate(None, q, max_new_tokens=5, prefix=pc)
+    again = m.generate(None, q, max_new_tokens=5, prefix=pc)  # the cached prefix is not consumed
+    assert no_cache.dtype == torch.long and no_cache.shape[0] == 2
+    assert torch.equal(no_cache, cache) and torch.equal(cache, prompt_cached) and torch.equal(cache, again)
+
+
+def test_sampling_is_seeded_and_greedy_is_argmax(models, images):
+    m = models["continuous"]
+    q = _question(m)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a = m.generate(images[:2], q, max_new_tokens=4, do_sample=True, temperature=2.0, generator=g())
+    b = m.generate(images[:2], q, max_new_tokens=4, do_sample=True, temperature=2.0, generator=g())
+    assert torch.equal(a, b)
+    ids = torch.cat([torch.tensor([m.prefix_ids()] * 2), q], 1)
+    first = m(ids, images=images[:2])[:, -1, :len(m.tokenizer)].argmax(-1)
+    assert torch.equal(m.generate(images[:2], q, max_new_tokens=1)[:, 0], first)
+    with pytest.raises(ValueError, match="temperature"):
+        m.generate(images[:2], q, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        m.generate(images[:2], q, max_new_tokens=0)
+
+
+def test_prefix_mask_makes_image_block_bidirectional(models):
+    m = models["discrete"]
+    ids = torch.tensor([m.prompt_ids("What colour is the star?")])
+    mask = m.attention_mask(ids)[0, 0] == 0
+    s = 2  # image block starts after <bos><|user|>
+    assert mask[s, s + 15] and not mask[s - 1, s] and not mask[s + 16, s + 17]
+    assert m.config.mask == "prefix"
+
+
+def test_placeholder_count_errors(models, images):
+    for r in ("discrete", "continuous"):
+        m = models[r]
+        ids = torch.tensor([m.prompt_ids("What?")])
+        with pytest.raises(ValueError, match="count mismatch"):
+            m(ids[:, 1:] if False else torch.cat([ids[:, :3], ids[:, 4:]], 1), images=images[:1])
+        with pytest.raises(ValueError, match="no images"):
+            m(ids)
+
+
+def test_save_load_roundtrip(models, images, tmp_path):
+    for r in ROUTES:
+        m = models[r]
+        m.save_pretrained(tmp_path / r)
+        assert (tmp_path / r / "tokenizer" / "tokenizer.json").is_file()
+        m2 = VisionLanguageModel.from_pretrained(tmp_path / r)
+        ids = torch.tensor([m.prompt_ids("How many objects are there?", "3")])
+        assert torch.allclose(m2(ids, images=images[:1]), m(ids, images=images[:1]), atol=1e-5)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="route"):
+        VLMConfig(route="telepathy")
+    with pytest.raises(ValueError, match="image_size"):
+        VLMConfig(image_size=60)
+    with pytest.raises(ValueError, match="VLMConfig"):
+        VisionLanguageModel({"route": "gated"})
+
+
+# -- grounding ---------------------------------------------------------------------------
+def test_citations_parse_boxes_precision():
+    s = Museum("train", 64)[0]
+    qa = next(q for q in s.qas if q.qtype == "colour")
+    truth = support_patches(s.scene, qa, 4)
+    text, patches = parse_citations(cite(qa.answer, truth))
+    assert text == qa.answer and patches == truth
+    assert citation_precision(truth, s.scene, qa, 4) == 1.0
+    wrong = [k for k in range(16) if k not in truth][:2]
+    assert citation_scores(wrong, s.scene, qa, 4) == {"precision": 0.0, "recall": 0.0}
+    assert citation_boxes([0, 5], 4, 64) == [(0, 0, 16, 16), (16, 16, 32, 32)]
+    with pytest.raises(ValueError, match="out of range"):
+        citation_precision([16], s.scene, qa, 4)
+    with pytest.raises(ValueError):
+        parse_citations(None)
+
+
+def test_audit_record_json():
+    rec = audit_record("train/0", "prompt", "red [CITE:<v_5>]", [10, 11], grid=4, size=64, timestamp="2026-01-01T00:00:00+00:00")
+    assert rec["cited_patches"] == [5] and rec["boxes"] == [[16, 16, 32, 32]] and rec["answer"] == "red"
+    assert rec["prompt_sha256"][:12] == "3e0c2f4b8cfe" or len(rec["prompt_sha256"]) == 64
+    assert json.loads(audit_json(rec)) == rec
+    with pytest.raises(ValueError):
+        audit_record("", "p", "a", [], 4, 64)
+
+
+# -- cost --------------------------------------------------------------------------------
+def test_flops_formulas():
+    assert prefix_flops(0, 10, 8, 1, ff=24) == 2 * (4 * 10 * 64 + 3 * 10 * 8 * 24) + 4 * 100 * 8
+    assert prefix_flops(64, 32, 128, 4) > prefix_flops(16, 32, 128, 4)
+    # gated grows linearly in M, prefix quadratically: the ratio widens with M
+    r = [prefix_flops(M, 32, 128, 4) / gated_flops(M, 32, 128, 4, every=2) for M in (64, 256, 1024)]
+    assert r[0] < r[1] < r[2]
+    with pytest.raises(ValueError):
+        prefix_flops(-1, 10, 8, 1)
+    with pytest.raises(ValueError, match="every"):
+        gated_flops(4, 10, 8, 2, every=0)
+
+
+def test_measure_forward_runs():
+    t = measure_forward("prefix", 8, 8, repeats=1, batch=1)
+    assert t > 0
+    with pytest.raises(ValueError, match="route"):
+        measure_forward("other", 8, 8)
+
+
+# -- training --------------------------------------------------------------------------------
+def test_museum_qa_and_batches():
+    data = museum_qa("train", 20)
+    assert data.images.shape == (20, 3, 64, 64)
+    assert all(it[3] != "plaque" for it in data.items) and {it[3] for it in data.items} <= set(QUESTION_TYPES)
+    m = VisionLanguageModel(VLMConfig(route="continuous", **SMALL))
+    b = Batcher(m, data, 8, caption_frac=0.25)
+    x, y = b.batch(5), b.batch(5)
+    assert torch.equal(x["input_ids"], y["input_ids"])  # a pure function of the step
+    assert int(x["targets"].sum()) == len(x["labels"])
+    assert (x["labels"] == m.ids["end"]).sum() == 8  # every answer ends with <|end|>
+    with pytest.raises(ValueError, match="unknown question types"):
+        museum_qa("train", 2, exclude=("poetry",))
+
+
+def test_evaluate_matches_greedy_generation(models):
+    """Teacher-forced exact match == greedy decoding returns exactly the reference answer."""
+    data = museum_qa("val", 3)
+    m = models["continuous"]
+    acc = evaluate(m, data)
+    assert 0.0 <= acc["all"] <= 100.0
+    ok = []
+    for img, q, a, _ in data.items:
+        out = m.generate(data.images[img:img + 1], _question(m, q, 1), max_new_tokens=6)[0].tolist()
+        ref = m.encode_text(" " + a) + [m.ids["end"]]
+        ok.append(out[:len(ref)] == ref)
+    assert acc["all"] == round(100.0 * sum(ok) / len(ok), 2)
+
+
+def test_training_learns_something():
+    """A short run lowers the answer loss well below its start (all three routes share the code)."""
+    m, hist = train_route("continuous", VLMConfig(**SMALL), DemoConfig(train_scenes=50, steps=30, batch_size=16, warmup=3))
+    assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
+    assert answer_loss(m, Batcher(m, museum_qa("train", 5), 4).batch(0))[0].ndim == 0
+
+
+def test_patch_labels_and_encoder_warmup():
+    from vlmbook.data import generate_scene
+    from vlmbook.fusion import PatchEncoder
+    from vlmbook.fusion.train import patch_labels, pretrain_encoder
+
+    lab = patch_labels("train", 6, 4)
+    assert lab.shape == (6, 16, 3) and lab.dtype == torch.int64
+    n_obj = [len(generate_scene("train", i).objects) for i in range(6)]
+    assert (lab[..., 0] > 0).sum(1).tolist() == n_obj  # one labelled patch per object
+    enc = PatchEncoder(16, 4, 8)
+    hist = pretrain_encoder(enc, Museum("train", 64).tensors(0, 6), lab, steps=20, batch_size=6, lr=1e-2)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    with pytest.raises(ValueError, match="label rows"):
+        pretrain_encoder(enc, Museum("train", 64).tensors(0, 5), lab, steps=1)
+
+
+def test_majority_baseline():
+    from vlmbook.fusion.train import QAData, majority_baseline
+
+    img = torch.zeros(1, 3, 8, 8)
+    train = QAData(img, [(0, "q", "yes", "exists"), (0, "q", "yes", "exists"), (0, "q", "no", "exists"),
+                         (0, "c", "red", "colour")])
+    test = QAData(img, [(0, "q", "yes", "exists"), (0, "q", "no", "exists"), (0, "c", "red", "colour"),
+                        (0, "c", "blue", "colour")])
+    acc = majority_baseline(train, test)
+    assert acc == {"all": 50.0, "colour": 50.0, "exists": 50.0, "single": 50.0}
+
+
+def test_plug_in_other_encoder_and_quantizer(images):
+    """Any encoder (B,3,H,W)->(B,N,D) + compressor (B,N,D)->(B,M,D') and any quantizer fit the routes."""
+    class Flatten(torch.nn.Module):  # 64 patches of 8×8 px, D = 192
+        def forward(self, x):
+            return x.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).reshape(x.shape[0], 64, 192)
+
+    class Pool4(torch.nn.Module):  # (B, 64, 192) -> (B, 16, 192)
+        def forward(self, x):
+            return x.view(x.shape[0], 16, 4, 192).mean(2)
+
+    m = VisionLanguageModel(VLMConfig(route="continuous", **SMALL))
+    m.replace_encoder(Flatten(), 192, compressor=Pool4())
+    ids = torch.tensor([m.prompt_ids("What colour is the star?", "red")])
+    assert m(ids, images=images[:1]).shape[:2] == ids.shape
+    m.replace_encoder(Flatten(), 192)  # 64 features for 16 placeholders: a clear error
+    with pytest.raises(ValueError, match="count mismatch"):
+        m(ids, images=images[:1])
+
+    class Fixed(torch.nn.Module):
+        codebook_size = 8
+
+        def encode(self, x):
+            return torch.arange(16).remainder(8).view(1, 4, 4).expand(x.shape[0], -1, -1)
+
+    d = VisionLanguageModel(VLMConfig(route="discrete", **SMALL))
+    d.replace_quantizer(Fixed())
+    _, _, lm_ids = d.embed(ids, images[:1])
+    assert lm_ids[0, 2:18].tolist() == [d.visual_range[0] + k % 8 for k in range(16)]
+    with pytest.raises(ValueError, match="codebook_size"):
+        d.replace_quantizer(PatchQuantizerBig())
+    with pytest.raises(ValueError, match="replace_quantizer"):
+        d.replace_encoder(Flatten(), 192)
+
+
+class PatchQuantizerBig(torch.nn.Module):
+    codebook_size = 10_000
+
+
+def test_ask_returns_text(models, images):
+    m = models["continuous"]
+    out = m.ask(images[0], "What colour is the star?", max_new_tokens=3)
+    assert isinstance(out, str)
+    assert m.decode_answer(m.encode_text(" red") + [m.ids["end"]] + m.encode_text(" blue")) == "red"
+    with pytest.raises(ValueError, match="one"):
+        m.ask(images[:2], "What?")

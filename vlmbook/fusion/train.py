@@ -1,0 +1,323 @@
+"""Teaching a VLM to answer museum questions: data, loss on answers only, evaluation (Chapter 5 §5.7).
+
+Questions, answers and images come from :class:`vlmbook.data.Museum`. Training minimises the
+next-token loss on the answer tokens (and ``<|end|>``) only; held-out accuracy is the exact
+match of the greedy answer, computed in one teacher-forced pass: greedy decoding returns exactly
+the reference answer iff the arg-max at every answer position equals the reference token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data.museum import (COLOUR_NAMES, QUESTION_TYPES, RELATIONAL_TYPES, SHAPES, SINGLE_OBJECT_TYPES, SIZE_NAMES,
+                           Museum, generate_scene)
+from ..loop import LoopConfig, fit
+from .model import VisionLanguageModel, VLMConfig
+
+#: Question types left out of the demo: plaque digits are 3–4 px tall at 64 px and unreadable.
+EXCLUDED_TYPES = ("plaque",)
+
+
+@dataclasses.dataclass
+class QAData:
+    """Images (n, 3, H, W) in [0, 1] and QA items ``(image index, question, answer, qtype)``."""
+
+    images: torch.Tensor
+    items: list[tuple[int, str, str, str]]
+    codes: torch.Tensor | None = None
+    captions: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def museum_qa(split: str, n_scenes: int, size: int = 64, start: int = 0,
+              exclude: Sequence[str] = EXCLUDED_TYPES) -> QAData:
+    """Every question of ``n_scenes`` museum exhibits (minus ``exclude`` types) with their images. §5.7."""
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    bad = set(exclude) - set(QUESTION_TYPES)
+    if bad:
+        raise ValueError(f"unknown question types {sorted(bad)}; known: {QUESTION_TYPES}")
+    m = Museum(split, size=size, length=start + n_scenes)
+    items, caps = [], []
+    for i in range(n_scenes):
+        s = m[start + i]
+        items += [(i, qa.question, qa.answer, qa.qtype) for qa in s.qas if qa.qtype not in exclude]
+        caps.append(s.caption)
+    return QAData(m.tensors(start, n_scenes), items, captions=caps)
+
+
+#: The instruction that asks for a caption (captioning is trained alongside QA).
+CAPTION_PROMPT = "Describe the exhibit."
+
+
+class Batcher:
+    """Pre-tokenised QA items -> padded batches; ``batch(step)`` is a pure function of the step."""
+
+    def __init__(self, vlm: VisionLanguageModel, data: QAData, batch_size: int = 64, seed: int = 0,
+                 caption_frac: float = 0.0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= caption_frac < 1.0:
+            raise ValueError(f"caption_frac must lie in [0, 1), got {caption_frac}")
+        if caption_frac and not data.captions:
+            raise ValueError("caption_frac > 0 needs data with captions")
+        self.data, self.batch_size, self.seed, self.caption_frac = data, batch_size, seed, caption_frac
+        self.pad = vlm.ids["pad"]
+        qcache: dict[str, list[int]] = {}
+        acache: dict[str, list[int]] = {}
+        self.seqs, self.answer_len = [], []
+        for _, q, a, _ in data.items:
+            if q not in qcache:
+                qcache[q] = vlm.encode_text(q)
+            if a not in acache:
+                acache[a] = vlm.encode_text(" " + a)
+            ids = vlm.prompt_ids(qcache[q], acache[a])
+            self.seqs.append(ids)
+            self.answer_len.append(len(acache[a]) + 1)
+        self.image_of = [it[0] for it in data.items]
+        self.n_qa = len(self.seqs)
+        if caption_frac:
+            q = vlm.encode_text(CAPTION_PROMPT)
+            for i, c in enumerate(data.captions):
+                a = vlm.encode_text(" " + c)
+                self.seqs.append(vlm.prompt_ids(q, a))
+                self.answer_len.append(len(a) + 1)
+                self.image_of.append(i)
+        if vlm.config.route == "discrete" and data.codes is None:
+            data.codes = torch.cat([vlm.quantizer.encode(data.images[i:i + 512]) for i in range(0, len(data.images), 512)])
+
+    def collate(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``, boolean ``targets`` (positions predicting answer tokens), ``labels``."""
+        T = max(len(self.seqs[i]) for i in idx)
+        ids = torch.full((len(idx), T), self.pad, dtype=torch.long)
+        targets = torch.zeros(len(idx), T, dtype=torch.bool)
+        for r, i in enumerate(idx):
+            s = self.seqs[i]
+            ids[r, :len(s)] = torch.tensor(s)
+            targets[r, len(s) - 1 - self.answer_len[i]:len(s) - 1] = True  # position t predicts token t + 1
+        labels = torch.roll(ids, -1, 1)[targets]
+        img = torch.tensor([self.image_of[i] for i in idx])
+        out = {"input_ids": ids, "targets": targets, "labels": labels, "images": self.data.images[img]}
+        if self.data.codes is not None:
+            out["codes"] = self.data.codes[img]
+        return out
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        n_cap = int(round(self.batch_size * self.caption_frac))
+        idx = torch.randint(self.n_qa, (self.batch_size - n_cap,), generator=g).tolist()
+        if n_cap:
+            idx += (self.n_qa + torch.randint(len(self.seqs) - self.n_qa, (n_cap,), generator=g)).tolist()
+        return self.collate(idx)
+
+
+def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
+    """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.7."""
+    logits = model(batch["input_ids"], images=batch["images"], codes=batch.get("codes"), positions=batch["targets"])
+    loss = F.cross_entropy(logits.float(), batch["labels"])
+    acc = (logits.argmax(-1) == batch["labels"]).float().mean()
+    return loss, {"token_acc": float(acc)}
+
+
+@torch.no_grad()
+def evaluate(vlm: VisionLanguageModel, data: QAData, batch_size: int = 256) -> dict[str, float]:
+    """Exact-match accuracy (%) overall, per question type, single-object and relational. §5.7."""
+    vlm.eval()
+    b = Batcher(vlm, data, batch_size)
+    correct = torch.zeros(len(data), dtype=torch.bool)
+    for s in range(0, len(data), batch_size):
+        idx = list(range(s, min(s + batch_size, len(data))))
+        batch = b.collate(idx)
+        dev = vlm._device()
+        logits = vlm(batch["input_ids"].to(dev), images=batch["images"].to(dev),
+                     codes=None if "codes" not in batch else batch["codes"].to(dev), positions=batch["targets"].to(dev))
+        ok = (logits.argmax(-1).cpu() == batch["labels"])
+        rows = torch.arange(len(idx))[:, None].expand_as(batch["targets"])[batch["targets"]]
+        correct[s:s + len(idx)] = ~torch.zeros(len(idx), dtype=torch.bool).index_put_((rows,), ~ok, accumulate=True)
+    types = [it[3] for it in data.items]
+    out = {"all": _pct(correct)}
+    for t in QUESTION_TYPES:
+        sel = torch.tensor([x == t for x in types])
+        if sel.any():
+            out[t] = _pct(correct[sel])
+    for name, group in (("single", SINGLE_OBJECT_TYPES), ("relational", RELATIONAL_TYPES)):
+        sel = torch.tensor([x in group for x in types])
+        if sel.any():
+            out[name] = _pct(correct[sel])
+    return out
+
+
+def majority_baseline(train: QAData, test: QAData) -> dict[str, float]:
+    """Accuracy (%) of answering every question with its type's most frequent training answer. §5.7.
+
+    The score a model reaches without looking at the image: a route must beat it to show it reads
+    the image at all.
+    """
+    from collections import Counter
+
+    best = {}
+    for t in {it[3] for it in train.items}:
+        best[t] = Counter(it[2] for it in train.items if it[3] == t).most_common(1)[0][0]
+    correct = torch.tensor([best.get(it[3]) == it[2] for it in test.items])
+    types = [it[3] for it in test.items]
+    out = {"all": _pct(correct)}
+    for t in QUESTION_TYPES:
+        sel = torch.tensor([x == t for x in types])
+        if sel.any():
+            out[t] = _pct(correct[sel])
+    for name, group in (("single", SINGLE_OBJECT_TYPES), ("relational", RELATIONAL_TYPES)):
+        sel = torch.tensor([x in group for x in types])
+        if sel.any():
+            out[name] = _pct(correct[sel])
+    return out
+
+
+def _pct(x: torch.Tensor) -> float:
+    return round(100.0 * float(x.float().mean()), 2)
+
+
+@dataclasses.dataclass
+class DemoConfig(Config):
+    """The training demo: data sizes, optimiser and steps per route."""
+
+    train_scenes: int = 2000
+    test_scenes: int = 200
+    steps: int = 100
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 30
+    caption_frac: float = 0.25
+    encoder_steps: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_positive("train_scenes", "test_scenes", "steps", "batch_size", "lr")
+
+    @classmethod
+    def tiny(cls) -> "DemoConfig":
+        return cls()
+
+    @classmethod
+    def base(cls) -> "DemoConfig":
+        return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=1e-3, warmup=300,
+                   caption_frac=0.25)
+
+
+def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
+                train: QAData | None = None, device: str | None = None) -> tuple[VisionLanguageModel, list[dict]]:
+    """Build and train one route on museum QA; returns ``(model, history)``. §5.7."""
+    demo = demo or DemoConfig.tiny()
+    cfg = (vlm_cfg or VLMConfig.tiny()).replace(route=route, seed=demo.seed)
+    vlm = VisionLanguageModel(cfg)
+    if train is None:
+        train = museum_qa("train", demo.train_scenes, cfg.image_size)
+    if route == "discrete":
+        vlm.quantizer.fit(train.images[:1000], seed=demo.seed)
+        train = dataclasses.replace(train, codes=None)
+    if demo.encoder_steps and route != "discrete":
+        pretrain_encoder(vlm.encoder, train.images, patch_labels("train", len(train.images), cfg.grid),
+                         demo.encoder_steps, demo.batch_size, demo.lr, demo.seed, device)
+    b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac)
+    loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, seed=demo.seed,
+                      log_every=max(1, demo.steps // 20))
+    hist = fit(vlm, answer_loss, b.batch, loop, device=device, desc=f"vlm-{route}")
+    return vlm, hist
+
+
+def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, routes: Sequence[str] | None = None,
+             test: QAData | None = None) -> dict[str, dict]:
+    """Train every route on the same data and score it on held-out exhibits. §5.7.
+
+    Returns ``{route: {"model", "history", "accuracy", "seconds"}}`` and, under ``"baseline"``,
+    the image-blind majority answer's accuracy (:func:`majority_baseline`).
+    """
+    from .model import ROUTES
+
+    demo = demo or DemoConfig.tiny()
+    cfg = vlm_cfg or VLMConfig.tiny()
+    train = museum_qa("train", demo.train_scenes, cfg.image_size)
+    test = test or museum_qa("test", demo.test_scenes, cfg.image_size)
+    out: dict[str, dict] = {"baseline": {"accuracy": majority_baseline(train, test)}}
+    for r in routes or ROUTES:
+        t0 = time.perf_counter()
+        model, hist = train_route(r, cfg, demo, train=train)
+        secs = time.perf_counter() - t0
+        out[r] = {"model": model, "history": hist, "accuracy": evaluate(model, test), "seconds": secs}
+    return out
+
+
+@torch.no_grad()
+def latency(vlm: VisionLanguageModel, image: torch.Tensor, question: str, new_tokens: int = 16) -> dict[str, float]:
+    """Time to first token (prefill, ms) and decoding speed (tokens/s) for one question. §5.6."""
+    q = torch.tensor([vlm.encode_text(question) + [vlm.ids["assistant"]]])
+    img = image[None].to(vlm._device())
+    vlm.generate(img, q, max_new_tokens=1)  # warm up
+    t0 = time.perf_counter()
+    vlm.generate(img, q, max_new_tokens=1)
+    ttft = time.perf_counter() - t0
+    end = vlm.ids["end"]
+    vlm.ids["end"] = -1  # decode a fixed number of tokens: never stop early
+    try:
+        t0 = time.perf_counter()
+        out = vlm.generate(img, q, max_new_tokens=new_tokens)
+        total = time.perf_counter() - t0
+    finally:
+        vlm.ids["end"] = end
+    return {"ttft_ms": 1000 * ttft, "tokens_per_s": (out.shape[1] - 1) / max(total - ttft, 1e-9)}
+
+
+def patch_labels(split: str, n_scenes: int, grid: int, start: int = 0) -> torch.Tensor:
+    """(n, grid², 3) int64 (colour, shape, size) of the object centred in each patch; 0 = empty."""
+    out = torch.zeros(n_scenes, grid * grid, 3, dtype=torch.long)
+    for i in range(n_scenes):
+        for o in generate_scene(split, start + i).objects:
+            k = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
+            out[i, k] = torch.tensor([COLOUR_NAMES.index(o.colour) + 1, SHAPES.index(o.shape) + 1,
+                                      SIZE_NAMES.index(o.size) + 1])
+    return out
+
+
+class _Probe(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module, dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n + 1) for n in (len(COLOUR_NAMES), len(SHAPES),
+                                                                                  len(SIZE_NAMES)))
+
+
+def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
+                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None) -> list[dict]:
+    """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
+
+    Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
+    museum's attributes are linearly readable.
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
+    with torch.no_grad():
+        dim = encoder(images[:1]).shape[-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = _Probe(encoder, dim)
+
+    def batch_fn(step: int):
+        g = torch.Generator().manual_seed(seed * 7919 + step)
+        idx = torch.randint(len(images), (batch_size,), generator=g)
+        return {"images": images[idx], "labels": labels[idx]}
+
+    def loss_fn(model, batch, step):
+        f = model.encoder(batch["images"])
+        losses = [F.cross_entropy(h(f).flatten(0, 1), batch["labels"][..., j].flatten()) for j, h in enumerate(model.heads)]
+        return sum(losses)
+
+    loop = LoopConfig(steps=steps, lr=lr, warmup=min(20, steps // 5), seed=seed, log_every=max(1, steps // 10))
+    return fit(probe, loss_fn, batch_fn, loop, device=device, desc="encoder")

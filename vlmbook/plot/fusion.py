@@ -1,0 +1,80 @@
+"""Chapter 5 figures: attention masks, accuracy per question type, cited patches, fusion cost."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from . import PALETTE, figure, line_plot
+
+
+def masks_figure(masks: Mapping[str, torch.Tensor], labels: Sequence[str] | None = None) -> Figure:
+    """One panel per (T, S) bool mask: dark = may attend; rows are queries, columns keys."""
+    if not masks:
+        raise ValueError("masks_figure needs at least one mask")
+    fig, axes = figure(1, len(masks), width=3.0, height=3.1)
+    for ax, (title, m) in zip(axes.flat, masks.items()):
+        a = np.asarray(m, dtype=float)
+        ax.imshow(a, cmap="Greys", vmin=0, vmax=1.3, interpolation="nearest")
+        ax.grid(False)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("key", fontsize=8)
+        ax.set_ylabel("query", fontsize=8)
+        if labels is not None and len(labels) == a.shape[1] and a.shape[1] <= 24:
+            ax.set_xticks(range(a.shape[1]), list(labels), rotation=90, fontsize=6)
+            if a.shape[0] == a.shape[1]:
+                ax.set_yticks(range(a.shape[0]), list(labels), fontsize=6)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def accuracy_bars(results: Mapping[str, Mapping[str, float]], types: Sequence[str], title: str = "") -> Figure:
+    """Grouped bars: held-out accuracy (%) per question type for each route."""
+    fig, axes = figure(1, 1, width=7.0, height=3.2)
+    ax = axes[0, 0]
+    n = len(results)
+    w = 0.8 / max(n, 1)
+    x = np.arange(len(types))
+    for i, (route, acc) in enumerate(results.items()):
+        ax.bar(x + (i - (n - 1) / 2) * w, [acc.get(t, np.nan) for t in types], w, label=route, color=PALETTE[i % 8])
+    ax.set_xticks(x, list(types), rotation=30)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.axhline(80, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=8, ncols=n)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def citations_figure(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]],
+                     truth: Sequence[tuple[int, int, int, int]] = (), title: str = "") -> Figure:
+    """An image with cited patch boxes (solid) and ground-truth supporting patches (dashed)."""
+    fig, axes = figure(1, 1, width=3.2, height=3.2)
+    ax = axes[0, 0]
+    ax.imshow(image, interpolation="nearest")
+    ax.grid(False)
+    ax.axis("off")
+    for (x0, y0, x1, y1) in truth:
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.5, ls="--"))
+    for (x0, y0, x1, y1) in boxes:
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=PALETTE[3], lw=2))
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def cost_figure(Ms: Sequence[int], series: Mapping[str, Sequence[float]], ylabel: str, title: str = "") -> Figure:
+    """Cost (FLOPs or seconds) against the number of image tokens M, one line per fusion style."""
+    return line_plot({k: (list(Ms), list(v)) for k, v in series.items()}, xlabel="image tokens M", ylabel=ylabel,
+                     title=title, logx=True, logy=True)
+
+
+def loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
+    """Training loss against step for each route."""
+    return line_plot({k: ([r["step"] for r in h], [r["loss"] for r in h]) for k, h in histories.items()},
+                     xlabel="step", ylabel="answer loss (nats/token)", logy=True, markers=False)
