@@ -61,8 +61,10 @@ def trained(which: str, q: int, spec) -> tuple[torch.nn.Module, float]:
             model.load_state_dict(state, strict=False)
             model.update(force=True)
             model.load_state_dict(state)
-        else:
-            model.load_state_dict(state)
+        else:  # coding tables are rebuilt from the weights (they depend on nothing else)
+            keep = {k: v for k, v in state.items() if not k.split(".")[-1].startswith(("_", "scale_table"))}
+            model.load_state_dict(keep, strict=False)
+            model.update()
         return model.eval(), json.loads((folder / "meta.json").read_text())["train_seconds"]
     t0 = time.perf_counter()
     train_codec(model, lmbda, spec, desc=f"{which} q{q}")
@@ -116,8 +118,26 @@ def run(quick: bool = False) -> BenchResult:
     return BenchResult("codec", head, "% BD-rate vs JPEG", table, fmt="{:.1f}")
 
 
-if __name__ == "__main__":  # python -m vlmbook.bench.codec train ours|compressai [--quick]
-    if len(sys.argv) >= 3 and sys.argv[1] == "train":
+def export_artifacts(dest: str | Path, spec=None) -> list[Path]:
+    """Write our cached full-length models as ``dest/codec-q<k>-v1`` artifact folders."""
+    from ..hub import artifact_specs
+
+    spec = spec or _spec(False)
+    out = []
+    for q in range(1, 5):
+        model, _ = trained("ours", q, spec)
+        folder = Path(dest) / f"codec-q{q}-v1"
+        model.save_pretrained(folder)
+        (folder / "artifact.json").write_text(
+            json.dumps(dataclasses.asdict(artifact_specs()[f"codec-q{q}"]), indent=2) + "\n")
+        out.append(folder)
+    return out
+
+
+if __name__ == "__main__":  # python -m vlmbook.bench.codec train ours|compressai [--quick] | export DIR
+    if len(sys.argv) == 3 and sys.argv[1] == "export":
+        print(export_artifacts(sys.argv[2]))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "train":
         spec = _spec("--quick" in sys.argv)
         for q in range(1, 5):
             _, s = trained(sys.argv[2], q, spec)

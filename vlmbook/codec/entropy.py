@@ -112,8 +112,8 @@ def _np_cdf(x: np.ndarray, family: str) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def default_scale_table(lo: float = 0.11, hi: float = 256.0, levels: int = 64) -> np.ndarray:
-    """Log-spaced fixed scales (as in CompressAI): entropy tables exist for these only. §3.7."""
+def default_scale_table(lo: float = 0.11, hi: float = 64.0, levels: int = 64) -> np.ndarray:
+    """Log-spaced fixed scales (like CompressAI's, which go up to 256): tables exist for these only. §3.7."""
     return np.exp(np.linspace(math.log(lo), math.log(hi), levels))
 
 

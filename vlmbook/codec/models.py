@@ -174,7 +174,7 @@ def rd_loss(out: dict[str, Any], x: torch.Tensor, lmbda: float) -> tuple[torch.T
 class TrainSpec:
     """What both our codec and CompressAI's are trained with in the comparison."""
 
-    steps: int = 200
+    steps: int = 1200
     batch: int = 4
     crop: int = 128
     lr: float = 2e-3
@@ -252,3 +252,45 @@ def build_q3(seed: int = 0) -> HyperpriorCodec:
 def build_q4(seed: int = 0) -> HyperpriorCodec:
     """Artifact ``codec-q4`` (highest rate)."""
     return build_tiny(4, seed)
+
+
+@torch.no_grad()
+def float_decode_mismatch(model: HyperpriorCodec, x: torch.Tensor, rel_noise: float = 1e-6,
+                          seed: int = 0) -> dict[str, float]:
+    """What goes wrong without the integer hyper-synthesis (Chapter 3 §3.7).
+
+    The encoder codes y with table indexes from the *float* scales; a "second machine" computes
+    the same scales with relative errors of ``rel_noise`` (as a GPU kernel or another BLAS may)
+    and decodes with its own indexes. Returns how many indexes differ, how many decoded symbols
+    are wrong, and the PSNR of both decodes (or of the best-effort decode when it fails).
+    """
+    if model.config.model != "hyperprior":
+        raise ValueError("the demonstration uses the scale-only hyperprior")
+    from .cdf import BitstreamError as _BE
+
+    x = pad_to(x)
+    y = model.g_a(x)
+    z_hat = torch.round(model.h_a(y.abs()) - model.entropy_bottleneck.medians().view(1, -1, 1, 1)) \
+        + model.entropy_bottleneck.medians().view(1, -1, 1, 1)
+    scales = model.h_s(z_hat)
+    g = torch.Generator().manual_seed(seed)
+    other = scales * (1 + rel_noise * torch.randn(scales.shape, generator=g, dtype=scales.dtype))
+    gc = model.gaussian_conditional
+    idx_a, idx_b = gc.build_indexes(scales), gc.build_indexes(other)
+    vals = torch.round(y).long().numpy().reshape(-1)
+    stream = rans.encode(vals, idx_a.numpy().reshape(-1), gc.tables())
+    failed = False
+    try:
+        dec = rans.decode(stream, idx_b.numpy().reshape(-1), gc.tables())
+    except _BE:
+        failed = True
+        dec = np.zeros_like(vals)
+    y_b = torch.from_numpy(dec.astype(np.float32).reshape(y.shape))
+    return {
+        "indexes_changed": int((idx_a != idx_b).sum()),
+        "symbols": int(vals.size),
+        "wrong_symbols": int((dec != vals).sum()),
+        "decode_raised": failed,
+        "psnr_same_machine": psnr(model.g_s(torch.round(y)).clamp(0, 1), x),
+        "psnr_other_machine": psnr(model.g_s(y_b).clamp(0, 1), x),
+    }
