@@ -87,13 +87,16 @@ def test_stream_length_within_0p1_percent_of_ideal():
     r = rangecoder.encode(vals, idx, tables)
     a = rans.encode(vals, idx, tables, lanes=32)
     assert abs(len(r) - ideal) <= 0.001 * ideal + 8  # the range coder's flush is < 8 bytes
-    assert abs(len(a) - rans.header_bytes(32) - ideal) <= 0.001 * ideal
+    # rANS: the final states are a fixed 8 bytes a lane (they also carry a few bits of the message)
+    assert ideal - rans.header_bytes(32) <= len(a) <= 1.001 * ideal + rans.header_bytes(32)
+    one = rans.encode(vals, idx, tables, lanes=1)
+    assert abs(len(one) - ideal) <= 0.001 * ideal + rans.header_bytes(1)
 
 
 def test_coders_golden_sizes():
     tables, vals, idx = sample(20_000, seed=4)
     assert len(rangecoder.encode(vals, idx, tables)) == 6614
-    assert len(rans.encode(vals, idx, tables, lanes=16)) == 6674
+    assert len(rans.encode(vals, idx, tables, lanes=16)) == 6714
 
 
 def test_rans_matches_compressai_on_same_tables():
@@ -298,7 +301,7 @@ def test_pillow_rd_monotone():
 @pytest.mark.parametrize("fmt", ["jsonl", "binary", "parquet"])
 def test_token_storage_round_trip(tmp_path, fmt):
     if fmt == "parquet":
-        pytest.importorskip("pyarrow.parquet")  # the env's pyarrow may need NumPy >= 2
+        pytest.importorskip("pyarrow.parquet", exc_type=ImportError)  # the env's pyarrow may need NumPy >= 2
     rng = np.random.default_rng(0)
     ids = ["a", "b", "museum/7"]
     grids = [rng.integers(0, 65536, (4, 4)), rng.integers(0, 1024, (2, 8)), np.zeros((1, 1), np.int64)]

@@ -171,14 +171,29 @@ def rd_loss(out: dict[str, Any], x: torch.Tensor, lmbda: float) -> tuple[torch.T
 
 
 @dataclasses.dataclass
-class TrainSpec:
-    """What both our codec and CompressAI's are trained with in the comparison."""
+class TrainSpec(Config):
+    """How a codec is trained; ours and CompressAI's get the same one in the comparison."""
 
     steps: int = 1200
     batch: int = 4
     crop: int = 128
     lr: float = 2e-3
     seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_positive("steps", "batch", "lr")
+        self.check_divisible("crop", STRIDE)
+        if self.crop < STRIDE:
+            self._fail("crop", f"must be >= {STRIDE}")
+
+    @classmethod
+    def tiny(cls) -> "TrainSpec":
+        return cls()
+
+    @classmethod
+    def base(cls) -> "TrainSpec":
+        return cls(steps=50_000, batch=8, crop=256, lr=1e-4)
 
 
 def train_codec(model: nn.Module, lmbda: float, spec: TrainSpec, ckpt_dir: str | None = None,
