@@ -164,3 +164,35 @@ def test_cli_compress_decompress(tmp_path, model, monkeypatch):
     (tmp_path / "bad.vlmb").write_bytes(b"VLMB" + b"\0" * 30)
     assert cli.main(["decompress", str(tmp_path / "bad.vlmb"), str(tmp_path / "x.png")]) == 2
     assert cli.main(["compress", str(tmp_path / "missing.png"), str(tmp_path / "y.vlmb")]) == 2
+
+
+def test_training_is_deterministic_and_takes_a_folder():
+    from vlmbook.codec.models import TrainSpec, train_codec
+    from vlmbook.hub import state_digest
+
+    digests = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = HyperpriorCodec(CodecConfig.tiny())
+        hist = train_codec(m, 0.01, TrainSpec(steps=2, batch=1, crop=64))
+        digests.append(state_digest(m))
+    assert digests[0] == digests[1] and set(hist[-1]) >= {"bpp", "psnr", "aux"}
+    folder = torch.rand(2, 3, 80, 96)
+    hist = train_codec(HyperpriorCodec(CodecConfig.tiny()), 0.01, TrainSpec(steps=1, batch=2, crop=64), images=folder)
+    assert len(hist) == 1
+    with pytest.raises(ValueError, match="crop"):
+        TrainSpec(crop=100)
+
+
+def test_float_mismatch_demo(model):
+    from vlmbook.codec.models import float_decode_mismatch
+
+    r = float_decode_mismatch(model, to_tensor(_img(64, 64)), rel_noise=0.0)
+    assert r["indexes_changed"] == 0 and r["wrong_symbols"] == 0 and not r["decode_raised"]
+    import copy
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.h_s[-2].bias.fill_(2.0)  # an untrained model predicts tiny scales; move them into the table
+    r = float_decode_mismatch(m, to_tensor(_img(64, 64)), rel_noise=0.05)
+    assert r["indexes_changed"] > 0 and (r["decode_raised"] or r["wrong_symbols"] > 0)

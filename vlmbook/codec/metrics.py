@@ -60,6 +60,11 @@ def pillow_rd(images: Sequence[np.ndarray], fmt: str = "JPEG",
     return {"quality": [int(q) for q in qualities], "bpp": bpp, "psnr": ps}
 
 
+#: JPEG qualities sampled densely at the low rates where the tiny learned codecs operate (the
+#: anchor for BD-rates: a cubic fit is only trustworthy near its points).
+LOW_RATE_QUALITIES: tuple[int, ...] = (3, 4, 5, 6, 8, 10, 15, 20)
+
+
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
     return torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1)[None].float().div(255)

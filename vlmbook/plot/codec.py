@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 
 from . import PALETTE, figure, image_grid, line_plot
 
+__all__ = ["rd_figure", "likelihood_figure", "latent_figure", "bars_figure", "image_grid"]
+
 
 def rd_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str = "") -> Figure:
     """PSNR (dB) against bits per pixel, one line per codec."""
