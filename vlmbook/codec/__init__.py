@@ -2,13 +2,16 @@
 
 Public API (see each module): ``GDN``, ``EntropyBottleneck``, ``GaussianConditional``,
 ``HyperpriorCodec`` / ``CodecConfig``, the coders ``rangecoder`` (readable) and ``rans`` (fast),
-``compress_image`` / ``decompress_image`` (the ``.vlmb`` file format), ``bd_rate`` and token storage.
+``encode_image`` / ``decode_image`` (the ``.vlmb`` file format, :mod:`.fileformat`), ``bd_rate``
+(:mod:`.metrics`), the context model (:mod:`.context`) and token storage (:mod:`.storage`).
 """
 from ..hub import ArtifactSpec, register_artifact
 from .cdf import BitstreamError, CdfTables, quantize_pmf
 from .entropy import (EntropyBottleneck, GaussianConditional, default_scale_table, discretized_likelihood,
                       quantize, rate_gradients)
+from .fileformat import decode_image, encode_image
 from .layers import GDN, lower_bound
+from .metrics import bd_rate
 from .models import LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec, pad_to, psnr, rd_loss, train_codec
 
 for _q in range(1, len(LAMBDAS) + 1):
@@ -18,5 +21,6 @@ for _q in range(1, len(LAMBDAS) + 1):
 __all__ = [
     "BitstreamError", "CdfTables", "quantize_pmf", "EntropyBottleneck", "GaussianConditional",
     "default_scale_table", "discretized_likelihood", "quantize", "rate_gradients", "GDN", "lower_bound",
+    "encode_image", "decode_image", "bd_rate",
     "LAMBDAS", "STRIDE", "CodecConfig", "HyperpriorCodec", "TrainSpec", "pad_to", "psnr", "rd_loss", "train_codec",
 ]
