@@ -68,8 +68,11 @@ def trained(which: str, q: int, spec) -> tuple[torch.nn.Module, float]:
             model.load_state_dict(keep, strict=False)
             model.update()
         return model.eval(), json.loads((folder / "meta.json").read_text())["train_seconds"]
+    from ..device import num_threads
+
     t0 = time.perf_counter()
-    train_codec(model, lmbda, spec, desc=f"{which} q{q}")
+    with num_threads(1):  # as the artifact builder does: reproducible, and fair to both models
+        train_codec(model, lmbda, spec, desc=f"{which} q{q}")
     secs = time.perf_counter() - t0
     if which == "ours":
         model.update()

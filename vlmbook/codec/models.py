@@ -229,9 +229,14 @@ def build_tiny(quality: int, seed: int = 0, spec: TrainSpec | None = None) -> Hy
     """Artifact builder: the tiny scale hyperprior at quality 1..4 trained on photo crops."""
     if not 1 <= quality <= len(LAMBDAS):
         raise ValueError(f"quality must lie in [1, {len(LAMBDAS)}], got {quality}")
+    from ..device import num_threads
+
     torch.manual_seed(seed)
     model = HyperpriorCodec(CodecConfig.tiny().replace(lmbda=LAMBDAS[quality - 1]))
-    train_codec(model, model.config.lmbda, spec or TrainSpec(seed=seed), desc=f"codec-q{quality}")
+    # one thread: float sums then happen in one order, so a rebuild repeats the committed run
+    # bit for bit on the same kind of CPU (1,200 steps amplify any rounding difference)
+    with num_threads(1):
+        train_codec(model, model.config.lmbda, spec or TrainSpec(seed=seed), desc=f"codec-q{quality}")
     model.update()
     return model
 
@@ -281,8 +286,6 @@ def float_decode_mismatch(model: HyperpriorCodec, x: torch.Tensor, rel_noise: fl
     """
     if model.config.model != "hyperprior":
         raise ValueError("the demonstration uses the scale-only hyperprior")
-    from .cdf import BitstreamError as _BE
-
     x = pad_to(x)
     y = model.g_a(x)
     z_hat = torch.round(model.h_a(y.abs()) - model.entropy_bottleneck.medians().view(1, -1, 1, 1)) \
@@ -297,7 +300,7 @@ def float_decode_mismatch(model: HyperpriorCodec, x: torch.Tensor, rel_noise: fl
     failed = False
     try:
         dec = rans.decode(stream, idx_b.numpy().reshape(-1), gc.tables())
-    except _BE:
+    except BitstreamError:
         failed = True
         dec = np.zeros_like(vals)
     y_b = torch.from_numpy(dec.astype(np.float32).reshape(y.shape))
