@@ -4,7 +4,8 @@ The artifacts are made by ``vlmbook artifacts build codec-q<k>`` (``vlmbook.code
 the tiny scale hyperprior, ``TrainSpec()`` = 1,200 steps of 4 random 128-px photo crops, seed 0).
 Retraining one takes several CPU minutes, so that check runs only with ``VLMBOOK_SLOW=1``;
 its tolerance is 2 % in bpp and 0.1 dB in PSNR. The builder trains on one thread, so on the
-same kind of CPU the rebuild is bit-identical; a rebuild on two threads was measured 6.6 %
+same kind of CPU the rebuild is bit-identical (checked: ``build_q1(0)`` equals the committed
+weights exactly); a rebuild on two threads was measured 6.6 %
 off in bpp, because 1,200 steps amplify float rounding differences.
 """
 from __future__ import annotations
