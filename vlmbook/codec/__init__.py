@@ -1,0 +1,26 @@
+"""Chapter 3 — Learned codecs: GDN, entropy models, the scale hyperprior, range coding and real files.
+
+Public API (see each module): ``GDN``, ``EntropyBottleneck``, ``GaussianConditional``,
+``HyperpriorCodec`` / ``CodecConfig``, the coders ``rangecoder`` (readable) and ``rans`` (fast),
+``encode_image`` / ``decode_image`` (the ``.vlmb`` file format, :mod:`.fileformat`), ``bd_rate``
+(:mod:`.metrics`), the context model (:mod:`.context`) and token storage (:mod:`.storage`).
+"""
+from ..hub import ArtifactSpec, register_artifact
+from .cdf import BitstreamError, CdfTables, quantize_pmf
+from .entropy import (EntropyBottleneck, GaussianConditional, default_scale_table, discretized_likelihood,
+                      quantize, rate_gradients)
+from .fileformat import decode_image, encode_image
+from .layers import GDN, lower_bound
+from .metrics import bd_rate
+from .models import LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec, pad_to, psnr, rd_loss, train_codec
+
+for _q in range(1, len(LAMBDAS) + 1):
+    register_artifact(ArtifactSpec(f"codec-q{_q}", "1", f"vlmbook.codec.models:build_q{_q}", seed=0,
+                                   description=f"tiny scale hyperprior, lambda={LAMBDAS[_q - 1]}"))
+
+__all__ = [
+    "BitstreamError", "CdfTables", "quantize_pmf", "EntropyBottleneck", "GaussianConditional",
+    "default_scale_table", "discretized_likelihood", "quantize", "rate_gradients", "GDN", "lower_bound",
+    "encode_image", "decode_image", "bd_rate",
+    "LAMBDAS", "STRIDE", "CodecConfig", "HyperpriorCodec", "TrainSpec", "pad_to", "psnr", "rd_loss", "train_codec",
+]

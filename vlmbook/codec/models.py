@@ -1,0 +1,314 @@
+"""The scale hyperprior (Ballé et al. 2018), its mean-scale variant, and their training (Chapter 3 §3.4, §3.9)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..hub import PretrainedMixin
+from . import rans
+from .cdf import BitstreamError
+from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
+from .integer import ACT_BITS, IntegerSynthesis, scale_indexes
+from .layers import GDN, conv, deconv
+
+#: Total downsampling of x -> z: images are padded to a multiple of this.
+STRIDE = 64
+
+
+@dataclasses.dataclass
+class CodecConfig(Config):
+    """Architecture and rate–distortion trade-off of a learned codec."""
+
+    model: str = "hyperprior"  # "hyperprior" (scales only) or "meanscale"
+    N: int = 32
+    M: int = 48
+    family: str = "gaussian"
+    lmbda: float = 0.01  # loss = lmbda * 255^2 * MSE + bits per pixel (CompressAI's convention)
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_choice("model", ("hyperprior", "meanscale"))
+        self.check_choice("family", FAMILIES)
+        self.check_positive("N", "M", "lmbda")
+
+    @classmethod
+    def tiny(cls) -> "CodecConfig":
+        return cls(N=24, M=32)
+
+    @classmethod
+    def base(cls) -> "CodecConfig":
+        return cls(N=128, M=192)
+
+
+class HyperpriorCodec(nn.Module, PretrainedMixin):
+    """x (B, 3, H, W) in [0, 1] -> y (B, M, H/16, W/16) -> z (B, N, H/64, W/64); the hyper-synthesis
+    predicts each y element's scale (and mean, for ``meanscale``). Chapter 3 §3.4."""
+
+    config_class = CodecConfig
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        N, M = config.N, config.M
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+                                 deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
+        self.h_a = nn.Sequential(conv(M, N, 3, 1), nn.ReLU(), conv(N, N), nn.ReLU(), conv(N, N))
+        if config.model == "hyperprior":
+            self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(), deconv(N, N), nn.ReLU(), conv(N, M, 3, 1), nn.ReLU())
+        else:
+            self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(), deconv(N, N), nn.ReLU(), conv(N, 2 * M, 3, 1))
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(config.family)
+
+    # -- training-time forward ---------------------------------------------------------
+    def hyper_params(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, h, w) -> scales (B, M, 4h, 4w) and means (or None)."""
+        out = self.h_s(z_hat)
+        if self.config.model == "hyperprior":
+            return out, None
+        means, scales = out.chunk(2, dim=1)
+        return scales, means
+
+    def forward(self, x: torch.Tensor, mode: str = "noise") -> dict[str, Any]:
+        """Returns x_hat, y, y_hat, z_hat, scales, means and the likelihoods of y and z."""
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % STRIDE or x.shape[-2] % STRIDE:
+            raise ValueError(f"expected (B, 3, H, W) with H, W multiples of {STRIDE}, got {tuple(x.shape)}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        y = self.g_a(x)
+        z = self.h_a(y.abs() if self.config.model == "hyperprior" else y)
+        z_hat, z_lik = self.entropy_bottleneck(z, mode)
+        scales, means = self.hyper_params(z_hat)
+        y_hat, y_lik = self.gaussian_conditional(y, scales, means, mode)
+        return {"x_hat": self.g_s(y_hat), "y": y, "y_hat": y_hat, "z_hat": z_hat, "scales": scales,
+                "means": means, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def aux_loss(self) -> torch.Tensor:
+        """The entropy bottleneck's quantile loss."""
+        return self.entropy_bottleneck.loss()
+
+    # -- coding ------------------------------------------------------------------------
+    def update(self) -> None:
+        """Build the integer CDF tables (stored as buffers). Call after training."""
+        self.entropy_bottleneck.update()
+        self.gaussian_conditional.update()
+        self._int_hs = None
+
+    def integer_params(self, z_hat: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Exact entropy parameters from z_hat (1, N, h, w): (table indexes, means or None). §3.7."""
+        if getattr(self, "_int_hs", None) is None:
+            self._int_hs = IntegerSynthesis(self.h_s)
+        out = self._int_hs(z_hat)
+        if self.config.model == "hyperprior":
+            s_fixed, means = out, None
+        else:
+            m_fixed, s_fixed = np.split(out, 2, axis=1)
+            means = torch.from_numpy((m_fixed.astype(np.float64) / 2 ** ACT_BITS).astype(np.float32))
+        gc = self.gaussian_conditional
+        idx = scale_indexes(s_fixed, gc.scale_table.cpu().numpy(), gc.scale_bound)
+        return idx, means
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, lanes: int | None = None) -> tuple[list[bytes], tuple[int, int]]:
+        """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size). §3.6."""
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise ValueError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
+        dev = next(self.parameters()).device
+        y = self.g_a(x.to(dev))
+        z = self.h_a(y.abs() if self.config.model == "hyperprior" else y)
+        eb = self.entropy_bottleneck
+        z_vals, z_idx = eb.symbols(z)
+        z_stream = rans.encode(z_vals, z_idx, eb.tables(), lanes=lanes)
+        z_hat = eb.dequantize(z_vals, tuple(z.shape))
+        idx, means = self.integer_params(z_hat)
+        y = y.cpu()
+        y_vals = torch.round(y - means if means is not None else y).long().numpy().reshape(-1)
+        y_stream = rans.encode(y_vals, idx.reshape(-1), self.gaussian_conditional.tables(), lanes=lanes)
+        return [y_stream, z_stream], (int(z.shape[2]), int(z.shape[3]))
+
+    @torch.no_grad()
+    def decompress(self, streams: list[bytes], z_size: tuple[int, int]) -> torch.Tensor:
+        """Inverse of :meth:`compress` -> x_hat (1, 3, 64h, 64w) clamped to [0, 1]."""
+        if len(streams) != 2:
+            raise BitstreamError("a hyperprior stream has exactly two parts (y, z)")
+        h, w = z_size
+        eb = self.entropy_bottleneck
+        z_shape = (1, self.config.N, h, w)
+        _, z_idx = eb.symbols(torch.zeros(z_shape))
+        z_hat = eb.dequantize(rans.decode(streams[1], z_idx, eb.tables()), z_shape)
+        idx, means = self.integer_params(z_hat)
+        y_vals = rans.decode(streams[0], idx.reshape(-1), self.gaussian_conditional.tables())
+        y_hat = torch.from_numpy(y_vals.astype(np.float32).reshape(idx.shape))
+        if means is not None:
+            y_hat = y_hat + means
+        dev = next(self.parameters()).device
+        return self.g_s(y_hat.to(dev)).clamp(0, 1).cpu()
+
+
+# ---------------------------------------------------------------------------------------
+# Loss and training
+# ---------------------------------------------------------------------------------------
+def bits(likelihoods: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Total -log2 likelihood over all latents (a scalar)."""
+    return sum((-torch.log2(v)).sum() for v in likelihoods.values())  # type: ignore[return-value]
+
+
+def rd_loss(out: dict[str, Any], x: torch.Tensor, lmbda: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """lmbda * 255^2 * MSE + bpp (CompressAI's RateDistortionLoss convention). §3.9."""
+    npix = x.shape[0] * x.shape[2] * x.shape[3]
+    bpp = bits(out["likelihoods"]) / npix
+    mse = F.mse_loss(out["x_hat"], x)
+    d = {"bpp": float(bpp.detach()), "mse": float(mse.detach()), "psnr": float(-10 * torch.log10(mse.detach().clamp_min(1e-10)))}
+    return lmbda * 255 ** 2 * mse + bpp, d
+
+
+@dataclasses.dataclass
+class TrainSpec(Config):
+    """How a codec is trained; ours and CompressAI's get the same one in the comparison."""
+
+    steps: int = 1200
+    batch: int = 4
+    crop: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_positive("steps", "batch", "lr")
+        self.check_divisible("crop", STRIDE)
+        if self.crop < STRIDE:
+            self._fail("crop", f"must be >= {STRIDE}")
+
+    @classmethod
+    def tiny(cls) -> "TrainSpec":
+        return cls()
+
+    @classmethod
+    def base(cls) -> "TrainSpec":
+        return cls(steps=50_000, batch=8, crop=256, lr=1e-4)
+
+
+def train_codec(model: nn.Module, lmbda: float, spec: TrainSpec, ckpt_dir: str | None = None,
+                desc: str = "codec", images: torch.Tensor | None = None) -> list[dict[str, float]]:
+    """Train any model with CompressAI's output dict and ``aux_loss()`` on random photo crops
+    (or on crops of ``images`` (K, 3, H, W), a reader's folder) with :func:`vlmbook.loop.fit`."""
+    from ..data import random_crops
+    from ..loop import LoopConfig, fit
+
+    def batch_fn(step: int) -> torch.Tensor:
+        if images is not None:
+            g = torch.Generator().manual_seed(spec.seed * 100003 + step)
+            k = torch.randint(len(images), (spec.batch,), generator=g)
+            ys = torch.randint(images.shape[2] - spec.crop + 1, (spec.batch,), generator=g)
+            xs = torch.randint(images.shape[3] - spec.crop + 1, (spec.batch,), generator=g)
+            return torch.stack([images[i, :, a:a + spec.crop, b:b + spec.crop] for i, a, b in zip(k, ys, xs)])
+        return random_crops(spec.batch, spec.crop, seed=spec.seed * 100003 + step)
+
+    def loss_fn(m: nn.Module, x: torch.Tensor, step: int):
+        loss, metrics = rd_loss(m(x), x, lmbda)
+        aux = m.aux_loss()
+        return loss + aux, {**metrics, "aux": float(aux.detach())}
+
+    cfg = LoopConfig(steps=spec.steps, lr=spec.lr, seed=spec.seed, log_every=max(1, spec.steps // 20), warmup=0)
+    return fit(model, loss_fn, batch_fn, cfg, ckpt_dir=ckpt_dir, desc=desc)
+
+
+#: The four rate points of the chapter (lambda of CompressAI's convention).
+LAMBDAS: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02)
+
+
+def build_tiny(quality: int, seed: int = 0, spec: TrainSpec | None = None) -> HyperpriorCodec:
+    """Artifact builder: the tiny scale hyperprior at quality 1..4 trained on photo crops."""
+    if not 1 <= quality <= len(LAMBDAS):
+        raise ValueError(f"quality must lie in [1, {len(LAMBDAS)}], got {quality}")
+    from ..device import num_threads
+
+    torch.manual_seed(seed)
+    model = HyperpriorCodec(CodecConfig.tiny().replace(lmbda=LAMBDAS[quality - 1]))
+    # one thread: float sums then happen in one order, so a rebuild repeats the committed run
+    # bit for bit on the same kind of CPU (1,200 steps amplify any rounding difference)
+    with num_threads(1):
+        train_codec(model, model.config.lmbda, spec or TrainSpec(seed=seed), desc=f"codec-q{quality}")
+    model.update()
+    return model
+
+
+def pad_to(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
+    """Replicate-pad (B, C, H, W) on the bottom/right to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [0, 1]."""
+    mse = float(F.mse_loss(a.float(), b.float()))
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def build_q1(seed: int = 0) -> HyperpriorCodec:
+    """Artifact ``codec-q1`` (lowest rate)."""
+    return build_tiny(1, seed)
+
+
+def build_q2(seed: int = 0) -> HyperpriorCodec:
+    """Artifact ``codec-q2``."""
+    return build_tiny(2, seed)
+
+
+def build_q3(seed: int = 0) -> HyperpriorCodec:
+    """Artifact ``codec-q3``."""
+    return build_tiny(3, seed)
+
+
+def build_q4(seed: int = 0) -> HyperpriorCodec:
+    """Artifact ``codec-q4`` (highest rate)."""
+    return build_tiny(4, seed)
+
+
+@torch.no_grad()
+def float_decode_mismatch(model: HyperpriorCodec, x: torch.Tensor, rel_noise: float = 1e-6,
+                          seed: int = 0) -> dict[str, float]:
+    """What goes wrong without the integer hyper-synthesis (Chapter 3 §3.7).
+
+    The encoder codes y with table indexes from the *float* scales; a "second machine" computes
+    the same scales with relative errors of ``rel_noise`` (as a GPU kernel or another BLAS may)
+    and decodes with its own indexes. Returns how many indexes differ, how many decoded symbols
+    are wrong, and the PSNR of both decodes (or of the best-effort decode when it fails).
+    """
+    if model.config.model != "hyperprior":
+        raise ValueError("the demonstration uses the scale-only hyperprior")
+    x = pad_to(x)
+    y = model.g_a(x)
+    z_hat = torch.round(model.h_a(y.abs()) - model.entropy_bottleneck.medians().view(1, -1, 1, 1)) \
+        + model.entropy_bottleneck.medians().view(1, -1, 1, 1)
+    scales = model.h_s(z_hat)
+    g = torch.Generator().manual_seed(seed)
+    other = scales * (1 + rel_noise * torch.randn(scales.shape, generator=g, dtype=scales.dtype))
+    gc = model.gaussian_conditional
+    idx_a, idx_b = gc.build_indexes(scales), gc.build_indexes(other)
+    vals = torch.round(y).long().numpy().reshape(-1)
+    stream = rans.encode(vals, idx_a.numpy().reshape(-1), gc.tables())
+    failed = False
+    try:
+        dec = rans.decode(stream, idx_b.numpy().reshape(-1), gc.tables())
+    except BitstreamError:
+        failed = True
+        dec = np.zeros_like(vals)
+    y_b = torch.from_numpy(dec.astype(np.float32).reshape(y.shape))
+    return {
+        "indexes_changed": int((idx_a != idx_b).sum()),
+        "symbols": int(vals.size),
+        "wrong_symbols": int((dec != vals).sum()),
+        "decode_raised": failed,
+        "psnr_same_machine": psnr(model.g_s(torch.round(y)).clamp(0, 1), x),
+        "psnr_other_machine": psnr(model.g_s(y_b).clamp(0, 1), x),
+    }
