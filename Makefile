@@ -35,7 +35,7 @@ nbtest: $(STAMP)
 book: $(STAMP)
 	$(BIN)/python tools/nb.py check
 	rm -rf _build/html
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going --builder html
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
 	@echo "Book built: _build/html/index.html"
 
 # Re-execute chapters in place (outputs + measured runtime), resync pairs, update README table.

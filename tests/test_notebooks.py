@@ -57,6 +57,14 @@ def test_no_package_classes_redefined(path):
     assert "@dataclass" not in src
 
 
+def test_bibliography_parses():
+    pybtex = pytest.importorskip("pybtex.database")
+    db = pybtex.parse_file(str(ROOT / "book" / "references.bib"))
+    for key, entry in db.entries.items():
+        assert entry.persons.get("author"), f"{key} has no authors"
+        assert "year" in entry.fields and "title" in entry.fields, key
+
+
 def test_citations_resolve():
     bib = (ROOT / "book" / "references.bib").read_text()
     keys = set(re.findall(r"@\w+\{([^,]+),", bib))

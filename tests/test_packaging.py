@@ -55,3 +55,10 @@ def test_package_never_unpickles_or_downloads():
     hits = [f"{p}:{i}" for p in (ROOT / "vlmbook").rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
     assert not hits, hits
+
+
+def test_api_reference_lists_every_module():
+    import runpy
+
+    api = runpy.run_path(str(ROOT / "tools" / "api.py"))
+    assert (ROOT / "book" / "api.md").read_text() == api["render"](), "run `python tools/api.py`"

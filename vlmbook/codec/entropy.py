@@ -62,7 +62,7 @@ def discretized_likelihood(y: torch.Tensor, scales: torch.Tensor, means: torch.T
                            family: str = "gaussian") -> torch.Tensor:
     """P(integer bin of y) = F((y - mu + 1/2)/s) - F((y - mu - 1/2)/s), same shape as y. §3.3.
 
-    Computed on |y - mu| so both CDF values sit in the lower tail (no cancellation).
+    Computed on abs(y - mu) so both CDF values sit in the lower tail (no cancellation).
     """
     v = (y - means if means is not None else y).abs()
     upper = standard_cdf((0.5 - v) / scales, family)
@@ -74,9 +74,9 @@ def rate_gradients(y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor,
                    family: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
     """Analytic d(-log2 p)/d mu and d(-log2 p)/d s of :func:`discretized_likelihood`. §3.3.
 
-    With v = y - mu, a = (1/2 - |v|)/s, b = (-1/2 - |v|)/s and density f, p = F(a) - F(b), so
+    With v = y - mu, a = (1/2 - abs(v))/s, b = (-1/2 - abs(v))/s and density f, p = F(a) - F(b), so
     dp/dmu = sign(v) (f(a) - f(b)) / s, dp/ds = -(a f(a) - b f(b)) / s, and
-    d(-log2 p) = -dp / (p ln 2). (Working with |v| keeps both CDFs in the precise lower tail.)
+    d(-log2 p) = -dp / (p ln 2). (Working with abs(v) keeps both CDFs in the precise lower tail.)
     """
     v = y - means
     a = (0.5 - v.abs()) / scales
@@ -90,7 +90,7 @@ def rate_gradients(y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor,
 
 
 def tail_bound(scale: float, family: str, tail_mass: float) -> float:
-    """Half-width t with P(|X| > t) = tail_mass for the family at this scale."""
+    """Half-width t with P(abs(X) > t) = tail_mass for the family at this scale."""
     if family == "gaussian":
         from scipy.stats import norm
 
