@@ -142,17 +142,7 @@ def evaluate(vlm: VisionLanguageModel, data: QAData, batch_size: int = 256) -> d
         ok = (logits.argmax(-1).cpu() == batch["labels"])
         rows = torch.arange(len(idx))[:, None].expand_as(batch["targets"])[batch["targets"]]
         correct[s:s + len(idx)] = ~torch.zeros(len(idx), dtype=torch.bool).index_put_((rows,), ~ok, accumulate=True)
-    types = [it[3] for it in data.items]
-    out = {"all": _pct(correct)}
-    for t in QUESTION_TYPES:
-        sel = torch.tensor([x == t for x in types])
-        if sel.any():
-            out[t] = _pct(correct[sel])
-    for name, group in (("single", SINGLE_OBJECT_TYPES), ("relational", RELATIONAL_TYPES)):
-        sel = torch.tensor([x in group for x in types])
-        if sel.any():
-            out[name] = _pct(correct[sel])
-    return out
+    return accuracy_by_type(correct, [it[3] for it in data.items])
 
 
 def majority_baseline(train: QAData, test: QAData) -> dict[str, float]:
@@ -167,13 +157,14 @@ def majority_baseline(train: QAData, test: QAData) -> dict[str, float]:
     for t in {it[3] for it in train.items}:
         best[t] = Counter(it[2] for it in train.items if it[3] == t).most_common(1)[0][0]
     correct = torch.tensor([best.get(it[3]) == it[2] for it in test.items])
-    types = [it[3] for it in test.items]
+    return accuracy_by_type(correct, [it[3] for it in test.items])
+
+
+def accuracy_by_type(correct: torch.Tensor, types: list[str]) -> dict[str, float]:
+    """Accuracy (%) overall, per question type, and for single-object and relational groups. §5.7."""
     out = {"all": _pct(correct)}
-    for t in QUESTION_TYPES:
-        sel = torch.tensor([x == t for x in types])
-        if sel.any():
-            out[t] = _pct(correct[sel])
-    for name, group in (("single", SINGLE_OBJECT_TYPES), ("relational", RELATIONAL_TYPES)):
+    groups = [(t, (t,)) for t in QUESTION_TYPES] + [("single", SINGLE_OBJECT_TYPES), ("relational", RELATIONAL_TYPES)]
+    for name, group in groups:
         sel = torch.tensor([x in group for x in types])
         if sel.any():
             out[name] = _pct(correct[sel])
