@@ -303,7 +303,7 @@ def evaluate_tokenizer(model: VQTokenizer, images: torch.Tensor | None = None, b
 
 
 #: The training recipe of the ``vq-tokenizer-tiny`` artifact.
-TINY_TRAIN = TokenizerTrainConfig(steps=800, batch_size=32, lr=2e-3)
+TINY_TRAIN = TokenizerTrainConfig(steps=400, batch_size=32, lr=2e-3)
 
 
 def build_tiny_tokenizer(seed: int = 0, steps: int | None = None) -> VQTokenizer:
@@ -340,3 +340,27 @@ def load_tiny_tokenizer(rebuild: bool = False) -> VQTokenizer:
     from ..hub import load_artifact
 
     return load_artifact("vq-tokenizer-tiny", VQTokenizer, rebuild=rebuild).eval()
+
+
+def collapse_configs(image_size: int = 32, codebook_size: int = 128) -> dict[str, TokenizerConfig]:
+    """Two small tokenizers that differ only in codebook learning: plain VQ (random init,
+    gradient codebook loss, no restart) against EMA + k-means init + dead-code restart. §2.3."""
+    base = TokenizerConfig(image_size=image_size, channels=32, downsample=2, res_blocks=0, code_dim=16,
+                           codebook_size=codebook_size)
+    return {"plain VQ": base.replace(ema=False, kmeans_init=False, restart_threshold=0.0),
+            "EMA + restart": base}
+
+
+def collapse_experiment(steps: int = 150, batch_size: int = 16, seed: int = 0, image_size: int = 32,
+                        codebook_size: int = 128) -> dict[str, tuple[VQTokenizer, dict[str, float]]]:
+    """Train both :func:`collapse_configs` tokenizers on the same batches; returns
+    ``{label: (model, metrics on 256 val exhibits)}``. §2.3."""
+    out = {}
+    images = eval_images(256, image_size)
+    for label, cfg in collapse_configs(image_size, codebook_size).items():
+        torch.manual_seed(seed)
+        model = VQTokenizer(cfg)
+        with _threads(2):
+            train_tokenizer(model, TokenizerTrainConfig(steps=steps, batch_size=batch_size, seed=seed), progress=False)
+        out[label] = (model.eval(), evaluate_tokenizer(model, images))
+    return out

@@ -122,8 +122,8 @@ class FeatureNet(nn.Module, PretrainedMixin):
         return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, n_outputs) logits."""
-        return self.head(self.features(images)[-1].mean((2, 3)))
+        """(B, 3, H, W) -> (B, n_outputs) logits (max-pooled: presence anywhere in the exhibit)."""
+        return self.head(self.features(images)[-1].amax((2, 3)))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) pooled last-stage features (for Fréchet distances). §2.8."""
