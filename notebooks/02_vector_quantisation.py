@@ -215,10 +215,11 @@ print(f"grouped VQ, 2 groups x 4 bits: MSE {gvq_err:.2f} (vs {errors[1]:.2f} for
 # ## 2.6 The book's image tokenizer
 #
 # The tokenizer is a small VQ-VAE: three stride-2 convolutions take a 64-pixel exhibit to an
-# 8 × 8 grid of 16-dimensional vectors, an EMA + restart VQ layer with $K=256$ codes turns each into
-# one byte, and a mirrored decoder draws the image back. 64 tokens × 8 bits = 512 bits per exhibit.
+# 8 × 8 grid of 16-dimensional vectors, an EMA + restart VQ layer with $K=512$ codes turns each into
+# a 9-bit token, and a mirrored decoder draws the image back: 64 tokens × 9 bits = 576 bits per
+# exhibit, about 0.14 bits per pixel.
 # It trains on museum exhibits mixed with crops of the bundled photos. Training it takes longer
-# than this chapter's budget on a CPU, so it is a *committed artifact*, rebuilt bit-for-bit by
+# than this chapter's budget on a CPU, so it is a *committed artifact*, rebuilt from the same seed by
 # `vlmbook artifacts build vq-tokenizer-tiny` (the recipe is `vq.build_tiny_tokenizer`).
 
 # %%
@@ -236,7 +237,7 @@ print("codebook usage >= 95 %:", metrics["usage"] >= 0.95)
 # %% [markdown]
 # For the guide, each code is a token and each token is a patch: code $(r, c)$ covers pixels
 # $8r\ldots8r+7$, $8c\ldots8c+7$. An answer can cite `<v_k>` tokens by position, and Chapter 5 adds
-# the 256 `<v_k>` words to a language model's vocabulary.
+# the 512 `<v_k>` words to a language model's vocabulary.
 
 # %%
 exhibit = Museum("val", 64)[3]
@@ -372,7 +373,7 @@ show(vqplot.image_rows({"samples (T=1)": samples, "original": originals,
 #   usage and perplexity.
 # - Gumbel-softmax, FSQ, LFQ, residual VQ and grouped VQ are alternative routes to discrete codes,
 #   all behind the same `QuantizerOutput` interface.
-# - The book's tokenizer turns a 64-pixel exhibit into 64 one-byte codes; VQ-GAN losses trade
+# - The book's tokenizer turns a 64-pixel exhibit into 64 nine-bit codes; VQ-GAN losses trade
 #   a little PSNR for sharper edges; MaskGIT generates and inpaints exhibits in a few parallel
 #   steps — though a model this small does not yet profit from many steps.
 #
@@ -382,7 +383,7 @@ show(vqplot.image_rows({"samples (T=1)": samples, "original": originals,
 #    remedies matters most here?
 # 2. Train `TokenizerConfig(image_size=64, downsample=2)` (16 × 16 codes). How much PSNR do four
 #    times as many tokens buy, and what does that cost the guide's context window (Chapter 1)?
-# 3. Replace the VQ layer of the tokenizer by FSQ with levels (8, 8, 4): same $K=256$, no codebook
+# 3. Replace the VQ layer of the tokenizer by FSQ with levels (8, 8, 8): same $K=512$, no codebook
 #    loss. Compare usage and PSNR.
 # 4. Show that the LFQ entropy loss is minimised when every code is equally likely over the batch
 #    and every vector's own code distribution is one-hot.

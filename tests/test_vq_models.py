@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vlmbook.hub import REPO_ARTIFACTS, state_digest
 from vlmbook.vq import (
@@ -51,7 +50,7 @@ def _small_tokenizer(seed: int = 0, **kw) -> VQTokenizer:
 # -- tokenizer ------------------------------------------------------------------------------
 def test_tokenizer_shapes_and_presets():
     tiny = TokenizerConfig.tiny()
-    assert tiny.grid == 8 and tiny.codebook_size == 256 and tiny.image_size == 64
+    assert tiny.grid == 8 and tiny.codebook_size == 512 and tiny.image_size == 64
     assert TokenizerConfig.base().grid == 16
     tok = _small_tokenizer()
     x = torch.rand(2, 3, 32, 32)
@@ -255,7 +254,7 @@ def test_tiny_tokenizer_artifact_matches_its_recorded_metrics():
 
     tok = load_tiny_tokenizer()
     x = torch.rand(2, 3, 64, 64)
-    assert tok.encode(x).shape == (2, 8, 8) and tok.codebook_size == 256
+    assert tok.encode(x).shape == (2, 8, 8) and tok.codebook_size == 512
     recorded = json.loads((REPO_ARTIFACTS / "vq-tokenizer-tiny-v1" / "metrics.json").read_text())
     got = evaluate_tokenizer(tok)
     assert got["psnr"] == pytest.approx(recorded["psnr"], abs=0.05)
@@ -271,4 +270,4 @@ def test_short_retrain_reproduces_the_recipe_metric():
     assert got["psnr"] == pytest.approx(SHORT_RETRAIN_PSNR, abs=0.3)
 
 
-SHORT_RETRAIN_PSNR = 13.957  # build_tiny_tokenizer(seed=0, steps=8) on 32 val exhibits, 2 threads
+SHORT_RETRAIN_PSNR = 14.73  # build_tiny_tokenizer(seed=0, steps=8) on 32 val exhibits, 2 threads

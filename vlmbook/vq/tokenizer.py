@@ -1,7 +1,7 @@
 """The book's image tokenizer: a VQ-VAE that maps images to a grid of integer codes (Chapter 2 §2.6).
 
 ``encode(images (B, 3, H, W) in [0, 1]) -> (B, h, w)`` long codes and ``decode(codes) -> images``.
-The ``tiny`` preset (64 px → 8 × 8 codes, K = 256) trains on CPU on museum exhibits and photo
+The ``tiny`` preset (64 px → 8 × 8 codes, K = 512) trains on CPU on museum exhibits and photo
 crops and is the artifact ``vq-tokenizer-tiny`` that Chapter 5 turns into ``<v_k>`` tokens.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class TokenizerConfig(Config):
 
     @classmethod
     def tiny(cls) -> "TokenizerConfig":
-        return cls()
+        return cls(codebook_size=512)
 
     @classmethod
     def base(cls) -> "TokenizerConfig":
@@ -303,11 +303,11 @@ def evaluate_tokenizer(model: VQTokenizer, images: torch.Tensor | None = None, b
 
 
 #: The training recipe of the ``vq-tokenizer-tiny`` artifact.
-TINY_TRAIN = TokenizerTrainConfig(steps=400, batch_size=32, lr=2e-3)
+TINY_TRAIN = TokenizerTrainConfig(steps=1200, batch_size=32, lr=2e-3, photo_fraction=0.125)
 
 
 def build_tiny_tokenizer(seed: int = 0, steps: int | None = None) -> VQTokenizer:
-    """Train the ``tiny`` tokenizer (64 px → 8 × 8 codes, K = 256) from scratch with ``seed``. §2.6."""
+    """Train the ``tiny`` tokenizer (64 px → 8 × 8 codes, K = 512) from scratch with ``seed``. §2.6."""
     torch.manual_seed(seed)
     model = VQTokenizer(TokenizerConfig.tiny())
     cfg = TINY_TRAIN.replace(seed=seed, **({"steps": steps} if steps else {}))
@@ -332,7 +332,7 @@ class _threads:
 
 TINY_ARTIFACT = register_artifact(ArtifactSpec(
     "vq-tokenizer-tiny", "1", "vlmbook.vq.tokenizer:build_tiny_tokenizer", seed=0,
-    description="VQ-VAE, 64 px -> 8x8 codes, K=256, EMA + restart (Chapter 2)"))
+    description="VQ-VAE, 64 px -> 8x8 codes, K=512, EMA + restart (Chapter 2)"))
 
 
 def load_tiny_tokenizer(rebuild: bool = False) -> VQTokenizer:
