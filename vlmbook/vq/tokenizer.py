@@ -3,6 +3,9 @@
 ``encode(images (B, 3, H, W) in [0, 1]) -> (B, h, w)`` long codes and ``decode(codes) -> images``.
 The ``tiny`` preset (64 px → 8 × 8 codes, K = 512) trains on CPU on museum exhibits and photo
 crops and is the artifact ``vq-tokenizer-tiny`` that Chapter 5 turns into ``<v_k>`` tokens.
+The committed copy (``vlmbook/artifacts/vq-tokenizer-tiny-v1/``) is rebuilt by
+``vlmbook artifacts build vq-tokenizer-tiny --out vlmbook/artifacts/vq-tokenizer-tiny-v1``; its
+``metrics.json`` records :func:`evaluate_tokenizer` of the committed weights.
 """
 from __future__ import annotations
 
