@@ -1,0 +1,180 @@
+"""MaskGIT: a bidirectional transformer over image codes, trained to fill masked tokens and
+sampled by iterative parallel decoding with a cosine schedule (Chapter 2 §2.8; Chang et al., 2022)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..hub import PretrainedMixin
+from ..loop import LoopConfig, fit
+
+
+@dataclasses.dataclass
+class MaskGITConfig(Config):
+    """Transformer size and the code grid it models."""
+
+    codebook_size: int = 256
+    grid: int = 8
+    dim: int = 96
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("codebook_size", "grid", "dim", "depth", "heads", "mlp_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                self._fail(name, "must be an int")
+        self.check_positive("codebook_size", "grid", "dim", "depth", "heads", "mlp_ratio")
+        self.check_divisible("dim", self.heads, "heads")
+
+    @classmethod
+    def tiny(cls) -> "MaskGITConfig":
+        return cls()
+
+    @classmethod
+    def base(cls) -> "MaskGITConfig":
+        return cls(codebook_size=1024, grid=16, dim=512, depth=8, heads=8)
+
+
+def cosine_schedule(r: float | torch.Tensor) -> float | torch.Tensor:
+    """γ(r) = cos(π r / 2): the fraction of tokens still masked at progress r ∈ [0, 1]. §2.8."""
+    if isinstance(r, torch.Tensor):
+        if ((r < 0) | (r > 1)).any():
+            raise ValueError("cosine_schedule needs r in [0, 1]")
+        return torch.cos(math.pi / 2 * r)
+    if not 0 <= r <= 1:
+        raise ValueError(f"cosine_schedule needs r in [0, 1], got {r}")
+    return math.cos(math.pi / 2 * r)
+
+
+class MaskGIT(nn.Module, PretrainedMixin):
+    """(B, N) codes with ``mask_id`` = K at hidden positions -> (B, N, K) logits. §2.8."""
+
+    config_class = MaskGITConfig
+
+    def __init__(self, config: MaskGITConfig):
+        super().__init__()
+        self.config = config
+        k, n, d = config.codebook_size, config.grid ** 2, config.dim
+        self.mask_id = k
+        self.tok = nn.Embedding(k + 1, d)
+        self.pos = nn.Parameter(torch.randn(1, n, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, config.heads, config.mlp_ratio * d, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, k)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        n = self.config.grid ** 2
+        if codes.dim() == 3:
+            codes = codes.flatten(1)
+        if codes.dim() != 2 or codes.shape[1] != n:
+            raise ValueError(f"MaskGIT needs (B, {n}) or (B, {self.config.grid}, {self.config.grid}) codes, got {tuple(codes.shape)}")
+        if codes.dtype.is_floating_point or codes.min() < 0 or codes.max() > self.mask_id:
+            raise ValueError(f"codes must be integers in [0, {self.mask_id}] ({self.mask_id} = mask)")
+        return self.head(self.norm(self.blocks(self.tok(codes) + self.pos)))
+
+
+def random_mask(codes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, N) -> bool mask hiding ⌈γ(r)·N⌉ random positions per row, r ~ U(0, 1). §2.8."""
+    b, n = codes.shape
+    r = torch.rand(b, generator=generator)
+    n_mask = torch.ceil(cosine_schedule(r) * n).clamp(1, n).long()
+    ranks = torch.rand(b, n, generator=generator).argsort(1).argsort(1)
+    return (ranks < n_mask[:, None]).to(codes.device)
+
+
+def masked_token_loss(model: MaskGIT, codes: torch.Tensor, step: int = 0):
+    """Cross-entropy on the masked positions of (B, N) or (B, h, w) codes. §2.8."""
+    codes = codes.flatten(1)
+    mask = random_mask(codes)
+    logits = model(torch.where(mask, model.mask_id, codes))
+    loss = F.cross_entropy(logits[mask], codes[mask])
+    acc = (logits[mask].argmax(-1) == codes[mask]).float().mean()
+    return loss, {"acc": float(acc)}
+
+
+@dataclasses.dataclass
+class MaskGITTrainConfig(Config):
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_positive("steps", "batch_size", "lr")
+
+    @classmethod
+    def tiny(cls) -> "MaskGITTrainConfig":
+        return cls()
+
+    @classmethod
+    def base(cls) -> "MaskGITTrainConfig":
+        return cls(steps=20000, batch_size=128, lr=3e-4)
+
+
+def train_maskgit(model: MaskGIT, codes: torch.Tensor, cfg: MaskGITTrainConfig | None = None,
+                  progress: bool = True) -> list[dict[str, float]]:
+    """Train on a fixed set of (M, h, w) codes; batch ``s`` is a seeded shuffle slice. §2.8."""
+    cfg = cfg or MaskGITTrainConfig()
+    codes = codes.flatten(1).long()
+    if codes.shape[1] != model.config.grid ** 2:
+        raise ValueError(f"codes have {codes.shape[1]} tokens per image, model expects {model.config.grid ** 2}")
+    m = codes.shape[0]
+
+    def batch_fn(step: int) -> torch.Tensor:
+        epoch, pos = divmod(step * cfg.batch_size, m)
+        perm = torch.randperm(m, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        idx = perm[torch.arange(pos, pos + cfg.batch_size) % m]
+        return codes[idx]
+
+    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=max(1, cfg.steps // 10),
+                      warmup=cfg.steps // 10, weight_decay=0.01, progress=progress)
+    return fit(model, masked_token_loss, batch_fn, loop, desc="maskgit")
+
+
+@torch.no_grad()
+def decode(model: MaskGIT, n: int = 1, steps: int = 8, temperature: float = 1.0, choice_temperature: float = 4.5,
+           codes: torch.Tensor | None = None, known: torch.Tensor | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Iterative parallel decoding: start fully masked (or from ``codes`` where ``known``), at step t
+    sample every hidden token, keep the most confident, re-mask γ((t+1)/T) of the rest.
+    Returns (n, grid, grid) codes. §2.8."""
+    if steps < 1 or temperature <= 0 or choice_temperature < 0:
+        raise ValueError(f"need steps >= 1, temperature > 0, choice_temperature >= 0; got {steps}, {temperature}, {choice_temperature}")
+    g, nt = model.config.grid, model.config.grid ** 2
+    dev = next(model.parameters()).device
+    model.eval()
+    if codes is None:
+        x = torch.full((n, nt), model.mask_id, dtype=torch.long, device=dev)
+    else:
+        if known is None or known.shape != codes.shape:
+            raise ValueError("inpainting needs codes and a same-shaped bool `known` mask")
+        x = torch.where(known.flatten(1).to(dev), codes.flatten(1).to(dev), model.mask_id)
+    unknown = x == model.mask_id
+    total = unknown.sum(1)
+    for t in range(steps):
+        probs = F.softmax(model(x) / temperature, dim=-1)
+        sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]).cpu(), 1, generator=generator).view(x.shape).to(dev)
+        sampled = torch.where(unknown, sampled, x)
+        conf = torch.gather(probs, -1, sampled[..., None])[..., 0].clamp_min(1e-20).log()
+        ratio = (t + 1) / steps
+        if choice_temperature > 0:
+            u = torch.rand(conf.shape, generator=generator).to(dev).clamp(1e-20, 1 - 1e-7)
+            conf = conf + choice_temperature * (1 - ratio) * -torch.log(-torch.log(u))
+        conf = torch.where(unknown, conf, torch.inf)
+        still = torch.floor(total.float() * cosine_schedule(ratio)).long()
+        ranks = conf.argsort(1).argsort(1)
+        remask = ranks < still[:, None]
+        x = torch.where(remask, model.mask_id, sampled)
+        unknown = remask
+    return x.view(-1, g, g)
