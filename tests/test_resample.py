@@ -354,3 +354,59 @@ def test_choose_budget():
         choose_budget(100, 100, curve)
     with pytest.raises(ValueError, match="context"):
         choose_budget(-1, 0, curve)
+
+
+# -- the probe ------------------------------------------------------------------------------------
+def test_probe_questions_and_answers():
+    from vlmbook.data import Museum
+    from vlmbook.resample import probe_answers, probe_questions
+
+    qs = probe_questions()
+    assert len(qs) == 21 and [q[1] for q in qs].count("attribute") == 18
+    scene = Museum("test").scene(0)
+    ans = probe_answers(scene)
+    assert len(ans) == 21 and all(a in q[2] for q, a in zip(qs, ans))
+    assert int(ans[18]) == len(scene.objects)
+    for o in scene.objects:  # each object's colour and shape are the answers for its cell
+        assert ans[2 * o.cell] == o.colour and ans[2 * o.cell + 1] == o.shape
+    assert ans.count("nothing") == 2 * (9 - len(scene.objects))
+
+
+class _FakeEncoder(torch.nn.Module):
+    """Stands in for the CLIP encoder: mean colour of each 8x8 patch, padded to 8 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("C", (), {"image_size": 64})()
+
+    def patch_features(self, images):
+        f = torch.nn.functional.avg_pool2d(images, 8).flatten(2).transpose(1, 2)  # (B, 64, 3)
+        return torch.cat([f, f ** 2, f[..., :2]], -1)  # (B, 64, 8)
+
+
+def test_probe_runs_and_learns_something():
+    from vlmbook.resample import ProbeConfig, majority_accuracy, probe_features
+    from vlmbook.resample.budget import probe_accuracy
+
+    enc = _FakeEncoder()
+    tr, te = probe_features(enc, "train", 300), probe_features(enc, "test", 100)
+    assert tr.features.shape == (300, 64, 8) and tr.answers.shape == (300, 21) and tr.answers.dtype == torch.long
+    cfg = ProbeConfig(dim=16, hidden=64, heads=2, steps=150, batch_size=64, lr=3e-3)
+    row, model = probe_accuracy("perceiver", 4, tr, te, cfg, return_model=True)
+    assert set(row) == {"kind", "M", "accuracy", "attribute", "count", "relation"} and row["M"] == 4
+    again = probe_accuracy("perceiver", 4, tr, te, cfg)
+    assert again == row  # seeded
+    base = majority_accuracy(tr, te)
+    assert 0 <= base["accuracy"] <= 1
+    full = probe_accuracy("all", 0, tr, te, cfg)
+    assert full["M"] == 64 and full["accuracy"] > base["accuracy"] + 0.02, (full, base)
+    with pytest.raises(ValueError, match="positive int"):
+        probe_features(enc, "train", 0)
+
+
+def test_valid_budgets():
+    from vlmbook.resample import valid_budgets
+
+    assert valid_budgets("pixel_shuffle", 64, [1, 2, 4, 8, 16, 32, 64]) == [1, 4, 16, 64]
+    assert valid_budgets("perceiver", 64, [1, 2, 100]) == [1, 2]

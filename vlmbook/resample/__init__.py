@@ -5,8 +5,14 @@ queries, pixel shuffle, TokenLearner and ToMe; their cost against full self-atte
 and media embeddings; and choosing the token budget M for a context limit.
 """
 from .budget import (  # noqa
+    PROBE_GROUPS,
     BudgetCurve,
     ProbeConfig,
+    ProbeData,
+    majority_accuracy,
+    probe_answers,
+    probe_questions,
+    valid_budgets,
     choose_budget,
     fit_budget_curve,
     probe_accuracy,
@@ -42,7 +48,8 @@ from .layers import Attention, Block, FeedForward
 from .positions import MediaEmbedding, sincos_1d, sincos_2d
 
 __all__ = [
-    "BudgetCurve", "ProbeConfig", "choose_budget", "fit_budget_curve", "probe_accuracy", "probe_features",
+    "PROBE_GROUPS", "BudgetCurve", "ProbeConfig", "ProbeData", "majority_accuracy", "probe_answers",
+    "probe_questions", "valid_budgets", "choose_budget", "fit_budget_curve", "probe_accuracy", "probe_features",
     "budget_sweep", "KINDS", "CompressorConfig", "PerceiverResampler", "PixelShuffle", "QFormer", "TokenCompressor",
     "TokenLearner", "ToMe", "load_compressor", "make_compressor", "merge_tokens", "pixel_shuffle", "tome_schedule",
     "attention_flops", "cost_table", "count_flops", "ffn_flops", "perceiver_flops", "qformer_flops",

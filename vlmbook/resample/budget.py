@@ -1,10 +1,11 @@
 """Choosing the token budget M: a museum probe across M, the fit Q(M) = a - b / (M + c), and M*.
 
 The probe is a miniature of the museum guide: frozen patch features of an exhibit are
-compressed to M tokens, a question is appended, and a small transformer answers it from the
-question's first token. Compressor and probe head are trained together for a few hundred
-steps; accuracy on held-out exhibits, measured for several M, traces how much each extra image
-token buys. Chapter 4 §4.6.
+compressed to M tokens, and a small head answers a fixed set of visitor questions from them —
+the colour and shape in each part of the wall (attributes), how many objects there are
+(count), and which side holds more (relations). Compressor and head are trained together for a
+few hundred steps; accuracy on held-out exhibits, measured for several M, traces how much each
+extra image token buys. Chapter 4 §4.6.
 """
 from __future__ import annotations
 
@@ -18,17 +19,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..data.museum import COLOUR_NAMES, LOCATIONS, SHAPES, Museum, questions
+from ..data.museum import COLOUR_NAMES, LOCATIONS, SHAPES, Museum
 from ..loop import LoopConfig, fit
 from .compressors import CompressorConfig, make_compressor
-from .layers import Block
-from .positions import sincos_1d
 
-#: The probe's question types: attributes (colour, shape, exists), count, and relations (locate, spatial).
-PROBE_TYPES: tuple[str, ...] = ("colour", "shape", "exists", "count", "locate", "spatial")
-ANSWERS: tuple[str, ...] = tuple(COLOUR_NAMES) + tuple(SHAPES) + tuple(str(k) for k in range(7)) + ("yes", "no") \
-    + tuple(LOCATIONS)
-_ANSWER_ID = {a: i for i, a in enumerate(ANSWERS)}
+#: The probe's question groups: attributes of each grid cell, a count, and relations between regions.
+PROBE_GROUPS: tuple[str, ...] = ("attribute", "count", "relation")
+_NOTHING = "nothing"
+_CELL_COLOUR = (_NOTHING,) + tuple(COLOUR_NAMES)
+_CELL_SHAPE = (_NOTHING,) + tuple(SHAPES)
+_COUNTS = tuple(str(k) for k in range(7))
+_SIDES = (("left", "right"), ("top", "bottom"))
+_MORE = ("first", "second", "same")
+
+
+def probe_questions() -> list[tuple[str, str, tuple[str, ...]]]:
+    """The fixed questions every exhibit answers: (question, group, possible answers). §4.6.
+
+    18 attribute questions (the colour and the shape in each of the 9 grid cells, or 'nothing'),
+    one count, and 2 relations (which of two opposite sides holds more objects).
+    """
+    qs: list[tuple[str, str, tuple[str, ...]]] = []
+    for cell, loc in enumerate(LOCATIONS):
+        qs.append((f"What colour is the object at the {loc}?", "attribute", _CELL_COLOUR))
+        qs.append((f"What shape is the object at the {loc}?", "attribute", _CELL_SHAPE))
+    qs.append(("How many objects are in the exhibit?", "count", _COUNTS))
+    for a, b in _SIDES:
+        qs.append((f"Which holds more objects, the {a} or the {b}?", "relation", _MORE))
+    return qs
+
+
+def probe_answers(scene) -> list[str]:
+    """The true answer to each of :func:`probe_questions` for one museum scene."""
+    by_cell = {o.cell: o for o in scene.objects}
+    out: list[str] = []
+    for cell in range(9):
+        o = by_cell.get(cell)
+        out += [o.colour, o.shape] if o else [_NOTHING, _NOTHING]
+    out.append(str(len(scene.objects)))
+    cols = [o.cell % 3 for o in scene.objects]
+    rows = [o.cell // 3 for o in scene.objects]
+    for first, second in ((cols.count(0), cols.count(2)), (rows.count(0), rows.count(2))):
+        out.append("first" if first > second else "second" if second > first else "same")
+    return out
 
 
 @dataclasses.dataclass
@@ -38,7 +71,7 @@ class ProbeConfig(Config):
     n_train: int = 3000
     n_test: int = 500
     dim: int = 64
-    depth: int = 2
+    hidden: int = 256
     heads: int = 4
     steps: int = 300
     batch_size: int = 128
@@ -47,7 +80,7 @@ class ProbeConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        self.check_positive("n_train", "n_test", "dim", "depth", "heads", "steps", "batch_size", "lr")
+        self.check_positive("n_train", "n_test", "dim", "hidden", "heads", "steps", "batch_size", "lr")
         self.check_divisible("dim", self.heads, "heads")
 
     @classmethod
@@ -56,72 +89,46 @@ class ProbeConfig(Config):
 
     @classmethod
     def base(cls) -> "ProbeConfig":
-        return cls(n_train=20000, n_test=2000, dim=128, depth=3, steps=3000, batch_size=256, lr=1e-3)
+        return cls(n_train=20000, n_test=2000, dim=128, hidden=512, steps=3000, batch_size=256, lr=1e-3)
 
 
 @dataclasses.dataclass
 class ProbeData:
-    """Frozen features of S exhibits and their Q questions (ids, answers, types, owning exhibit)."""
+    """Frozen features of S exhibits (S, N, D) and their answers (S, Q) to :func:`probe_questions`."""
 
-    features: torch.Tensor  # (S, N, D)
-    question_ids: torch.Tensor  # (Q, L)
-    question_mask: torch.Tensor  # (Q, L)
-    scene: torch.Tensor  # (Q,) index into features
-    answer: torch.Tensor  # (Q,) index into ANSWERS
-    qtype: list[str]
+    features: torch.Tensor
+    answers: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.answer.shape[0])
+        return int(self.answers.shape[0])
 
 
 @torch.no_grad()
-def probe_features(encoder, split: str, n: int, types: Sequence[str] = PROBE_TYPES, batch: int = 250) -> ProbeData:
-    """Compute frozen ``encoder.patch_features`` of n exhibits once, with their probe questions. §4.6."""
-    from ..vision.text import MuseumTokenizer
-
-    bad = [t for t in types if t not in PROBE_TYPES]
-    if bad:
-        raise ValueError(f"probe question types must come from {PROBE_TYPES}, got {bad}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    size = encoder.config.image_size
-    museum = Museum(split, size=size, length=n)
+def probe_features(encoder, split: str, n: int, batch: int = 250) -> ProbeData:
+    """Compute frozen ``encoder.patch_features`` of n exhibits once, with their probe answers. §4.6."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    museum = Museum(split, size=encoder.config.image_size, length=n)
     dev = next(encoder.parameters()).device
     feats = torch.cat([encoder.patch_features(museum.tensors(s, min(batch, n - s)).to(dev)).cpu()
                        for s in range(0, n, batch)])
-    texts, scene, answer, qtype = [], [], [], []
-    for i in range(n):
-        for qa in questions(museum.scene(i)):
-            if qa.qtype in types:
-                texts.append(qa.question)
-                scene.append(i)
-                answer.append(_ANSWER_ID[qa.answer])
-                qtype.append(qa.qtype)
-    ids, mask = MuseumTokenizer().encode(texts)
-    return ProbeData(feats, ids, mask, torch.tensor(scene), torch.tensor(answer), qtype)
+    qs = probe_questions()
+    rows = [[q[2].index(a) for q, a in zip(qs, probe_answers(museum.scene(i)))] for i in range(n)]
+    return ProbeData(feats, torch.tensor(rows, dtype=torch.long))
 
 
 class ProbeHead(nn.Module):
-    """[image tokens; question words] -> transformer -> answer logits read at the question's <cls>."""
+    """A small MLP reading all M tokens (flattened) and answering every probe question at once."""
 
-    def __init__(self, token_dim: int, cfg: ProbeConfig, vocab_size: int, max_len: int = 40):
+    def __init__(self, m: int, token_dim: int, hidden: int):
         super().__init__()
-        self.img = nn.Linear(token_dim, cfg.dim)
-        self.word = nn.Embedding(vocab_size, cfg.dim)
-        self.kind = nn.Parameter(torch.zeros(2, cfg.dim))  # which segment: image or text
-        self.register_buffer("pos", sincos_1d(max_len, cfg.dim), persistent=False)
-        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads) for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.out = nn.Linear(cfg.dim, len(ANSWERS))
+        self.sizes = [len(q[2]) for q in probe_questions()]
+        self.net = nn.Sequential(nn.LayerNorm(token_dim), nn.Flatten(1), nn.Linear(m * token_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, sum(self.sizes)))
 
-    def forward(self, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens (B, M, D'), ids/mask (B, L) -> (B, |ANSWERS|) logits."""
-        m = tokens.shape[1]
-        x = torch.cat([self.img(tokens) + self.kind[0], self.word(ids) + self.pos[: ids.shape[1]] + self.kind[1]], 1)
-        key_mask = torch.cat([mask.new_ones(mask.shape[0], m), mask], 1)
-        for blk in self.blocks:
-            x = blk(x, key_mask=key_mask)
-        return self.out(self.norm(x[:, m]))
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """(B, M, D') -> one (B, n_answers) logit tensor per question."""
+        return list(self.net(tokens).split(self.sizes, dim=-1))
 
 
 class ProbeModel(nn.Module):
@@ -131,62 +138,72 @@ class ProbeModel(nn.Module):
         super().__init__()
         self.compressor, self.head = compressor, head
 
-    def forward(self, feats: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        tokens = feats if self.compressor is None else self.compressor(feats)
-        return self.head(tokens, ids, mask)
-
-
-def _batch(data: ProbeData, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"feats": data.features[data.scene[idx]], "ids": data.question_ids[idx],
-            "mask": data.question_mask[idx], "answer": data.answer[idx]}
+    def forward(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        return self.head(feats if self.compressor is None else self.compressor(feats))
 
 
 def make_probe(kind: str, m: int, n: int, d: int, cfg: ProbeConfig) -> ProbeModel:
     """Compressor ``kind`` to M tokens (``"all"`` keeps all N) + a fresh probe head, seeded by cfg.seed."""
-    from ..vision.text import MuseumTokenizer
-
     torch.manual_seed(cfg.seed)
     if kind == "all":
-        comp = None
-    else:
-        comp = make_compressor(CompressorConfig(kind=kind, in_dim=d, dim=cfg.dim, out_dim=cfg.dim, num_tokens=m,
-                                                in_tokens=n, depth=1, heads=cfg.heads))
-    return ProbeModel(comp, ProbeHead(d if comp is None else cfg.dim, cfg, len(MuseumTokenizer())))
+        return ProbeModel(None, ProbeHead(n, d, cfg.hidden))
+    comp = make_compressor(CompressorConfig(kind=kind, in_dim=d, dim=cfg.dim, out_dim=cfg.dim, num_tokens=m,
+                                            in_tokens=n, depth=1, heads=cfg.heads))
+    return ProbeModel(comp, ProbeHead(m, cfg.dim, cfg.hidden))
+
+
+def probe_loss(logits: list[torch.Tensor], answers: torch.Tensor) -> torch.Tensor:
+    """Mean over questions of the cross-entropy of each question's answer."""
+    return torch.stack([F.cross_entropy(lg, answers[:, q]) for q, lg in enumerate(logits)]).mean()
 
 
 @torch.no_grad()
-def evaluate_probe(model: ProbeModel, data: ProbeData, batch: int = 1024) -> dict[str, float]:
-    """Accuracy overall and per question type on ``data``."""
+def evaluate_probe(model: ProbeModel, data: ProbeData, batch: int = 1000) -> dict[str, float]:
+    """Accuracy per question group and their mean ("accuracy") on ``data``."""
     model.eval()
     preds = []
     for s in range(0, len(data), batch):
-        b = _batch(data, torch.arange(s, min(s + batch, len(data))))
-        preds.append(model(b["feats"], b["ids"], b["mask"]).argmax(-1))
-    correct = (torch.cat(preds) == data.answer).float().numpy()
-    types = np.array(data.qtype)
-    out = {"accuracy": float(correct.mean())}
-    for t in dict.fromkeys(data.qtype):
-        out[t] = float(correct[types == t].mean())
-    return out
+        logits = model(data.features[s:s + batch])
+        preds.append(torch.stack([lg.argmax(-1) for lg in logits], 1))
+    correct = (torch.cat(preds) == data.answers).float()
+    groups = [q[1] for q in probe_questions()]
+    out = {g: float(correct[:, [i for i, x in enumerate(groups) if x == g]].mean()) for g in PROBE_GROUPS}
+    return {"accuracy": float(np.mean([out[g] for g in PROBE_GROUPS])), **out}
 
 
-def probe_accuracy(kind: str, m: int, train: ProbeData, test: ProbeData, cfg: ProbeConfig | None = None
-                   ) -> dict[str, float]:
-    """Train compressor ``kind`` (M tokens) + probe head on ``train``; accuracy on ``test``. §4.6."""
+def majority_accuracy(train: ProbeData, test: ProbeData) -> dict[str, float]:
+    """The same scores for always giving each question's most common training answer."""
+    best = torch.mode(train.answers, dim=0).values
+    correct = (test.answers == best[None]).float()
+    groups = [q[1] for q in probe_questions()]
+    out = {g: float(correct[:, [i for i, x in enumerate(groups) if x == g]].mean()) for g in PROBE_GROUPS}
+    return {"accuracy": float(np.mean([out[g] for g in PROBE_GROUPS])), **out}
+
+
+def probe_accuracy(kind: str, m: int, train: ProbeData, test: ProbeData, cfg: ProbeConfig | None = None,
+                   return_model: bool = False):
+    """Train compressor ``kind`` (M tokens) + probe head on ``train``; accuracy on ``test``. §4.6.
+
+    Returns a dict (kind, M, accuracy and accuracy per question group), and the trained
+    :class:`ProbeModel` too when ``return_model``.
+    """
     cfg = cfg or ProbeConfig.tiny()
     _, n, d = train.features.shape
     model = make_probe(kind, m, n, d, cfg)
 
     def batch_fn(step: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        return _batch(train, torch.randint(len(train), (cfg.batch_size,), generator=g))
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=g)
+        return {"feats": train.features[idx], "answers": train.answers[idx]}
 
     def loss_fn(mdl: nn.Module, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-        return F.cross_entropy(mdl(b["feats"], b["ids"], b["mask"]), b["answer"])
+        return probe_loss(mdl(b["feats"]), b["answers"])
 
-    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(20, cfg.steps // 10), seed=cfg.seed, log_every=50)
+    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(20, cfg.steps // 10), seed=cfg.seed, log_every=50,
+                      weight_decay=0.01)
     fit(model, loss_fn, batch_fn, loop, device="cpu", desc=f"probe {kind} M={m}")
-    return {"kind": kind, "M": m if kind != "all" else n, **evaluate_probe(model, test)}
+    row = {"kind": kind, "M": m if kind != "all" else n, **evaluate_probe(model, test)}
+    return (row, model) if return_model else row
 
 
 def valid_budgets(kind: str, n: int, ms: Sequence[int]) -> list[int]:

@@ -138,8 +138,8 @@ class CLIPTrainConfig(Config):
     """Data and schedule for contrastive training (the optimiser settings are a LoopConfig)."""
 
     batch_size: int = 64
-    steps: int = 400
-    lr: float = 2e-3
+    steps: int = 600
+    lr: float = 3e-3
     warmup: int = 20
     seed: int = 0
     ckpt_every: int = 0
