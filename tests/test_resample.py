@@ -248,7 +248,7 @@ def test_tokenlearner_is_weighted_mean():
     torch.manual_seed(0)
     comp = TokenLearner(_cfg("tokenlearner")).eval()
     x = _x()
-    w = comp.weights(x)
+    w = comp.weights(x).detach()
     assert w.shape == (2, 16, 4) and float(w.min()) >= 0 and float(w.max()) <= 1
     torch.testing.assert_close(comp(x), comp.proj(torch.einsum("bnm,bnd->bmd", w, x) / 16))
 
@@ -410,3 +410,21 @@ def test_valid_budgets():
 
     assert valid_budgets("pixel_shuffle", 64, [1, 2, 4, 8, 16, 32, 64]) == [1, 4, 16, 64]
     assert valid_budgets("perceiver", 64, [1, 2, 100]) == [1, 2]
+
+
+def test_cost_table_counts_match_formulas():
+    from vlmbook.resample import cost_table, time_forward
+
+    rows = cost_table([16, 64], m=4, d=32, heads=4, batch=1, measure=False)
+    assert [r["N"] for r in rows] == [16, 64]
+    for r in rows:
+        assert r["full_flops"] == r["full_flops_counted"]
+        assert r["resampler_flops"] == r["resampler_flops_counted"]
+        assert "full_ms" not in r
+    assert rows[1]["flop_ratio"] > rows[0]["flop_ratio"]  # compression pays more as N grows
+    timed = cost_table([16], m=4, d=32, heads=4, batch=1, repeats=1)[0]
+    assert timed["full_ms"] > 0 and timed["resampler_ms"] > 0
+    with pytest.raises(ValueError, match="repeats"):
+        time_forward(torch.nn.Identity(), torch.zeros(1), repeats=0)
+    with pytest.raises(ValueError, match="n must"):
+        cost_table([0], m=4, d=32, heads=4, measure=False)
