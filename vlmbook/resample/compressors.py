@@ -233,7 +233,8 @@ def merge_tokens(x: torch.Tensor, r: int, size: torch.Tensor | None = None,
     Tokens alternate into sets A (even positions) and B (odd). Each A token finds its most similar
     B token (cosine); the r best-matched A tokens are merged into their partners as a size-weighted
     mean, and sizes add, so ``sum(size * x)`` and ``sum(size)`` are unchanged. Masked tokens get
-    size 0 and are merged first.
+    size 0 and, in set A, are merged first; a masked token in set B that receives no merge stays,
+    with size 0 (weight 0 in any size-weighted use downstream).
     """
     check_tokens(x)
     b, n, d = x.shape
