@@ -428,3 +428,23 @@ def test_cost_table_counts_match_formulas():
         time_forward(torch.nn.Identity(), torch.zeros(1), repeats=0)
     with pytest.raises(ValueError, match="n must"):
         cost_table([0], m=4, d=32, heads=4, measure=False)
+
+
+def test_positions_option():
+    torch.manual_seed(0)
+    comp = make_compressor(_cfg("perceiver", positions=True)).eval()
+    x = _x(n=16)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    assert comp(x).shape == (2, 4, 24)
+    # with positions the resampler knows where each patch was: no longer order-free
+    assert not torch.allclose(comp(x), comp(x[:, perm]), atol=1e-4)
+    with torch.no_grad():
+        comp.config.positions = False
+        plain = comp(x + sincos_2d(4, 4, 32))
+        comp.config.positions = True
+        torch.testing.assert_close(comp(x), plain)
+    assert comp(torch.randn(2, 3, 16, 32)).shape == (2, 4, 24)  # several media, positions per image
+    with pytest.raises(ValueError, match="square"):
+        comp(_x(n=15))
+    with pytest.raises(ValueError, match="positions"):
+        CompressorConfig(positions=1)

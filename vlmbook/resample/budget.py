@@ -77,6 +77,7 @@ class ProbeConfig(Config):
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
+    positions: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -148,7 +149,7 @@ def make_probe(kind: str, m: int, n: int, d: int, cfg: ProbeConfig) -> ProbeMode
     if kind == "all":
         return ProbeModel(None, ProbeHead(n, d, cfg.hidden))
     comp = make_compressor(CompressorConfig(kind=kind, in_dim=d, dim=cfg.dim, out_dim=cfg.dim, num_tokens=m,
-                                            in_tokens=n, depth=1, heads=cfg.heads))
+                                            in_tokens=n, depth=1, heads=cfg.heads, positions=cfg.positions))
     return ProbeModel(comp, ProbeHead(m, cfg.dim, cfg.hidden))
 
 

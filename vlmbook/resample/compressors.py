@@ -19,7 +19,7 @@ from torch import nn
 from ..config import Config
 from ..hub import PretrainedMixin
 from .layers import Attention, FeedForward, check_mask, check_tokens
-from .positions import MediaEmbedding
+from .positions import MediaEmbedding, sincos_2d
 
 KINDS: tuple[str, ...] = ("perceiver", "qformer", "pixel_shuffle", "tokenlearner", "tome")
 
@@ -38,6 +38,7 @@ class CompressorConfig(Config):
     heads: int = 4
     ff_mult: int = 4
     max_media: int = 4
+    positions: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -45,6 +46,10 @@ class CompressorConfig(Config):
         self.check_positive("in_dim", "dim", "out_dim", "num_tokens", "in_tokens", "depth", "heads", "ff_mult",
                             "max_media")
         self.check_divisible("dim", self.heads, "heads")
+        if not isinstance(self.positions, bool):
+            self._fail("positions", "must be True or False")
+        if self.positions and self.in_dim % 4:
+            self._fail("in_dim", "must be a multiple of 4 to add 2-D sin-cos positions")
         if self.kind == "pixel_shuffle":
             r2 = self.in_tokens // self.num_tokens
             g, r = math.isqrt(self.in_tokens), math.isqrt(max(r2, 1))
@@ -82,7 +87,21 @@ class TokenCompressor(nn.Module, PretrainedMixin):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, D_in) [mask (B, N), True = real token] -> (B, M, D_out)."""
         check_tokens(x, self.config.in_dim)
-        return self._compress(x, check_mask(mask, x))
+        return self._compress(self.add_positions(x), check_mask(mask, x))
+
+    def add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """With ``config.positions``: (..., N, D) + 2-D sin-cos codes of a square patch grid. §4.5.
+
+        Attention-based compressors see their input as a set; adding the patch positions again
+        just before compressing tells every latent where each feature came from.
+        """
+        if not self.config.positions:
+            return x
+        n = x.shape[-2]
+        g = math.isqrt(n)
+        if g * g != n:
+            raise ValueError(f"positions=True needs a square grid of tokens, got N={n}")
+        return x + sincos_2d(g, g, x.shape[-1]).to(x.device, x.dtype)
 
     def _compress(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -112,7 +131,9 @@ class PerceiverResampler(TokenCompressor):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, D) or (B, T, N, D) [mask (B, N) or (B, T, N)] -> (B, M, D_out)."""
         if isinstance(x, torch.Tensor) and x.dim() == 4:
-            x, mask = self.media(x, mask)
+            x, mask = self.media(self.add_positions(x), mask)  # positions per image, then per medium
+            check_tokens(x, self.config.in_dim)
+            return self._compress(x, check_mask(mask, x))
         return super().forward(x, mask)
 
     def _compress(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
