@@ -324,7 +324,9 @@ print("two images:", tuple(two.shape), "-> resampled:", tuple(per(two).shape))
 # (attributes), how many objects there are (count), and which of two opposite sides holds
 # more objects (relations). Compressor and head train together for 300 steps on 3,000
 # exhibits; we score 500 held-out ones, averaging the three question groups. The features
-# are computed once.
+# are computed once. Before compressing, the probe adds the 2-D sin-cos codes of §4.5 to the
+# features once more (`positions=True`): an attention-based compressor sees a *set*, and this
+# tells each latent where a feature came from.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -350,16 +352,26 @@ for r in results:
           f" count {r['count']:.3f}, relation {r['relation']:.3f})")
 
 # %% [markdown]
+# How much do those re-added positions matter? The same resampler at M = 16, without them:
+
+# %%
+no_pos = probe_accuracy("perceiver", 16, train, test, pcfg.replace(positions=False))
+with_pos = next(r for r in results if r["kind"] == "perceiver" and r["M"] == 16)
+print(f"perceiver M=16: with positions {with_pos['accuracy']:.3f}, without {no_pos['accuracy']:.3f}")
+
+# %% [markdown]
 # Three things stand out. Pixel shuffle learns fastest: its grouping of neighbouring patches
 # is fixed, so only a projection has to be learned, and even its single 4096-wide token
-# (M = 1, r = 8) still holds the whole 8 × 8 grid. The resampler's latents must first learn
-# *where* to look; within 300 steps they only partly have (train it longer in exercise 2),
-# and more latents help only up to a point. ToMe at M = 64 merges nothing and is as good as
-# pixel shuffle; below that, which token ends up in which slot depends on the image, and a
-# head that reads fixed slots loses track of the wall's layout. Note also that the head on
-# all 64 raw patch tokens (dashed line) is *not* an upper bound here: with the same 300 steps
-# it trains less well than the heads behind a learned projection — a reminder to compare
-# budgets at equal training effort, and to train long enough that the reference has converged.
+# (M = 1, r = 8) still holds the whole 8 × 8 grid. The resampler climbs from about 0.6 with
+# one latent to about 0.72 with 16, and more latents buy nothing more here; without the
+# re-added positions it stays near 0.6 at M = 16 — a set of features that does not say where
+# each came from cannot tell the guide where on the wall an object hangs. ToMe at M = 64
+# merges nothing and is as good as pixel shuffle; below that, which token ends up in which
+# slot depends on the image, and a head that reads fixed slots loses track of the wall's
+# layout. Note also that the head on all 64 raw patch tokens (dashed line) is *not* an upper
+# bound here: with the same 300 steps it trains less well than the heads behind a learned
+# projection — a reminder to compare budgets at equal training effort, and to train long
+# enough that the reference has converged.
 #
 # Where accuracy rises with M and saturates, a simple law fits the curve well:
 #
@@ -423,7 +435,8 @@ for kind, c in curves.items():
 #   4.75× fewer FLOPs at N = 256, M = 16, d = 256, counted exactly and confirmed by timing,
 #   and the gap widens with N.
 # * 2-D sin-cos codes tell the encoder where a patch is; media embeddings tell the resampler
-#   which image a feature came from.
+#   which image a feature came from. Adding the patch positions again just before the
+#   resampler lifted its probe accuracy at M = 16 by about 12 points.
 # * The token budget is measured, not guessed: probe accuracy across M, a fitted
 #   Q(M) = a − b/(M + c), and M* chosen for a context C and text length L.
 #
