@@ -37,6 +37,15 @@ from vlmbook.resample import (
 from vlmbook.resample.layers import Block
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast, and far steadier on a shared CPU."""
+    from vlmbook.device import num_threads
+
+    with num_threads(1):
+        yield
+
+
 def _cfg(kind: str, **kw) -> CompressorConfig:
     base = dict(kind=kind, in_dim=32, dim=32, out_dim=24, num_tokens=4, in_tokens=16, depth=2, heads=4)
     base.update(kw)

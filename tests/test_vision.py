@@ -24,6 +24,16 @@ from vlmbook.vision import (
     train_clip,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast, and far steadier on a shared CPU."""
+    from vlmbook.device import num_threads
+
+    with num_threads(1):
+        yield
+
+
 SMALL = dict(vision_dim=32, vision_depth=1, vision_heads=2, text_dim=32, text_depth=1, text_heads=2, embed_dim=16)
 
 
