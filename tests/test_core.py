@@ -61,6 +61,16 @@ def test_config_validation_names_the_field(kwargs, field):
         ToyConfig(**kwargs)
 
 
+def test_config_type_checks_work_with_string_annotations():
+    # LoopConfig's module uses `from __future__ import annotations`, so its field types are strings.
+    with pytest.raises(ValueError, match="LoopConfig.steps must be an int"):
+        LoopConfig(steps=2.5)
+    with pytest.raises(ValueError, match="LoopConfig.lr must be a number"):
+        LoopConfig(lr="fast")
+    with pytest.raises(ValueError, match="LoopConfig.progress must be True or False"):
+        LoopConfig(progress=1)
+
+
 def test_config_presets_and_json(tmp_path):
     assert ToyConfig.presets() == ["tiny", "base"]
     assert ToyConfig.preset("base").width == 64

@@ -26,11 +26,14 @@ class Config:
         """Check every field; subclasses extend this and call ``super().validate()``."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = f.type if isinstance(f.type, type) else None
-            if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            # Under `from __future__ import annotations` the field type is the string "int".
+            expected = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", None)
+            if expected == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{type(self).__name__}.{f.name} must be an int, got {value!r}")
-            if expected is float and not isinstance(value, (int, float)):
+            if expected == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{type(self).__name__}.{f.name} must be a number, got {value!r}")
+            if expected == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{type(self).__name__}.{f.name} must be True or False, got {value!r}")
 
     def _fail(self, field: str, why: str) -> None:
         raise ValueError(f"{type(self).__name__}.{field} {why} (got {getattr(self, field)!r})")
