@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[book,test]"
 	@touch $(STAMP)
 
+# VLMBOOK_SLOW=1 also runs the artifact-retraining checks (about a minute each).
 test: $(STAMP)
 	$(BIN)/python tools/nb.py check
-	$(BIN)/python -m pytest tests -q
+	VLMBOOK_SLOW=1 $(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q
 
 unit: $(STAMP)

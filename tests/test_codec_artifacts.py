@@ -2,7 +2,7 @@
 
 The artifacts are made by ``vlmbook artifacts build codec-q<k>`` (``vlmbook.codec.models.build_q<k>``:
 the tiny scale hyperprior, ``TrainSpec()`` = 1,200 steps of 4 random 128-px photo crops, seed 0).
-Retraining one takes several CPU minutes, so that check runs only with ``VLMBOOK_SLOW=1``;
+Retraining one takes about a minute of CPU, so that check runs only with ``VLMBOOK_SLOW=1`` (as `make test` sets it);
 its tolerance is 2 % in bpp and 0.1 dB in PSNR. The builder trains on one thread, so on the
 same kind of CPU the rebuild is bit-identical (checked: ``build_q1(0)`` equals the committed
 weights exactly); a rebuild on two threads was measured 6.6 %
