@@ -41,7 +41,7 @@ import inspect
 
 import torch
 
-from vlmbook import nb
+from vlmbook import hub, nb
 from vlmbook import vq
 from vlmbook.data import Museum
 from vlmbook.plot import line_plot, show
@@ -218,14 +218,18 @@ print(f"grouped VQ, 2 groups x 4 bits: MSE {gvq_err:.2f} (vs {errors[1]:.2f} for
 # 8 × 8 grid of 16-dimensional vectors, an EMA + restart VQ layer with $K=512$ codes turns each into
 # a 9-bit token, and a mirrored decoder draws the image back: 64 tokens × 9 bits = 576 bits per
 # exhibit, about 0.14 bits per pixel.
-# It trains on museum exhibits mixed with crops of the bundled photos. Training it takes longer
-# than this chapter's budget on a CPU, so it is a *committed artifact*, rebuilt from the same seed by
-# `vlmbook artifacts build vq-tokenizer-tiny` (the recipe is `vq.build_tiny_tokenizer`).
+# It trains on museum exhibits mixed with crops of the bundled photos. We train the `tiny` preset
+# here, live (about a minute on two CPU cores). Later chapters use the same model as a *committed
+# artifact*: `vlmbook artifacts build vq-tokenizer-tiny` rebuilds it with the same seed and the same
+# recipe, `vq.build_tiny_tokenizer`, so the model trained here should be the committed one, bit for bit
+# (float reductions can differ on other processors, so the chapter uses the committed copy from here on).
 
 # %%
 print(inspect.getsource(vq.build_tiny_tokenizer))
+trained_here = vq.build_tiny_tokenizer(seed=0)
 tokenizer = vq.load_tiny_tokenizer()
 print(tokenizer.config)
+print("trained here == committed artifact:", hub.state_digest(trained_here) == hub.state_digest(tokenizer))
 
 # %%
 # NBVAL_CHECK_OUTPUT
