@@ -45,6 +45,13 @@ class Config:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 self._fail(n, "must be > 0")
 
+    def check_non_negative(self, *names: str) -> None:
+        """Raise ValueError unless every named field is >= 0."""
+        for n in names:
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                self._fail(n, "must be >= 0")
+
     def check_range(self, name: str, lo: float, hi: float) -> None:
         """Raise ValueError unless lo <= field <= hi."""
         v = getattr(self, name)

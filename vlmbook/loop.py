@@ -38,9 +38,7 @@ class LoopConfig(Config):
     def validate(self) -> None:
         super().validate()
         self.check_positive("steps", "lr", "log_every")
-        for name in ("weight_decay", "warmup", "grad_clip", "ckpt_every", "seed"):
-            if getattr(self, name) < 0:
-                self._fail(name, "must be >= 0")
+        self.check_non_negative("weight_decay", "warmup", "grad_clip", "ckpt_every", "seed")
 
     @classmethod
     def tiny(cls) -> "LoopConfig":

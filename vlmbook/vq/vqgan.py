@@ -255,9 +255,7 @@ class VQGANConfig(Config):
     def validate(self) -> None:
         super().validate()
         self.check_positive("steps", "batch_size", "lr")
-        for name in ("perceptual_weight", "disc_weight", "disc_start", "seed"):
-            if getattr(self, name) < 0:
-                self._fail(name, "must be >= 0")
+        self.check_non_negative("perceptual_weight", "disc_weight", "disc_start", "seed")
 
     @classmethod
     def tiny(cls) -> "VQGANConfig":
