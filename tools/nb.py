@@ -64,6 +64,8 @@ def execute(nb_path: Path, timeout: int = 600) -> float:
     finally:
         if env_before is None:
             os.environ.pop("VLMBOOK_PROGRESS", None)
+        else:
+            os.environ["VLMBOOK_PROGRESS"] = env_before
     runtime = time.perf_counter() - t0
     nb.metadata["vlmbook"] = {"runtime_s": round(runtime, 1), "cpus": os.cpu_count()}
     nbformat.write(nb, nb_path)

@@ -142,12 +142,20 @@ def _resolve_builder(builder: str) -> Callable[[int], Any]:
     return getattr(importlib.import_module(mod), fn)
 
 
-def build_artifact(name: str, out_dir: str | os.PathLike | None = None) -> Path:
-    """Rebuild artifact ``name`` with its registered builder and seed; returns its folder."""
+def _spec(name: str) -> ArtifactSpec:
+    # The module that uses an artifact has usually registered it on import: only import every
+    # chapter module (seconds of start-up) when the name is not known yet.
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     specs = artifact_specs()
     if name not in specs:
         raise ValueError(f"unknown artifact {name!r}; known: {sorted(specs)}")
-    spec = specs[name]
+    return specs[name]
+
+
+def build_artifact(name: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """Rebuild artifact ``name`` with its registered builder and seed; returns its folder."""
+    spec = _spec(name)
     out = Path(out_dir) if out_dir else cache_dir() / spec.key
     model = _resolve_builder(spec.builder)(spec.seed)
     model.save_pretrained(out)
@@ -157,10 +165,7 @@ def build_artifact(name: str, out_dir: str | os.PathLike | None = None) -> Path:
 
 def load_artifact(name: str, cls: type[M], device: str | torch.device = "cpu", rebuild: bool = False) -> M:
     """Load artifact ``name``: committed copy, else cached copy, else rebuild and cache it."""
-    specs = artifact_specs()
-    if name not in specs:
-        raise ValueError(f"unknown artifact {name!r}; known: {sorted(specs)}")
-    spec = specs[name]
+    spec = _spec(name)
     for folder in (REPO_ARTIFACTS / spec.key, cache_dir() / spec.key):
         if not rebuild and (folder / WEIGHTS_NAME).is_file():
             return cls.from_pretrained(folder, device=device)

@@ -93,13 +93,12 @@ def fit(
     if not params:
         raise ValueError("fit() got no trainable parameters")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, cfg.steps, cfg.warmup))
     start, history = 0, []
     if ckpt_dir is not None and (Path(ckpt_dir) / "trainer.json").is_file():
         start, history = load_checkpoint(ckpt_dir, model, opt)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: cosine_schedule(s, cfg.steps, cfg.warmup), last_epoch=start - 1
-        ) if start else sched
+    # On resume the restored param groups carry `initial_lr`, so the schedule continues at `start`.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, cfg.steps, cfg.warmup),
+                                              last_epoch=start - 1)
     show = cfg.progress and os.environ.get("VLMBOOK_PROGRESS", "1") != "0"
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=not show, file=sys.stderr,
                mininterval=2.0, initial=start, total=cfg.steps, leave=False)
