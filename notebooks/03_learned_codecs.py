@@ -336,8 +336,12 @@ print(f"entropy parameters for a {y_hat.shape[2]}x{y_hat.shape[3]} latent grid: 
 #
 # The loss is CompressAI's: $L = \lambda \cdot 255^2 \cdot \text{MSE} + \text{bpp}$, plus the
 # bottleneck's auxiliary loss, trained with the book's one loop `vlmbook.loop.fit` on random
-# crops of the training photos. A few steps live show the loop; the four committed rate points
-# ($\lambda$ = 0.0025 … 0.02) were made by `vlmbook artifacts build codec-q1` … `codec-q4`.
+# crops of the training photos. A few steps live show the loop. The committed models were made in
+# two stages: `vlmbook artifacts build codec-base` trains one model at $\lambda = 0.01$ for 8,000
+# steps of eight 128-pixel crops (about ten minutes of one CPU core), and `codec-q1` … `codec-q4`
+# fine-tune it to $\lambda$ = 0.0025 … 0.02 for 2,000 steps each. Starting every rate point from
+# one shared model is the usual shortcut: the transforms change little with the rate, so most of
+# the training is shared.
 
 # %%
 torch.manual_seed(0)
@@ -371,12 +375,14 @@ for name in ("ours (tiny hyperprior)", "WebP"):
         print(f"BD-rate of {name} vs JPEG: not defined ({e})")
 
 # %% [markdown]
-# Each tiny codec trained for 1,200 steps of four 128-pixel crops — about six minutes of one CPU
-# core. Learned codecs are usually trained for hundreds of thousands of steps on large crops
-# before they beat modern codecs, so read these curves as the start of training, not its end.
-# `python -m vlmbook.bench codec` trains our hyperprior and CompressAI's `ScaleHyperprior`
-# {cite:p}`begaint2020compressai` with identical data, steps and $\lambda$; its committed record
-# says how close the two implementations are and where both stand against JPEG:
+# Each tiny codec saw 10,000 steps of eight 128-pixel crops in all — a quarter of an hour of one
+# CPU core. Learned codecs are usually trained for hundreds of thousands of steps on large crops
+# before they beat modern codecs, so read these curves as an early stage of training, still
+# improving when it stopped (Exercise 6 measures how much).
+# `python -m vlmbook.bench codec` trains CompressAI's `ScaleHyperprior`
+# {cite:p}`begaint2020compressai` exactly as our models were trained (same data, steps, seeds and
+# $\lambda$, base then fine-tune); its committed record says how close the two implementations are
+# and where both stand against JPEG:
 
 # %%
 import json  # noqa: E402
@@ -439,6 +445,8 @@ show(cplot.bars_figure(sizes, "bytes per token", "64 grids of 16x16 tokens from 
 #    the means, which from the context?
 # 5. Compress your own folder of photos (`vlmbook compress`), and train the codec on it with
 #    `train_codec(model, lmbda, spec, images=...)`.
+# 6. Fine-tune `codec-q3` for another 2,000 steps (`models.build_tiny(3, base=codecs[3])`) and
+#    measure its point again: how far from converged were the committed models?
 
 # %%
 nb.report_runtime()

@@ -1,12 +1,13 @@
-"""Chapter 3: the committed codec artifacts (codec-q1..q4) and their reproducibility.
+"""Chapter 3: the committed codec artifacts (codec-base, codec-q1..q4) and their reproducibility.
 
-The artifacts are made by ``vlmbook artifacts build codec-q<k>`` (``vlmbook.codec.models.build_q<k>``:
-the tiny scale hyperprior, ``TrainSpec()`` = 1,200 steps of 4 random 128-px photo crops, seed 0).
-Retraining one takes about a minute of CPU, so that check runs only with ``VLMBOOK_SLOW=1`` (as `make test` sets it);
-its tolerance is 2 % in bpp and 0.1 dB in PSNR. The builder trains on one thread, so on the
-same kind of CPU the rebuild is bit-identical (checked: ``build_q1(0)`` equals the committed
-weights exactly); a rebuild on two threads was measured 6.6 %
-off in bpp, because 1,200 steps amplify float rounding differences.
+``vlmbook artifacts build codec-base`` (``vlmbook.codec.models.build_base``) trains the tiny scale
+hyperprior at ``BASE_LAMBDA`` for ``TrainSpec.tiny()`` = 8,000 steps of eight random 128-px photo
+crops (about ten minutes of one CPU core); ``codec-q<k>`` (``build_q<k>``) fine-tunes that model to
+``LAMBDAS[k-1]`` for ``TrainSpec.finetune()`` = 2,000 steps. Retraining q1 from the committed base
+takes about three CPU minutes, so that check runs only with ``VLMBOOK_SLOW=1`` (as `make test` sets
+it); its tolerance is 2 % in bpp and 0.1 dB in PSNR. The builders train on one thread, so on the
+same kind of CPU a rebuild is bit-identical; on two threads thousands of steps amplify float
+rounding differences (a 1,200-step rebuild was measured 6.6 % off in bpp).
 """
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from vlmbook.data import eval_images
 from vlmbook.hub import REPO_ARTIFACTS, artifact_specs, load_artifact
 
 #: Real-file bpp and PSNR of each committed artifact on the first eval photo (256 px).
-RECORDED = {1: {'bpp': 0.274902, 'psnr': 19.265957}, 2: {'bpp': 0.337891, 'psnr': 19.984578}, 3: {'bpp': 0.379761, 'psnr': 20.198383}, 4: {'bpp': 0.387207, 'psnr': 19.699146}}
+RECORDED = {1: {'bpp': 0.290161, 'psnr': 23.538565}, 2: {'bpp': 0.353638, 'psnr': 23.926343}, 3: {'bpp': 0.418579, 'psnr': 24.131411}, 4: {'bpp': 0.46936, 'psnr': 24.227263}}
 
 
 def test_artifacts_registered_and_committed():
     specs = artifact_specs()
+    assert specs["codec-base"].builder == "vlmbook.codec.models:build_base"
+    assert (REPO_ARTIFACTS / specs["codec-base"].key / "model.safetensors").is_file()
     for q in range(1, 5):
         spec = specs[f"codec-q{q}"]
         assert spec.builder == f"vlmbook.codec.models:build_q{q}" and spec.seed == 0

@@ -1,15 +1,16 @@
 """Benchmark ``codec``: our scale hyperprior vs CompressAI's ``ScaleHyperprior`` trained the same
-way (same data, steps, lambdas, loop: :func:`vlmbook.codec.models.train_codec`), and both vs JPEG
-and WebP, by BD-rate on the eval photos (real file sizes from each codec's own entropy coder).
+way, and both vs JPEG and WebP, by BD-rate on the eval photos (real file sizes from each codec's
+own entropy coder).
+
+"The same way": one model trained at ``BASE_LAMBDA`` for ``TrainSpec.tiny()`` (8,000 steps of
+eight 128-px crops), then fine-tuned to each lambda for ``TrainSpec.finetune()`` (2,000 steps),
+with the same data, seeds and loop (:func:`vlmbook.codec.models.train_codec`). Ours are the
+committed ``codec-base`` / ``codec-q<k>`` artifacts (their builders are exactly this procedure,
+one thread, bit-reproducible); CompressAI's are trained here and cached under
+``$VLMBOOK_CACHE/codec-bench/`` (about 25 CPU-core minutes in all).
 
 Last line: ``codec: <bd-rate> % BD-rate vs JPEG`` (target <= -20 %, and within +-5 % of CompressAI).
-
-Trained models are cached under ``$VLMBOOK_CACHE/codec-bench/<spec>/`` so the two trainings
-can be run ahead, in parallel: ``python -m vlmbook.bench.codec train ours`` and
-``... train compressai`` (about 6 CPU-core minutes per model, 8 models). Ours are exactly the
-committed ``codec-q<k>`` artifacts (same builder, spec and seed); ``export DIR`` writes them.
-``--quick`` trains nothing: it measures the committed artifacts (and CompressAI's models only
-if they are already cached) in well under two minutes.
+``--quick`` trains nothing: CompressAI's models are measured only if already cached.
 """
 from __future__ import annotations
 
@@ -24,90 +25,85 @@ import torch
 from . import BenchResult
 
 
-def _spec(quick: bool = False):
+def _folder(name: str) -> Path:
     from ..codec.models import TrainSpec
-
-    return TrainSpec()
-
-
-def _folder(which: str, q: int, spec) -> Path:
     from ..hub import cache_dir
 
-    return cache_dir() / "codec-bench" / f"steps{spec.steps}-crop{spec.crop}-b{spec.batch}-seed{spec.seed}" / f"{which}-q{q}"
+    a, b = TrainSpec.tiny(), TrainSpec.finetune()
+    return cache_dir() / "codec-bench" / f"base{a.steps}-ft{b.steps}-crop{a.crop}-b{a.batch}-seed{a.seed}" / name
 
 
-def _make(which: str, lmbda: float):
-    from ..codec.models import CodecConfig, HyperpriorCodec
-
-    cfg = CodecConfig.tiny().replace(lmbda=lmbda)
-    if which == "ours":
-        return HyperpriorCodec(cfg)
+def _compressai(lmbda: float):
     from compressai.models import ScaleHyperprior
 
+    from ..codec.models import CodecConfig
+
+    cfg = CodecConfig.tiny()
     return ScaleHyperprior(cfg.N, cfg.M)
 
 
-def trained(which: str, q: int, spec) -> tuple[torch.nn.Module, float]:
-    """Model ``which`` ('ours' or 'compressai') at quality q, from the cache or trained now."""
-    from safetensors.torch import load_file, save_file
+def _load(folder: Path, lmbda: float):
+    from safetensors.torch import load_file
 
-    from ..codec.models import LAMBDAS, train_codec
+    model = _compressai(lmbda)
+    state = load_file(str(folder / "weights.safetensors"))
+    model.load_state_dict(state, strict=False)
+    model.update(force=True)
+    model.load_state_dict(state)
+    return model.eval(), json.loads((folder / "meta.json").read_text())["train_seconds"]
 
-    lmbda = LAMBDAS[q - 1]
-    folder = _folder(which, q, spec)
-    torch.manual_seed(spec.seed)
-    model = _make(which, lmbda)
-    if (folder / "weights.safetensors").is_file():
-        state = load_file(str(folder / "weights.safetensors"))
-        if which == "compressai":
-            model.load_state_dict(state, strict=False)
-            model.update(force=True)
-            model.load_state_dict(state)
-        else:  # coding tables are rebuilt from the weights (they depend on nothing else)
-            keep = {k: v for k, v in state.items() if not k.split(".")[-1].startswith(("_", "scale_table"))}
-            model.load_state_dict(keep, strict=False)
-            model.update()
-        return model.eval(), json.loads((folder / "meta.json").read_text())["train_seconds"]
+
+def _train_cached(folder: Path, lmbda: float, spec, init=None):
+    from safetensors.torch import save_file
+
+    from ..codec.models import train_codec
     from ..device import num_threads
 
+    if (folder / "weights.safetensors").is_file():
+        return _load(folder, lmbda)
+    torch.manual_seed(spec.seed)
+    model = _compressai(lmbda)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     t0 = time.perf_counter()
-    with num_threads(1):  # as the artifact builder does: reproducible, and fair to both models
-        train_codec(model, lmbda, spec, desc=f"{which} q{q}")
+    with num_threads(1):  # as our artifact builders do: reproducible, and fair to both models
+        train_codec(model, lmbda, spec, desc=f"compressai {folder.name}")
     secs = time.perf_counter() - t0
-    if which == "ours":
-        model.update()
-    else:
-        model.update(force=True)
+    model.update(force=True)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
     (folder / "meta.json").write_text(json.dumps({"train_seconds": secs, "spec": dataclasses.asdict(spec)}))
     return model.eval(), secs
 
 
+def compressai_trained(q: int) -> tuple[torch.nn.Module, float]:
+    """CompressAI's ScaleHyperprior at quality q trained as our artifacts are (cached); (model, seconds)."""
+    from ..codec.models import BASE_LAMBDA, LAMBDAS, TrainSpec
+
+    base, s0 = _train_cached(_folder("compressai-base"), BASE_LAMBDA, TrainSpec.tiny())
+    model, s1 = _train_cached(_folder(f"compressai-q{q}"), LAMBDAS[q - 1], TrainSpec.finetune(), init=base)
+    return model, s0 / len(LAMBDAS) + s1
+
+
+def _cached(q: int) -> bool:
+    return all((_folder(n) / "weights.safetensors").is_file() for n in ("compressai-base", f"compressai-q{q}"))
+
+
 def run(quick: bool = False) -> BenchResult:
     """Train (or load) 4 lambdas of both models, measure real file sizes, report BD-rates."""
     from ..codec.metrics import LOW_RATE_QUALITIES, bd_rate, codec_point, compressai_point, pillow_rd
-    from ..codec.models import LAMBDAS, CodecConfig
+    from ..codec.models import BASE_LAMBDA, LAMBDAS, CodecConfig, HyperpriorCodec, TrainSpec
     from ..data import eval_images
+    from ..hub import load_artifact
 
-    spec = _spec()
     images = eval_images(256)
-    ours, theirs, secs = [], [], {"ours": 0.0, "compressai": 0.0}
+    ours, theirs, secs = [], [], 0.0
     for q, lmbda in enumerate(LAMBDAS, start=1):
-        if quick:  # --quick: the committed artifacts (same spec); CompressAI only if already cached
-            from ..codec.models import HyperpriorCodec
-            from ..hub import load_artifact
-
-            ours.append({"lambda": lmbda, **codec_point(load_artifact(f"codec-q{q}", HyperpriorCodec), images)})
-            if (_folder("compressai", q, spec) / "weights.safetensors").is_file():
-                n, s = trained("compressai", q, spec)
-                theirs.append({"lambda": lmbda, **compressai_point(n, images)})
+        ours.append({"lambda": lmbda, **codec_point(load_artifact(f"codec-q{q}", HyperpriorCodec), images)})
+        if quick and not _cached(q):
             continue
-        m, s = trained("ours", q, spec)
-        secs["ours"] += s
-        ours.append({"lambda": lmbda, **codec_point(m, images)})
-        n, s = trained("compressai", q, spec)
-        secs["compressai"] += s
+        n, s = compressai_trained(q)
+        secs += s
         theirs.append({"lambda": lmbda, **compressai_point(n, images)})
     jpeg = pillow_rd(images, "JPEG", LOW_RATE_QUALITIES)
     webp = pillow_rd(images, "WEBP", LOW_RATE_QUALITIES)
@@ -115,8 +111,11 @@ def run(quick: bool = False) -> BenchResult:
     def curve(pts):
         return [p["bpp"] for p in pts], [p["psnr"] for p in pts]
 
-    table = {"train": dataclasses.asdict(spec), "config": CodecConfig.tiny().to_dict(),
-             "train_seconds": secs, "ours": ours, "compressai": theirs, "jpeg": jpeg, "webp": webp}
+    table = {"train": {"base": dataclasses.asdict(TrainSpec.tiny()), "base_lambda": BASE_LAMBDA,
+                       "finetune": dataclasses.asdict(TrainSpec.finetune())},
+             "config": CodecConfig.tiny().to_dict(),
+             "compressai_train_seconds_per_rate_point": secs / max(1, len(theirs)),
+             "ours": ours, "compressai": theirs, "jpeg": jpeg, "webp": webp}
     bd = {}
     pairs = {"ours_vs_jpeg": (jpeg["bpp"], jpeg["psnr"], *curve(ours)),
              "webp_vs_jpeg": (jpeg["bpp"], jpeg["psnr"], webp["bpp"], webp["psnr"])}
@@ -135,29 +134,9 @@ def run(quick: bool = False) -> BenchResult:
     return BenchResult("codec", head, "% BD-rate vs JPEG", table, fmt="{:.1f}")
 
 
-def export_artifacts(dest: str | Path, spec=None) -> list[Path]:
-    """Write our cached full-length models as ``dest/codec-q<k>-v1`` artifact folders."""
-    from ..hub import artifact_specs
-
-    spec = spec or _spec(False)
-    out = []
-    for q in range(1, 5):
-        model, _ = trained("ours", q, spec)
-        folder = Path(dest) / f"codec-q{q}-v1"
-        model.save_pretrained(folder)
-        (folder / "artifact.json").write_text(
-            json.dumps(dataclasses.asdict(artifact_specs()[f"codec-q{q}"]), indent=2) + "\n")
-        out.append(folder)
-    return out
-
-
-if __name__ == "__main__":  # python -m vlmbook.bench.codec train ours|compressai | export DIR
-    if len(sys.argv) == 3 and sys.argv[1] == "export":
-        print(export_artifacts(sys.argv[2]))
-    elif len(sys.argv) >= 3 and sys.argv[1] == "train":
-        spec = _spec()
+if __name__ == "__main__":  # python -m vlmbook.bench.codec train: CompressAI's models, ahead of the benchmark
+    if sys.argv[1:] == ["train"]:
         for q in range(1, 5):
-            _, s = trained(sys.argv[2], q, spec)
-            print(f"{sys.argv[2]} q{q}: {s:.0f} s", flush=True)
+            print(f"compressai q{q}: {compressai_trained(q)[1]:.0f} s", flush=True)
     else:
-        raise SystemExit("usage: python -m vlmbook.bench.codec train ours|compressai | export DIR")
+        raise SystemExit("usage: python -m vlmbook.bench.codec train")

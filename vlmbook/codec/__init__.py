@@ -12,15 +12,17 @@ from .entropy import (EntropyBottleneck, GaussianConditional, default_scale_tabl
 from .fileformat import decode_image, encode_image
 from .layers import GDN, lower_bound
 from .metrics import bd_rate
-from .models import LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec, pad_to, psnr, rd_loss, train_codec
+from .models import BASE_LAMBDA, LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec, pad_to, psnr, rd_loss, train_codec
 
+register_artifact(ArtifactSpec("codec-base", "1", "vlmbook.codec.models:build_base", seed=0,
+                               description=f"tiny scale hyperprior, lambda={BASE_LAMBDA}, start of every rate point"))
 for _q in range(1, len(LAMBDAS) + 1):
-    register_artifact(ArtifactSpec(f"codec-q{_q}", "1", f"vlmbook.codec.models:build_q{_q}", seed=0,
-                                   description=f"tiny scale hyperprior, lambda={LAMBDAS[_q - 1]}"))
+    register_artifact(ArtifactSpec(f"codec-q{_q}", "2", f"vlmbook.codec.models:build_q{_q}", seed=0,
+                                   description=f"codec-base fine-tuned to lambda={LAMBDAS[_q - 1]}"))
 
 __all__ = [
     "BitstreamError", "CdfTables", "quantize_pmf", "EntropyBottleneck", "GaussianConditional",
     "default_scale_table", "discretized_likelihood", "quantize", "rate_gradients", "GDN", "lower_bound",
     "encode_image", "decode_image", "bd_rate",
-    "LAMBDAS", "STRIDE", "CodecConfig", "HyperpriorCodec", "TrainSpec", "pad_to", "psnr", "rd_loss", "train_codec",
+    "BASE_LAMBDA", "LAMBDAS", "STRIDE", "CodecConfig", "HyperpriorCodec", "TrainSpec", "pad_to", "psnr", "rd_loss", "train_codec",
 ]

@@ -174,8 +174,8 @@ def rd_loss(out: dict[str, Any], x: torch.Tensor, lmbda: float) -> tuple[torch.T
 class TrainSpec(Config):
     """How a codec is trained; ours and CompressAI's get the same one in the comparison."""
 
-    steps: int = 1200
-    batch: int = 4
+    steps: int = 8000
+    batch: int = 8
     crop: int = 128
     lr: float = 2e-3
     seed: int = 0
@@ -189,7 +189,13 @@ class TrainSpec(Config):
 
     @classmethod
     def tiny(cls) -> "TrainSpec":
+        """The shared start: 8,000 steps of eight 128-px crops at ``BASE_LAMBDA`` (one CPU core, ~10 min)."""
         return cls()
+
+    @classmethod
+    def finetune(cls) -> "TrainSpec":
+        """From the shared start to one rate point: 2,000 more steps at half the learning rate."""
+        return cls(steps=2000, lr=1e-3)
 
     @classmethod
     def base(cls) -> "TrainSpec":
@@ -223,20 +229,50 @@ def train_codec(model: nn.Module, lmbda: float, spec: TrainSpec, ckpt_dir: str |
 
 #: The four rate points of the chapter (lambda of CompressAI's convention).
 LAMBDAS: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02)
+#: The rate point of the shared starting model that every rate point is fine-tuned from.
+BASE_LAMBDA = 0.01
 
 
-def build_tiny(quality: int, seed: int = 0, spec: TrainSpec | None = None) -> HyperpriorCodec:
-    """Artifact builder: the tiny scale hyperprior at quality 1..4 trained on photo crops."""
-    if not 1 <= quality <= len(LAMBDAS):
-        raise ValueError(f"quality must lie in [1, {len(LAMBDAS)}], got {quality}")
+def _train_one_thread(model: nn.Module, lmbda: float, spec: TrainSpec, desc: str) -> None:
     from ..device import num_threads
 
-    torch.manual_seed(seed)
-    model = HyperpriorCodec(CodecConfig.tiny().replace(lmbda=LAMBDAS[quality - 1]))
     # one thread: float sums then happen in one order, so a rebuild repeats the committed run
-    # bit for bit on the same kind of CPU (1,200 steps amplify any rounding difference)
+    # bit for bit on the same kind of CPU (thousands of steps amplify any rounding difference)
     with num_threads(1):
-        train_codec(model, model.config.lmbda, spec or TrainSpec(seed=seed), desc=f"codec-q{quality}")
+        train_codec(model, lmbda, spec, desc=desc)
+
+
+def build_base(seed: int = 0, spec: TrainSpec | None = None) -> HyperpriorCodec:
+    """Artifact ``codec-base``: the tiny scale hyperprior trained at ``BASE_LAMBDA`` (``TrainSpec.tiny``). §3.9."""
+    torch.manual_seed(seed)
+    model = HyperpriorCodec(CodecConfig.tiny().replace(lmbda=BASE_LAMBDA))
+    _train_one_thread(model, BASE_LAMBDA, spec or TrainSpec.tiny().replace(seed=seed), "codec-base")
+    model.update()
+    return model
+
+
+def warm_start(base: nn.Module, model: nn.Module) -> nn.Module:
+    """Copy ``base``'s weights into ``model`` (same architecture, another lambda); returns ``model``."""
+    model.load_state_dict(base.state_dict())
+    return model
+
+
+def build_tiny(quality: int, seed: int = 0, spec: TrainSpec | None = None,
+               base: HyperpriorCodec | None = None) -> HyperpriorCodec:
+    """Artifact builder: ``codec-base`` fine-tuned to rate point ``quality`` (1..4) on photo crops. §3.9.
+
+    Training every rate point from scratch would cost four times the base run; fine-tuning one
+    shared model to each lambda is the usual shortcut (the transforms barely change with rate).
+    """
+    if not 1 <= quality <= len(LAMBDAS):
+        raise ValueError(f"quality must lie in [1, {len(LAMBDAS)}], got {quality}")
+    if base is None:
+        from ..hub import load_artifact
+
+        base = load_artifact("codec-base", HyperpriorCodec)
+    torch.manual_seed(seed)
+    model = warm_start(base, HyperpriorCodec(base.config.replace(lmbda=LAMBDAS[quality - 1])))
+    _train_one_thread(model, model.config.lmbda, spec or TrainSpec.finetune().replace(seed=seed), f"codec-q{quality}")
     model.update()
     return model
 
