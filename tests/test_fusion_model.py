@@ -271,3 +271,30 @@ def test_ask_returns_text(models, images):
     assert m.decode_answer(m.encode_text(" red") + [m.ids["end"]] + m.encode_text(" blue")) == "red"
     with pytest.raises(ValueError, match="one"):
         m.ask(images[:2], "What?")
+
+
+def test_frozen_encoder_features_match_images_and_stay_fixed():
+    """A warmed-up, frozen encoder: cached features give the same logits as images, and training leaves it unchanged."""
+    from vlmbook.fusion.train import encode_all, warm_encoder
+
+    cfg = VLMConfig(**SMALL)
+    demo = DemoConfig(train_scenes=12, steps=4, batch_size=6, warmup=1, encoder_steps=3, caption_frac=0.0)
+    data = museum_qa("train", 12)
+    enc = warm_encoder(cfg, demo, data)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    m, hist = train_route("continuous", cfg, demo, train=data, encoder=enc)
+    assert len(hist) >= 1 and not any(p.requires_grad for p in m.encoder.parameters())
+    assert all(torch.equal(before[k], v) for k, v in m.encoder.state_dict().items())
+    feats = encode_all(m.encoder, data.images[:3], batch=2)
+    assert feats.shape == (3, 16, cfg.hidden) and feats.dtype == torch.float32
+    ids = torch.tensor([m.prompt_ids("What colour is the star?", "red")] * 3)
+    assert torch.allclose(m(ids, features=feats), m(ids, images=data.images[:3]), atol=1e-5)
+    d = VisionLanguageModel(VLMConfig(route="discrete", **SMALL))
+    with pytest.raises(ValueError, match="codes, not encoder features"):
+        d(ids, features=feats)
+
+
+def test_demo_config_validation():
+    with pytest.raises(ValueError, match="encoder_steps"):
+        DemoConfig(encoder_steps=-1)
+    assert DemoConfig.tiny().encoder_steps > 0 and DemoConfig.tiny().freeze_encoder

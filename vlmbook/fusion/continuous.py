@@ -14,34 +14,36 @@ from torch import nn
 
 
 class PatchEncoder(nn.Module):
-    """The chapter's default image encoder, trained end-to-end with the LM: (B, 3, H, W) -> (B, grid², dim). §5.3.
+    """The chapter's default image encoder: (B, 3, H, W) -> (B, grid², dim). §5.3.
 
-    Three stride-2 convolutions (an 8× downsampling), adaptive pooling to ``grid × grid`` and a
-    learned 2-D position embedding per patch.
+    Three 3×3 convolutions with a 2× max-pool after the first two, then the maximum over each of
+    the ``grid × grid`` cells, a linear map to ``dim`` and a learned position embedding per patch.
+    Max pooling keeps an object's strongest responses wherever it sits in its cell; averaging
+    would dilute a small object with the wall around it (its shape became hard to read).
     """
 
     def __init__(self, dim: int = 128, grid: int = 4, channels: int = 64):
         super().__init__()
         for name, v in (("dim", dim), ("grid", grid), ("channels", channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PatchEncoder.{name} must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise ValueError(f"PatchEncoder.{name} must be an int >= 2, got {v!r}")
         c = channels
         self.grid, self.dim = grid, dim
         self.net = nn.Sequential(
-            nn.Conv2d(3, c // 2, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(c // 2, c, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(c, c, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(c, dim, 1),
+            nn.Conv2d(3, c // 2, 3, 1, 1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(c // 2, c, 3, 1, 1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, c, 3, 1, 1), nn.GELU(),
         )
-        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.pool = nn.AdaptiveMaxPool2d(grid)
+        self.proj = nn.Linear(c, dim)
         self.pos = nn.Parameter(torch.zeros(grid * grid, dim))
         nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        x = self.pool(self.net(images * 2 - 1))  # (B, dim, g, g)
-        return x.flatten(2).transpose(1, 2) + self.pos
+        x = self.pool(self.net(images * 2 - 1))  # (B, c, g, g)
+        return self.proj(x.flatten(2).transpose(1, 2)) + self.pos
 
 
 class Projector(nn.Module):

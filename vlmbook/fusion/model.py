@@ -71,7 +71,8 @@ class VLMConfig(Config):
 
     @classmethod
     def tiny(cls) -> "VLMConfig":
-        return cls()
+        """72-px exhibits read as a 3 × 3 grid: one image token per exhibit cell (M = 9)."""
+        return cls(image_size=72, grid=3)
 
     @classmethod
     def base(cls) -> "VLMConfig":
@@ -174,23 +175,25 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return ids
 
     # -- forward ------------------------------------------------------------------------
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, M, hidden) projected (and compressed) image features."""
-        x = self.encoder(images)
+    def image_features(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) images, or their encoder output (B, N, D), -> (B, M, hidden) projected tokens."""
+        x = self.encoder(images) if features is None else features
         if self.compressor is not None:
             x = self.compressor(x)
         return self.projector(x)
 
-    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
-              codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(B, T) ids (+ images) -> ``(inputs_embeds, media, lm_ids)`` for the LM. §5.2–5.3."""
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+              features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(B, T) ids (+ images, codes or cached encoder ``features``) -> ``(inputs_embeds, media, lm_ids)``. §5.2–5.3."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         route = self.config.route
         has_slots = bool((input_ids == self.ids["image"]).any())
         media = None
-        if has_slots and images is None and codes is None:
+        if has_slots and images is None and codes is None and features is None:
             raise ValueError("the prompt holds <image> tokens but no images were given")
+        if features is not None and route == "discrete":
+            raise ValueError("the discrete route reads codes, not encoder features")
         if route == "discrete" and has_slots:
             if codes is None:
                 codes = self.quantizer.encode(images)
@@ -203,9 +206,9 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             input_ids = input_ids.masked_scatter(mask, codes.reshape(codes.shape[0], -1) + self.visual_range[0])
         embeds = self.lm.get_input_embeddings()(input_ids)
         if route == "continuous" and has_slots:
-            embeds = merge_image_features(embeds, input_ids, self.image_features(images), self.ids["image"])
-        if route == "gated" and images is not None:
-            media = self.image_features(images)
+            embeds = merge_image_features(embeds, input_ids, self.image_features(images, features), self.ids["image"])
+        if route == "gated" and (images is not None or features is not None):
+            media = self.image_features(images, features)
         return embeds, media, input_ids
 
     def attention_mask(self, lm_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
@@ -233,9 +236,13 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return seen[:, :, None].expand(-1, -1, self.config.image_tokens)
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V), or (n, V) at the boolean ``positions`` (B, T) only (cheaper for training)."""
-        embeds, media, lm_ids = self.embed(input_ids, images, codes)
+                positions: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V), or (n, V) at the boolean ``positions`` (B, T) only (cheaper for training).
+
+        ``features`` (B, N, D) replaces ``images`` with the encoder's output, cached once when the
+        encoder is frozen (§5.7).
+        """
+        embeds, media, lm_ids = self.embed(input_ids, images, codes, features)
         hidden = self._run_lm(embeds, media, lm_ids, None)[0]
         if positions is not None:
             hidden = hidden[positions]

@@ -18,6 +18,7 @@ from ..config import Config
 from ..data.museum import (COLOUR_NAMES, QUESTION_TYPES, RELATIONAL_TYPES, SHAPES, SINGLE_OBJECT_TYPES, SIZE_NAMES,
                            Museum, generate_scene)
 from ..loop import LoopConfig, fit
+from .continuous import PatchEncoder
 from .model import VisionLanguageModel, VLMConfig
 
 #: Question types left out of the demo: plaque digits are 3–4 px tall at 64 px and unreadable.
@@ -26,12 +27,17 @@ EXCLUDED_TYPES = ("plaque",)
 
 @dataclasses.dataclass
 class QAData:
-    """Images (n, 3, H, W) in [0, 1] and QA items ``(image index, question, answer, qtype)``."""
+    """Images (n, 3, H, W) in [0, 1] and QA items ``(image index, question, answer, qtype)``.
+
+    ``codes`` (discrete route) and ``features`` (a frozen encoder's output) are filled in once,
+    so that training does not recompute them every step.
+    """
 
     images: torch.Tensor
     items: list[tuple[int, str, str, str]]
     codes: torch.Tensor | None = None
     captions: list[str] | None = None
+    features: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,6 +114,8 @@ class Batcher:
         out = {"input_ids": ids, "targets": targets, "labels": labels, "images": self.data.images[img]}
         if self.data.codes is not None:
             out["codes"] = self.data.codes[img]
+        if self.data.features is not None:
+            out["features"] = self.data.features[img]
         return out
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -121,7 +129,8 @@ class Batcher:
 
 def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
     """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.7."""
-    logits = model(batch["input_ids"], images=batch["images"], codes=batch.get("codes"), positions=batch["targets"])
+    logits = model(batch["input_ids"], images=batch["images"], codes=batch.get("codes"), positions=batch["targets"],
+                   features=batch.get("features"))
     loss = F.cross_entropy(logits.float(), batch["labels"])
     acc = (logits.argmax(-1) == batch["labels"]).float().mean()
     return loss, {"token_acc": float(acc)}
@@ -187,36 +196,65 @@ class DemoConfig(Config):
     warmup: int = 30
     caption_frac: float = 0.25
     encoder_steps: int = 0
+    freeze_encoder: bool = True
     seed: int = 0
 
     def validate(self) -> None:
         super().validate()
         self.check_positive("train_scenes", "test_scenes", "steps", "batch_size", "lr")
+        self.check_non_negative("encoder_steps")
 
     @classmethod
     def tiny(cls) -> "DemoConfig":
-        return cls()
+        """The chapter's run: a 400-step encoder warm-up shared by the routes, then 1,200 LM steps each."""
+        return cls(steps=1200, encoder_steps=400, warmup=100, caption_frac=0.0)
 
     @classmethod
     def base(cls) -> "DemoConfig":
         return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=1e-3, warmup=300,
-                   caption_frac=0.25)
+                   caption_frac=0.25, encoder_steps=2000)
+
+
+def warm_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None) -> PatchEncoder:
+    """A :class:`PatchEncoder` for ``cfg`` warmed up on the per-patch labels of ``train``'s exhibits. §5.7."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(demo.seed + 1)
+        enc = PatchEncoder(cfg.hidden, cfg.grid, cfg.enc_channels)
+    pretrain_encoder(enc, train.images, patch_labels("train", len(train.images), cfg.grid), demo.encoder_steps,
+                     demo.batch_size, demo.lr, demo.seed, device)
+    return enc.cpu()
+
+
+@torch.no_grad()
+def encode_all(encoder: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """(n, 3, H, W) -> (n, N, D) encoder features, computed once for a frozen encoder."""
+    dev = next(encoder.parameters()).device
+    return torch.cat([encoder(images[i:i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
 
 
 def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
-                train: QAData | None = None, device: str | None = None) -> tuple[VisionLanguageModel, list[dict]]:
-    """Build and train one route on museum QA; returns ``(model, history)``. §5.7."""
+                train: QAData | None = None, device: str | None = None,
+                encoder: PatchEncoder | None = None) -> tuple[VisionLanguageModel, list[dict]]:
+    """Build and train one route on museum QA; returns ``(model, history)``. §5.7.
+
+    With ``demo.encoder_steps`` (or a warmed-up ``encoder`` to share between routes) the image
+    encoder starts from per-patch labels; with ``demo.freeze_encoder`` it then stays fixed and its
+    features are computed once, so each step costs only the projector and the LM.
+    """
     demo = demo or DemoConfig.tiny()
     cfg = (vlm_cfg or VLMConfig.tiny()).replace(route=route, seed=demo.seed)
     vlm = VisionLanguageModel(cfg)
     if train is None:
         train = museum_qa("train", demo.train_scenes, cfg.image_size)
+    train = dataclasses.replace(train, codes=None, features=None)
     if route == "discrete":
         vlm.quantizer.fit(train.images[:1000], seed=demo.seed)
-        train = dataclasses.replace(train, codes=None)
-    if demo.encoder_steps and route != "discrete":
-        pretrain_encoder(vlm.encoder, train.images, patch_labels("train", len(train.images), cfg.grid),
-                         demo.encoder_steps, demo.batch_size, demo.lr, demo.seed, device)
+    elif encoder is not None or demo.encoder_steps:
+        encoder = encoder if encoder is not None else warm_encoder(cfg, demo, train, device)
+        vlm.encoder.load_state_dict(encoder.state_dict())
+        if demo.freeze_encoder:
+            vlm.encoder.requires_grad_(False)
+            train.features = encode_all(vlm.encoder, train.images)
     b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac)
     loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, seed=demo.seed,
                       log_every=max(1, demo.steps // 20))
@@ -228,8 +266,9 @@ def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, r
              test: QAData | None = None) -> dict[str, dict]:
     """Train every route on the same data and score it on held-out exhibits. §5.7.
 
-    Returns ``{route: {"model", "history", "accuracy", "seconds"}}`` and, under ``"baseline"``,
-    the image-blind majority answer's accuracy (:func:`majority_baseline`).
+    Returns ``{route: {"model", "history", "accuracy", "seconds"}}``, under ``"baseline"`` the
+    image-blind majority answer's accuracy (:func:`majority_baseline`), and under
+    ``"encoder_seconds"`` the time of the shared encoder warm-up.
     """
     from .model import ROUTES
 
@@ -238,9 +277,13 @@ def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, r
     train = museum_qa("train", demo.train_scenes, cfg.image_size)
     test = test or museum_qa("test", demo.test_scenes, cfg.image_size)
     out: dict[str, dict] = {"baseline": {"accuracy": majority_baseline(train, test)}}
-    for r in routes or ROUTES:
+    routes = list(routes or ROUTES)
+    t0 = time.perf_counter()
+    encoder = warm_encoder(cfg, demo, train) if demo.encoder_steps and set(routes) - {"discrete"} else None
+    out["encoder_seconds"] = time.perf_counter() - t0
+    for r in routes:
         t0 = time.perf_counter()
-        model, hist = train_route(r, cfg, demo, train=train)
+        model, hist = train_route(r, cfg, demo, train=train, encoder=encoder)
         secs = time.perf_counter() - t0
         out[r] = {"model": model, "history": hist, "accuracy": evaluate(model, test), "seconds": secs}
     return out
