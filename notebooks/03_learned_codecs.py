@@ -381,8 +381,11 @@ for name in ("ours (tiny hyperprior)", "WebP"):
 # improving when it stopped (Exercise 6 measures how much).
 # `python -m vlmbook.bench codec` trains CompressAI's `ScaleHyperprior`
 # {cite:p}`begaint2020compressai` exactly as our models were trained (same data, steps, seeds and
-# $\lambda$, base then fine-tune); its committed record says how close the two implementations are
-# and where both stand against JPEG:
+# $\lambda$, base then fine-tune). Our model builds its layers in CompressAI's order and draws the
+# quantisation noise in the same layout, so under one seed the two start from identical weights
+# and compute the same first step (tested in `tests/test_codec.py`): what differs afterwards is
+# float rounding in two implementations of the same mathematics. The committed record says how
+# close they end up and where both stand against JPEG:
 
 # %%
 import json  # noqa: E402

@@ -21,7 +21,7 @@ from vlmbook.data import eval_images
 from vlmbook.hub import REPO_ARTIFACTS, artifact_specs, load_artifact
 
 #: Real-file bpp and PSNR of each committed artifact on the first eval photo (256 px).
-RECORDED = {1: {'bpp': 0.290161, 'psnr': 23.538565}, 2: {'bpp': 0.353638, 'psnr': 23.926343}, 3: {'bpp': 0.418579, 'psnr': 24.131411}, 4: {'bpp': 0.46936, 'psnr': 24.227263}}
+RECORDED = {1: {'bpp': 0.293091, 'psnr': 23.607084}, 2: {'bpp': 0.36145, 'psnr': 23.994144}, 3: {'bpp': 0.427124, 'psnr': 24.197131}, 4: {'bpp': 0.479736, 'psnr': 24.274544}}
 
 
 def test_artifacts_registered_and_committed():

@@ -33,7 +33,7 @@ def _folder(name: str) -> Path:
     return cache_dir() / "codec-bench" / f"base{a.steps}-ft{b.steps}-crop{a.crop}-b{a.batch}-seed{a.seed}" / name
 
 
-def _compressai(lmbda: float):
+def _compressai():
     from compressai.models import ScaleHyperprior
 
     from ..codec.models import CodecConfig
@@ -42,10 +42,10 @@ def _compressai(lmbda: float):
     return ScaleHyperprior(cfg.N, cfg.M)
 
 
-def _load(folder: Path, lmbda: float):
+def _load(folder: Path):
     from safetensors.torch import load_file
 
-    model = _compressai(lmbda)
+    model = _compressai()
     state = load_file(str(folder / "weights.safetensors"))
     model.load_state_dict(state, strict=False)
     model.update(force=True)
@@ -60,9 +60,9 @@ def _train_cached(folder: Path, lmbda: float, spec, init=None):
     from ..device import num_threads
 
     if (folder / "weights.safetensors").is_file():
-        return _load(folder, lmbda)
+        return _load(folder)
     torch.manual_seed(spec.seed)
-    model = _compressai(lmbda)
+    model = _compressai()
     if init is not None:
         model.load_state_dict(init.state_dict())
     t0 = time.perf_counter()

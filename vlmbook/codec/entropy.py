@@ -161,7 +161,7 @@ class EntropyBottleneck(_TableBuffers):
     which set the range of the coding tables; the median is the rounding offset.
     """
 
-    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0,
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3, 3), init_scale: float = 10.0,
                  tail_mass: float = 1e-9) -> None:
         super().__init__()
         if channels < 1:
@@ -209,7 +209,9 @@ class EntropyBottleneck(_TableBuffers):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"EntropyBottleneck expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
         med = self.medians().detach().view(1, -1, 1, 1)
-        x_hat = quantize(x, mode, med)
+        # noise is drawn channel-major (C, B, H, W), as CompressAI draws it, so that one seed gives
+        # both libraries the same noise and the benchmark compares implementations, not draws
+        x_hat = quantize(x.transpose(0, 1).contiguous(), mode, med.transpose(0, 1)).transpose(0, 1)
         lik = lower_bound(self.likelihood(x_hat), LIKELIHOOD_BOUND)
         return x_hat, lik
 

@@ -34,7 +34,8 @@ class GDN(nn.Module):
     as in Ballé et al. 2016. Chapter 3 §3.1.
     """
 
-    pedestal = 2.0 ** -18
+    #: 2^-36 = (2^-18)^2: the reparametrisation offset squared, as in tensorflow-compression and CompressAI
+    pedestal = 2.0 ** -36
 
     def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1) -> None:
         super().__init__()

@@ -57,6 +57,10 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         N, M = config.N, config.M
+        # CompressAI's ScaleHyperprior builds its modules in this order, so under one seed the two
+        # models start from identical weights (tested), and the benchmark compares implementations,
+        # not initial draws.
+        self.entropy_bottleneck = EntropyBottleneck(N)
         self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         self.g_s = nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
                                  deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
@@ -65,7 +69,6 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
             self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(), deconv(N, N), nn.ReLU(), conv(N, M, 3, 1), nn.ReLU())
         else:
             self.h_s = nn.Sequential(deconv(N, N), nn.ReLU(), deconv(N, N), nn.ReLU(), conv(N, 2 * M, 3, 1))
-        self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(config.family)
 
     # -- training-time forward ---------------------------------------------------------
