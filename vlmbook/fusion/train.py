@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from ..loop import LoopConfig, fit
 from .continuous import PatchEncoder
 from .model import VisionLanguageModel, VLMConfig
 
-#: Question types left out of the demo: plaque digits are 3–4 px tall at 64 px and unreadable.
+#: Question types left out of the demo: plaque digits are a few pixels tall at 64–72 px and unreadable.
 EXCLUDED_TYPES = ("plaque",)
 
 
@@ -263,7 +263,7 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
 
 
 def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, routes: Sequence[str] | None = None,
-             test: QAData | None = None) -> dict[str, dict]:
+             test: QAData | None = None) -> dict[str, Any]:
     """Train every route on the same data and score it on held-out exhibits. §5.7.
 
     Returns ``{route: {"model", "history", "accuracy", "seconds"}}``, under ``"baseline"`` the
@@ -276,7 +276,7 @@ def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, r
     cfg = vlm_cfg or VLMConfig.tiny()
     train = museum_qa("train", demo.train_scenes, cfg.image_size)
     test = test or museum_qa("test", demo.test_scenes, cfg.image_size)
-    out: dict[str, dict] = {"baseline": {"accuracy": majority_baseline(train, test)}}
+    out: dict[str, Any] = {"baseline": {"accuracy": majority_baseline(train, test)}}
     routes = list(routes or ROUTES)
     t0 = time.perf_counter()
     encoder = warm_encoder(cfg, demo, train) if demo.encoder_steps and set(routes) - {"discrete"} else None
