@@ -352,3 +352,21 @@ def test_token_binary_size_and_corruption(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(BitstreamError):
         storage.load_binary(p)
+
+
+def test_codec_bench_seed_mean_and_quick_run(tmp_path, monkeypatch):
+    from vlmbook.bench import codec as bench
+
+    a = [{"bpp": 0.2, "psnr": 25.0}, {"bpp": 0.4, "psnr": 26.0}]
+    b = [{"bpp": 0.3, "psnr": 24.0}, {"bpp": 0.6, "psnr": 27.0}]
+    assert bench.mean_curve([a, b]) == (pytest.approx([0.25, 0.5]), pytest.approx([24.5, 26.5]))
+    assert bench.mean_curve([a]) == ([0.2, 0.4], [25.0, 26.0])
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        bench.run(quick=True, seeds=0)
+    # An empty cache: --quick measures only our committed seed-0 artifacts and trains nothing.
+    monkeypatch.setenv("VLMBOOK_CACHE", str(tmp_path))
+    res = bench.run(quick=True, seeds=2)
+    t = res.table
+    assert t["seeds"] == {"ours": [0], "compressai": []} and "ours_vs_compressai" not in t["bd_rate_percent"]
+    assert res.headline == pytest.approx(t["bd_rate_percent_per_seed"]["ours_seed0_vs_jpeg"])  # mean of one
+    assert res.headline < -20 and not list(tmp_path.iterdir())

@@ -293,8 +293,11 @@ def test_bench_runner_writes_record(tmp_path, capsys):
     assert out[-1].startswith("data: ") and out[-1].endswith(" samples/s")
     rec = json.loads((tmp_path / "data.quick.json").read_text())
     assert rec["machine"]["cpu_count"] and rec["table"]["64px"]["samples_per_s"] == res.headline
+    assert rec["options"] == {}
     with pytest.raises(ValueError, match="unknown benchmark"):
         run_benchmark("nope")
+    with pytest.raises(ValueError, match="takes no option 'seeds'"):
+        run_benchmark("data", quick=True, out_dir=tmp_path, seeds=2)
 
 
 def test_cli(capsys):

@@ -298,3 +298,24 @@ def test_demo_config_validation():
     with pytest.raises(ValueError, match="encoder_steps"):
         DemoConfig(encoder_steps=-1)
     assert DemoConfig.tiny().encoder_steps > 0 and DemoConfig.tiny().freeze_encoder
+
+
+def test_training_log_is_kept_saved_and_checked(tmp_path):
+    """eval_every scores held-out data during training; the log travels with save/from_pretrained."""
+    from vlmbook.fusion import VisionLanguageModel
+    from vlmbook.fusion.train import evaluate
+
+    test = museum_qa("test", 4)
+    demo = DemoConfig(train_scenes=30, steps=12, batch_size=8, warmup=2)
+    m, _ = train_route("continuous", VLMConfig(**SMALL), demo, eval_data=test, eval_every=5)
+    assert [e["step"] for e in m.training_log] == [5, 10, 12]
+    assert m.training_log[-1] == {"step": 12, **evaluate(m, test)}  # the last entry scores the returned model
+    m.save_pretrained(tmp_path / "m")
+    assert VisionLanguageModel.from_pretrained(tmp_path / "m").training_log == m.training_log
+    (tmp_path / "m" / "training_log.json").write_text("[{")
+    with pytest.raises(ValueError, match="training_log.json is not valid JSON"):
+        VisionLanguageModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="needs eval_data"):
+        train_route("continuous", VLMConfig(**SMALL), demo, eval_every=5)
+    with pytest.raises(ValueError, match="eval_every must be >= 0"):
+        train_route("continuous", VLMConfig(**SMALL), demo, eval_data=test, eval_every=-1)

@@ -24,12 +24,15 @@ M = TypeVar("M", bound="PretrainedMixin")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LOG_NAME = "training_log.json"
 
 
 class PretrainedMixin:
     """Adds ``save_pretrained``/``from_pretrained`` to an ``nn.Module`` with a ``config``.
 
-    Subclasses set ``config_class`` and take the config as their only constructor argument.
+    Subclasses set ``config_class`` and take the config as their only constructor argument. A
+    model's ``training_log`` (a list of dicts, such as held-out scores during training) travels
+    with it as ``training_log.json``.
     """
 
     config_class: type[Config] = Config
@@ -43,6 +46,9 @@ class PretrainedMixin:
         (path / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         save_file(_dedupe_shared(state), str(path / WEIGHTS_NAME))
+        log = getattr(self, "training_log", None)
+        if log:
+            (path / LOG_NAME).write_text(json.dumps(log, indent=1) + "\n")
         return path
 
     @classmethod
@@ -68,6 +74,11 @@ class PretrainedMixin:
         missing = [k for k in missing if not _is_tied(model, k, state)]
         if missing or unexpected:
             raise ValueError(f"{w_file} does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
+        if (path / LOG_NAME).is_file():
+            try:
+                model.training_log = json.loads((path / LOG_NAME).read_text())  # type: ignore[attr-defined]
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path / LOG_NAME} is not valid JSON: {e}") from None
         return model.to(device)  # type: ignore[attr-defined,return-value]
 
 

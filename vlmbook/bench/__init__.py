@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib
+import inspect
 import json
 import pkgutil
 import time
@@ -38,16 +39,23 @@ def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/results") -> BenchResult:
-    """Run benchmark ``name``, write its JSON record, print its table and headline line."""
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/results", **options: Any) -> BenchResult:
+    """Run benchmark ``name``, write its JSON record, print its table and headline line.
+
+    ``options`` (such as ``seeds``) go to the module's ``run``; one it does not take is an error."""
     if name not in available():
         raise ValueError(f"unknown benchmark {name!r}; available: {available()}")
     module = importlib.import_module(f"{__name__}.{name}")
+    params = inspect.signature(module.run).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"benchmark {name!r} takes no option {unknown[0]!r}")
     t0 = time.perf_counter()
-    result: BenchResult = module.run(quick=quick)
+    result: BenchResult = module.run(quick=quick, **options)
     record = {
         "name": name,
         "quick": quick,
+        "options": options,
         "headline": {"value": result.headline, "unit": result.unit, "line": result.line()},
         "table": result.table,
         "machine": describe_machine(),

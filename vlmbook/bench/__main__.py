@@ -1,4 +1,4 @@
-"""``python -m vlmbook.bench NAME [--quick] [--out DIR]``."""
+"""``python -m vlmbook.bench NAME [--quick] [--out DIR] [--seeds N]``."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=available())
     p.add_argument("--quick", action="store_true", help="a shorter run (under two minutes on a 2-core CPU)")
     p.add_argument("--out", default="bench/results", help="folder for the JSON record")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds per model (benchmarks that train)")
     args = p.parse_args(argv)
-    run_benchmark(args.name, quick=args.quick, out_dir=args.out)
+    extra = {} if args.seeds is None else {"seeds": args.seeds}
+    run_benchmark(args.name, quick=args.quick, out_dir=args.out, **extra)
     return 0
 
 

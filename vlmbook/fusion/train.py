@@ -210,6 +210,11 @@ class DemoConfig(Config):
         return cls(steps=1200, encoder_steps=400, warmup=100, caption_frac=0.0)
 
     @classmethod
+    def offline(cls) -> "DemoConfig":
+        """The committed ``vlm-tiny`` artifact's run: the tiny recipe for 15,000 LM steps (one core, ~10 min)."""
+        return cls.tiny().replace(steps=15000, warmup=300)
+
+    @classmethod
     def base(cls) -> "DemoConfig":
         return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=1e-3, warmup=300,
                    caption_frac=0.25, encoder_steps=2000)
@@ -234,13 +239,19 @@ def encode_all(encoder: torch.nn.Module, images: torch.Tensor, batch: int = 500)
 
 def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
                 train: QAData | None = None, device: str | None = None,
-                encoder: PatchEncoder | None = None) -> tuple[VisionLanguageModel, list[dict]]:
+                encoder: PatchEncoder | None = None, eval_data: QAData | None = None,
+                eval_every: int = 0) -> tuple[VisionLanguageModel, list[dict]]:
     """Build and train one route on museum QA; returns ``(model, history)``. §5.7.
 
     With ``demo.encoder_steps`` (or a warmed-up ``encoder`` to share between routes) the image
     encoder starts from per-patch labels; with ``demo.freeze_encoder`` it then stays fixed and its
-    features are computed once, so each step costs only the projector and the LM.
+    features are computed once, so each step costs only the projector and the LM. With
+    ``eval_data``, held-out accuracy is measured every ``eval_every`` steps and at the end, and
+    kept as the model's ``training_log`` (saved with it).
     """
+    if eval_every < 0 or (eval_every and eval_data is None):
+        raise ValueError(f"eval_every must be >= 0 and needs eval_data, got {eval_every} with "
+                         f"{'no ' if eval_data is None else ''}eval_data")
     demo = demo or DemoConfig.tiny()
     cfg = (vlm_cfg or VLMConfig.tiny()).replace(route=route, seed=demo.seed)
     vlm = VisionLanguageModel(cfg)
@@ -258,8 +269,32 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
     b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac)
     loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, seed=demo.seed,
                       log_every=max(1, demo.steps // 20))
-    hist = fit(vlm, answer_loss, b.batch, loop, device=device, desc=f"vlm-{route}")
+    log: list[dict] = []
+
+    def loss_fn(model: VisionLanguageModel, batch: dict, step: int):
+        if eval_every and step and step % eval_every == 0:
+            log.append({"step": step, **evaluate(model, eval_data)})
+            model.train()
+        return answer_loss(model, batch, step)
+
+    hist = fit(vlm, loss_fn, b.batch, loop, device=device, desc=f"vlm-{route}")
+    if eval_data is not None:
+        log.append({"step": demo.steps, **evaluate(vlm, eval_data)})
+        vlm.training_log = log
     return vlm, hist
+
+
+def build_vlm_tiny(seed: int = 0) -> VisionLanguageModel:
+    """Artifact ``vlm-tiny``: the continuous route of ``VLMConfig.tiny()`` trained with
+    ``DemoConfig.offline()`` on one thread, scored on the 200 test exhibits every 1,500 steps. §5.7."""
+    from ..device import num_threads
+
+    demo = DemoConfig.offline().replace(seed=seed)
+    cfg = VLMConfig.tiny()
+    with num_threads(1):
+        test = museum_qa("test", demo.test_scenes, cfg.image_size)
+        vlm, _ = train_route("continuous", cfg, demo, device="cpu", eval_data=test, eval_every=demo.steps // 10)
+    return vlm.eval()
 
 
 def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, routes: Sequence[str] | None = None,
