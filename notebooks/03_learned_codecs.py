@@ -394,8 +394,8 @@ for name in ("ours (tiny hyperprior)", "WebP"):
 # grows into a different model.
 #
 # How far apart is "different"? Retrain *one* implementation with another seed and it moves about
-# as far. On curves this flat a 0.2 dB shift is worth 10–15 % of BD-rate, so a single pair of
-# runs cannot tell two implementations apart to within 5 %. The benchmark therefore trains three
+# as far. On curves this flat a fraction of a decibel is worth more than 5 % of BD-rate, so a
+# single pair of runs cannot tell two implementations apart to within 5 %. The benchmark trains three
 # seeds of each model, compares the seed-averaged curves, and records every seed, so that the gap
 # between the implementations can be read against the spread within each:
 
@@ -451,6 +451,8 @@ show(cplot.bars_figure(sizes, "bytes per token", "64 grids of 16x16 tokens from 
 # - Real files need headers, checks and a decoder that never trusts its input; decoding across
 #   machines needs entropy parameters computed exactly — here by an integer hyper-synthesis.
 # - Context models buy bits with sequential decoding; the BD-rate summarises whole RD curves.
+# - Comparing two implementations takes several seeds: early in training one model's
+#   seed-to-seed spread can be larger than the gap being measured.
 #
 # ## Exercises
 #
