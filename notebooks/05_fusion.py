@@ -315,8 +315,10 @@ print({t: round(acc_long[t], 1) for t in types})
 # %% [markdown]
 # The curves show binding as it happens: question types jump one at a time, and at different
 # steps, instead of rising together. Types that need a lookup by one attribute and a readout of
-# another (colour, shape) are the last and least reliable. Ten minutes of one core is not enough
-# for all of them; Chapter 6 starts from this model, and the `base` presets are sized for a GPU.
+# another (colour, shape) are the last and least reliable, and *when* each one appears depends on
+# the seed: in our runs another seed learned colour and shape and missed others (Exercise 6).
+# Ten minutes of one core is not enough for all of them; Chapter 6 starts from this model, and
+# the `base` presets are sized for a GPU.
 #
 # The guide can now be asked about an exhibit it has never seen:
 
@@ -402,9 +404,9 @@ for r in meas:
 #    the generated answers with `grounding.citation_scores`.
 # 5. Using `cost.prefix_flops` and `cost.gated_flops`, find the $M$ at which gated fusion becomes
 #    cheaper than prefix fusion for $L = 32$, $d = 128$, four layers.
-# 6. Rebuild `vlm-tiny` with `train_scenes=20000` (`ftrain.train_route("continuous", cfg,
-#    ftrain.DemoConfig.offline().replace(train_scenes=20000), eval_data=test, eval_every=1500)`,
-#    about ten minutes of one core). Does more data change which question types jump first?
+# 6. Rebuild `vlm-tiny` with another seed (`ftrain.build_vlm_tiny(1)`, about ten minutes of one
+#    core) and plot its `training_log` beside the committed one. Which question types jump first,
+#    and how far does the final accuracy move? Then try `train_scenes=20000`.
 # 7. Replace the image features by perfect ones: one-hot colour, shape and size of each cell from
 #    `ftrain.patch_labels`, plus a one-hot position, padded to `cfg.hidden` numbers. Set them as
 #    `train.features` and swap `vlm.encoder` for a module that returns them, then train the
