@@ -1,4 +1,5 @@
 """Chapter 5: VisionLanguageModel (routes, generate, KV/prompt cache, save/load), grounding, cost, training."""
+import dataclasses
 import json
 
 import pytest
@@ -173,6 +174,28 @@ def test_museum_qa_and_batches():
     assert torch.equal(x["input_ids"], y["input_ids"])  # a pure function of the step
     assert int(x["targets"].sum()) == len(x["labels"])
     assert (x["labels"] == m.ids["end"]).sum() == 8  # every answer ends with <|end|>
+    assert x["images"].shape == (8, 3, 64, 64) and "features" not in x
+    cached = Batcher(m, dataclasses.replace(data, features=torch.randn(20, 16, 4)), 8).batch(5)
+    assert "images" not in cached and cached["features"].shape == (8, 16, 4)  # pixels are not gathered
+    d = VisionLanguageModel(VLMConfig(route="discrete", **SMALL))
+    d.quantizer.fit(data.images, seed=0)
+    codes = Batcher(d, dataclasses.replace(data, codes=None), 8).batch(5)
+    assert "images" not in codes and codes["codes"].shape == (8, 4, 4)
+    assert data.codes is None and data.features is None  # the caller's data is never filled in
+
+
+def test_shared_test_set_serves_every_route(models):
+    """A discrete model's codes must not leak to the next model evaluated on the same data."""
+    test = museum_qa("test", 6)
+    accs = {r: evaluate(models[r], test) for r in ("discrete", "continuous", "gated")}
+    assert test.codes is None and test.features is None
+    for r, acc in accs.items():
+        fresh = museum_qa("test", 6)
+        assert evaluate(models[r], fresh) == acc, r
+    other = VisionLanguageModel(VLMConfig(route="discrete", **SMALL))
+    other.quantizer.fit(test.images.flip(-1), seed=1)
+    a, b = Batcher(models["discrete"], test, 4).batch(0), Batcher(other, test, 4).batch(0)
+    assert not torch.equal(a["codes"], b["codes"])  # each model reads its own quantizer's codes
     with pytest.raises(ValueError, match="unknown question types"):
         museum_qa("train", 2, exclude=("poetry",))
 

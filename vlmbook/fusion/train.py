@@ -75,7 +75,7 @@ class Batcher:
             raise ValueError(f"caption_frac must lie in [0, 1), got {caption_frac}")
         if caption_frac and not data.captions:
             raise ValueError("caption_frac > 0 needs data with captions")
-        self.data, self.batch_size, self.seed, self.caption_frac = data, batch_size, seed, caption_frac
+        self.batch_size, self.seed, self.caption_frac = batch_size, seed, caption_frac
         self.pad = vlm.ids["pad"]
         qcache: dict[str, list[int]] = {}
         acache: dict[str, list[int]] = {}
@@ -97,11 +97,19 @@ class Batcher:
                 self.seqs.append(vlm.prompt_ids(q, a))
                 self.answer_len.append(len(a) + 1)
                 self.image_of.append(i)
-        if vlm.config.route == "discrete" and data.codes is None:
-            data.codes = torch.cat([vlm.quantizer.encode(data.images[i:i + 512]) for i in range(0, len(data.images), 512)])
+        # The batches carry only what this model reads, on a private copy of the data: codes from
+        # this model's quantizer belong to it, not to a test set that other models share.
+        if vlm.config.route == "discrete":
+            codes = data.codes
+            if codes is None:
+                codes = torch.cat([vlm.quantizer.encode(data.images[i:i + 512]) for i in range(0, len(data.images), 512)])
+            self.data = dataclasses.replace(data, codes=codes, features=None)
+        else:
+            self.data = dataclasses.replace(data, codes=None)
 
     def collate(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Right-padded ``input_ids``, boolean ``targets`` (positions predicting answer tokens), ``labels``."""
+        """Right-padded ``input_ids``, boolean ``targets`` (positions predicting answer tokens), ``labels``,
+        and the image side: cached ``codes`` and/or ``features`` if the data holds them, else ``images``."""
         T = max(len(self.seqs[i]) for i in idx)
         ids = torch.full((len(idx), T), self.pad, dtype=torch.long)
         targets = torch.zeros(len(idx), T, dtype=torch.bool)
@@ -111,11 +119,15 @@ class Batcher:
             targets[r, len(s) - 1 - self.answer_len[i]:len(s) - 1] = True  # position t predicts token t + 1
         labels = torch.roll(ids, -1, 1)[targets]
         img = torch.tensor([self.image_of[i] for i in idx])
-        out = {"input_ids": ids, "targets": targets, "labels": labels, "images": self.data.images[img]}
+        out = {"input_ids": ids, "targets": targets, "labels": labels}
+        # cached codes or features stand in for the images: gathering (and moving) pixels that the
+        # model will not read would cost every step
         if self.data.codes is not None:
             out["codes"] = self.data.codes[img]
         if self.data.features is not None:
             out["features"] = self.data.features[img]
+        if "codes" not in out and "features" not in out:
+            out["images"] = self.data.images[img]
         return out
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -129,7 +141,7 @@ class Batcher:
 
 def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
     """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.7."""
-    logits = model(batch["input_ids"], images=batch["images"], codes=batch.get("codes"), positions=batch["targets"],
+    logits = model(batch["input_ids"], images=batch.get("images"), codes=batch.get("codes"), positions=batch["targets"],
                    features=batch.get("features"))
     loss = F.cross_entropy(logits.float(), batch["labels"])
     acc = (logits.argmax(-1) == batch["labels"]).float().mean()
@@ -146,8 +158,8 @@ def evaluate(vlm: VisionLanguageModel, data: QAData, batch_size: int = 256) -> d
         idx = list(range(s, min(s + batch_size, len(data))))
         batch = b.collate(idx)
         dev = vlm._device()
-        logits = vlm(batch["input_ids"].to(dev), images=batch["images"].to(dev),
-                     codes=None if "codes" not in batch else batch["codes"].to(dev), positions=batch["targets"].to(dev))
+        image_side = {k: batch[k].to(dev) for k in ("images", "codes", "features") if k in batch}
+        logits = vlm(batch["input_ids"].to(dev), positions=batch["targets"].to(dev), **image_side)
         ok = (logits.argmax(-1).cpu() == batch["labels"])
         rows = torch.arange(len(idx))[:, None].expand_as(batch["targets"])[batch["targets"]]
         correct[s:s + len(idx)] = ~torch.zeros(len(idx), dtype=torch.bool).index_put_((rows,), ~ok, accumulate=True)
