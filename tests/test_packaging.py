@@ -26,8 +26,54 @@ def _conda_requirements() -> set[str]:
     return {r.replace(" ", "") for r in pip if not r.startswith("-e")}
 
 
-def test_environment_yml_matches_pyproject():
-    assert _conda_requirements() == _pyproject_requirements()
+def _envfile():
+    import runpy
+
+    return runpy.run_path(str(ROOT / "tools" / "envfile.py"))
+
+
+def test_environment_yml_is_generated_from_the_lock():
+    tool = _envfile()
+    want = tool["render"]((ROOT / "pyproject.toml").read_text(), (ROOT / "uv.lock").read_text())
+    assert (ROOT / "environment.yml").read_text() == want, "run `make lock` (tools/envfile.py)"
+    locked = tool["locked_versions"]((ROOT / "uv.lock").read_text())
+    pinned = {r.split("==")[0]: r.split("==")[1] for r in _conda_requirements()}
+    assert pinned == {n: locked[n] for n in pinned}
+
+
+def test_locked_versions_satisfy_pyproject_ranges():
+    from packaging.requirements import Requirement
+
+    locked = _envfile()["locked_versions"]((ROOT / "uv.lock").read_text())
+    for req in map(Requirement, _pyproject_requirements()):
+        name = req.name.lower().replace("_", "-")
+        assert name in locked, f"{name} missing from uv.lock: run `make lock`"
+        assert req.specifier.contains(locked[name], prereleases=True), (name, locked[name], str(req))
+
+
+def test_lock_is_for_this_pyproject():
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    me = next(p for p in lock["package"] if p["name"] == "vlmbook")
+    declared = {d["name"] for d in me.get("dependencies", [])}
+    assert declared == {Requirement_name(r) for r in tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+
+
+def Requirement_name(req: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(req).name.lower().replace("_", "-")
+
+
+def test_python_versions_agree():
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    lo, hi = re.fullmatch(r">=3\.(\d+),<3\.(\d+)", requires.replace(" ", "")).groups()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert f"python>=3.{lo},<3.{hi}" in env["dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    assert f"Python 3.{lo}–3.{int(hi) - 1}" in readme
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert lock["requires-python"].replace(" ", "") == requires.replace(" ", "")
 
 
 def test_no_exact_pins():
