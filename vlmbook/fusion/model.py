@@ -15,6 +15,7 @@ a cached image prefix across questions (prompt caching).
 from __future__ import annotations
 
 import copy
+import inspect
 import dataclasses
 import os
 from pathlib import Path
@@ -88,6 +89,24 @@ class VLMConfig(Config):
         return LMConfig(vocab_size=vocab_size, hidden=self.hidden, layers=self.layers, heads=self.heads,
                         kv_heads=self.kv_heads, intermediate=self.intermediate, max_positions=self.max_positions,
                         attn_implementation=self.attn_implementation)
+
+
+def _cache_keyword(decoder: nn.Module) -> str:
+    """The KV-cache argument's name: ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def call_decoder(decoder: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None, past):
+    """Run a HF decoder on ``inputs_embeds`` (B, T, D) with a 4-D mask and an optional KV cache. §5.6."""
+    kw = {_cache_keyword(decoder): past} if past is not None else {}
+    return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=past is not None, **kw)
+
+
+def output_cache(out):
+    """The KV cache a HF decoder returned, whichever attribute name this transformers uses."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 @dataclasses.dataclass
@@ -256,12 +275,10 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if self.adapter is not None:
             mm = self.media_mask(lm_ids_full)[:, -n_new:] if media is not None else None
             with self.adapter.media(media, mm):
-                out = self.lm.model(inputs_embeds=embeds, attention_mask=mask, past_key_values=past,
-                                    use_cache=past is not None)
+                out = call_decoder(self.lm.model, embeds, mask, past)
         else:
-            out = self.lm.model(inputs_embeds=embeds, attention_mask=mask, past_key_values=past,
-                                use_cache=past is not None)
-        return out.last_hidden_state, out.past_key_values
+            out = call_decoder(self.lm.model, embeds, mask, past)
+        return out.last_hidden_state, output_cache(out)
 
     # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
