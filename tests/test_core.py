@@ -117,6 +117,47 @@ def test_device_helpers():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     assert {"platform", "cpu_count", "torch", "device"} <= set(describe_machine())
+    with pytest.raises(ValueError, match="positive int"):
+        with num_threads(0):
+            pass
+
+
+def test_default_threads_is_one_unless_the_environment_says(monkeypatch):
+    from vlmbook.device import default_threads
+
+    monkeypatch.delenv("VLMBOOK_THREADS", raising=False)
+    assert default_threads() == 1
+    monkeypatch.setenv("VLMBOOK_THREADS", "3")
+    assert default_threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("VLMBOOK_THREADS", bad)
+        with pytest.raises(ValueError, match="VLMBOOK_THREADS"):
+            default_threads()
+
+
+def test_every_chapter_starts_by_printing_versions_and_device_on_one_thread(capsys, monkeypatch):
+    import transformers
+
+    from vlmbook import __version__, nb
+
+    monkeypatch.delenv("VLMBOOK_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        nb.start_chapter(9)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    for line in (f"torch: {torch.__version__}", f"transformers: {transformers.__version__}",
+                 f"vlmbook: {__version__}", "peft: ", "compressai: ", "python: ", "torch_threads: 1",
+                 "selected device: "):
+        assert line in out, line
+    # every chapter's first code cell calls it (so each chapter shows what it ran with)
+    from pathlib import Path
+
+    for chapter in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py")):
+        code_cells = [c for c in chapter.read_text().split("# %%")[1:] if not c.startswith(" [markdown]")]
+        assert "nb.start_chapter(" in code_cells[0], chapter.name
 
 
 # -- hub -------------------------------------------------------------------------------

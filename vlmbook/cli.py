@@ -11,13 +11,9 @@ PLUGINS = ("vlmbook.codec.cli",)
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import __version__
-    from .device import describe_machine, get_device
+    from .device import environment_report
 
-    print(f"vlmbook {__version__}")
-    for k, v in describe_machine().items():
-        print(f"{k}: {v}")
-    print(f"selected device: {get_device()}")
+    print(environment_report())
     return 0
 
 

@@ -44,9 +44,32 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+#: Environment variable that overrides :func:`default_threads`.
+THREADS_ENV = "VLMBOOK_THREADS"
+
+
+def default_threads() -> int:
+    """Intra-op threads for chapters, benchmarks and artifact builders: 1 unless ``VLMBOOK_THREADS``.
+
+    One thread, because the book's models are small: measured on a 2-core machine, two torch
+    threads on two busy cores made a training step 10–50x slower than one thread (Chapter 7),
+    and results then do not depend on the machine's core count.
+    """
+    raw = os.environ.get(THREADS_ENV, "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from None
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+    return n
+
+
 @contextlib.contextmanager
 def num_threads(n: int) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (timings in benchmarks)."""
+    """Temporarily set torch's intra-op thread count (training, timing, artifact builders)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_threads needs a positive int, got {n!r}")
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -55,17 +78,44 @@ def num_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+#: Packages whose versions every chapter and benchmark record prints.
+REPORTED_PACKAGES = ("transformers", "peft", "compressai", "numpy", "tokenizers", "accelerate")
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def describe_machine() -> dict[str, object]:
-    """Platform, CPU count, torch version and accelerator name, for benchmark records."""
+    """Platform, versions, CPU count, torch threads, load average and device, for records."""
     import platform
+
+    from . import __version__
 
     info: dict[str, object] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        "vlmbook": __version__,
         "torch": torch.__version__,
+        **{name: _version(name) for name in REPORTED_PACKAGES},
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "device": "cpu",
     }
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     return info
+
+
+def environment_report() -> str:
+    """The lines ``vlmbook info`` prints and every chapter shows in its first cell."""
+    info = describe_machine()
+    lines = [f"{k}: {v}" for k, v in info.items()]
+    lines.append(f"selected device: {get_device()}")
+    return "\n".join(lines)

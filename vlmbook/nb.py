@@ -9,13 +9,20 @@ _T0: float | None = None
 _CHAPTER: int | None = None
 
 
-def start_chapter(number: int, seed: int = 0) -> None:
-    """Call in a chapter's first code cell: seeds everything and starts the chapter clock."""
+def start_chapter(number: int, seed: int = 0, quiet: bool = False) -> None:
+    """Call in a chapter's first code cell: one torch thread, seeds, the chapter clock, and
+    the versions and device it runs with (``vlmbook info``)."""
     global _T0, _CHAPTER
-    from .device import seed_everything
+    import torch
+
+    from .device import default_threads, environment_report, seed_everything
 
     _T0, _CHAPTER = time.perf_counter(), number
+    # Numbers in the book must not depend on the reader's core count (see default_threads).
+    torch.set_num_threads(default_threads())
     seed_everything(seed)
+    if not quiet:
+        print(environment_report())
     os.environ.setdefault("VLMBOOK_PROGRESS", "0")  # progress bars are for terminals, not pages
     warnings.filterwarnings("ignore", category=UserWarning, module="torch_geometric")
 

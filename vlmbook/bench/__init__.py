@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..device import describe_machine
+import torch
+
+from ..device import default_threads, describe_machine, num_threads
 
 
 @dataclasses.dataclass
@@ -51,7 +53,11 @@ def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/r
     if unknown:
         raise ValueError(f"benchmark {name!r} takes no option {unknown[0]!r}")
     t0 = time.perf_counter()
-    result: BenchResult = module.run(quick=quick, **options)
+    machine_before = describe_machine()
+    # One thread unless VLMBOOK_THREADS says otherwise: figures must not depend on core count.
+    with num_threads(default_threads()):
+        threads = torch.get_num_threads()
+        result: BenchResult = module.run(quick=quick, **options)
     record = {
         "name": name,
         "quick": quick,
@@ -59,6 +65,8 @@ def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/r
         "headline": {"value": result.headline, "unit": result.unit, "line": result.line()},
         "table": result.table,
         "machine": describe_machine(),
+        "threads": threads,
+        "load_average_before": machine_before["load_average"],
         "seconds": round(time.perf_counter() - t0, 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..device import num_threads
 from ..hub import ArtifactSpec, PretrainedMixin, register_artifact
 from ..loop import LoopConfig, fit
 from .quantizers import KINDS, QuantizerConfig, QuantizerOutput, make_quantizer
@@ -305,6 +306,10 @@ def evaluate_tokenizer(model: VQTokenizer, images: torch.Tensor | None = None, b
             "perplexity": round(float(ppl), 2), "tokens_per_image": int(codes_t[0].numel())}
 
 
+#: Threads for tokenizer training. Float sums depend on the thread count, so it is fixed; the
+#: committed ``vq-tokenizer-tiny`` artifact and Chapter 2's numbers were made with 2.
+TRAIN_THREADS = 2
+
 #: The training recipe of the ``vq-tokenizer-tiny`` artifact.
 TINY_TRAIN = TokenizerTrainConfig(steps=1200, batch_size=32, lr=2e-3, photo_fraction=0.125)
 
@@ -314,23 +319,9 @@ def build_tiny_tokenizer(seed: int = 0, steps: int | None = None) -> VQTokenizer
     torch.manual_seed(seed)
     model = VQTokenizer(TokenizerConfig.tiny())
     cfg = TINY_TRAIN.replace(seed=seed, **({"steps": steps} if steps else {}))
-    with _threads(2):
+    with num_threads(TRAIN_THREADS):
         train_tokenizer(model, cfg, progress=False)
     return model.eval()
-
-
-class _threads:
-    """Fix torch's thread count while training so results do not depend on the machine's cores."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
 
 
 TINY_ARTIFACT = register_artifact(ArtifactSpec(
@@ -363,7 +354,7 @@ def collapse_experiment(steps: int = 150, batch_size: int = 16, seed: int = 0, i
     for label, cfg in collapse_configs(image_size, codebook_size).items():
         torch.manual_seed(seed)
         model = VQTokenizer(cfg)
-        with _threads(2):
+        with num_threads(TRAIN_THREADS):
             train_tokenizer(model, TokenizerTrainConfig(steps=steps, batch_size=batch_size, seed=seed), progress=False)
         out[label] = (model.eval(), evaluate_tokenizer(model, images))
     return out

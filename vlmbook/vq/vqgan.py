@@ -18,7 +18,8 @@ from torch.func import functional_call
 from ..config import Config
 from ..hub import ArtifactSpec, PretrainedMixin, register_artifact
 from ..loop import LoopConfig, fit
-from .tokenizer import VQTokenizer, _threads, training_batch
+from ..device import num_threads
+from .tokenizer import TRAIN_THREADS, VQTokenizer, training_batch
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def build_feature_net(seed: int = 0) -> FeatureNet:
     """The ``vq-features-tiny`` artifact: FeatureNet trained 300 steps on museum exhibits. §2.7."""
     torch.manual_seed(seed)
     model = FeatureNet(FeatureNetConfig.tiny())
-    with _threads(2):
+    with num_threads(TRAIN_THREADS):
         train_feature_net(model, steps=300, seed=seed, progress=False)
     return model.eval()
 
