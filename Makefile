@@ -29,7 +29,7 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install -q "uv==$(UV_VERSION)"
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra book --extra test --python $(PYTHON)
+	$(UV) sync --locked --extra book --extra test --python $(PYTHON)
 	@touch $(STAMP)
 
 # Regenerate uv.lock from pyproject.toml's ranges (commit both together).
