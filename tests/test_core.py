@@ -356,7 +356,9 @@ def test_cli(capsys):
 def test_nb_helpers(capsys):
     from vlmbook import nb
 
-    nb.start_chapter(9)
+    threads = torch.get_num_threads()
+    nb.start_chapter(9, quiet=True)
+    torch.set_num_threads(threads)
     assert nb.elapsed() >= 0
     nb.report_runtime()
     assert capsys.readouterr().out.startswith("Chapter 9 executed in")
