@@ -98,6 +98,23 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         """The entropy bottleneck's quantile loss."""
         return self.entropy_bottleneck.loss()
 
+    def check_loaded(self) -> None:
+        """Run by ``from_pretrained``: finite weights and valid CDF tables, or ValueError naming them. §3.7."""
+        for k, v in self.state_dict().items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise ValueError(f"tensor {k!r} holds NaN or infinity")
+        expect = {"entropy_bottleneck": self.config.N, "gaussian_conditional": len(self.gaussian_conditional.scale_table)}
+        for name, n in expect.items():
+            mod = getattr(self, name)
+            if mod._cdf.numel() == 0:
+                continue  # not updated yet: compress() will say so
+            try:
+                t = mod.tables()
+            except ValueError as e:
+                raise ValueError(f"{name} CDF tables are corrupt: {e}") from None
+            if t.num_tables != n:
+                raise ValueError(f"{name} holds {t.num_tables} CDF tables, expected {n}")
+
     # -- coding ------------------------------------------------------------------------
     def update(self) -> None:
         """Build the integer CDF tables (stored as buffers). Call after training."""
