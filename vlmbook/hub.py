@@ -73,7 +73,7 @@ class PretrainedMixin:
             if key not in meta:
                 raise ValueError(f"{cfg_file} has no {key!r} field")
         if meta["class"] != expected:
-            raise ValueError(f"{cfg_file}: field 'class' is {meta['class']!r}, not {expected!r}")
+            raise ValueError(f"{cfg_file}: field 'class' holds a {meta['class']!r}, not a {expected!r}")
         try:
             cfg = cls.config_class.from_dict(meta["config"], require_all=True)
         except (ValueError, TypeError) as e:

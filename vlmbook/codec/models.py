@@ -15,6 +15,7 @@ from ..hub import PretrainedMixin
 from . import rans
 from .cdf import BitstreamError
 from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
+from .exact import exact_forward
 from .integer import ACT_BITS, IntegerSynthesis, scale_indexes
 from .layers import GDN, conv, deconv
 
@@ -141,9 +142,9 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size). §3.6."""
         if x.ndim != 4 or x.shape[0] != 1:
             raise ValueError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
-        dev = next(self.parameters()).device
-        y = self.g_a(x.to(dev))
-        z = self.h_a(y.abs() if self.config.model == "hyperprior" else y)
+        # Fixed-point transforms: the same bytes whatever the thread count or CPU kernel (§3.7).
+        y = exact_forward(self.g_a, x)
+        z = exact_forward(self.h_a, y.abs() if self.config.model == "hyperprior" else y)
         eb = self.entropy_bottleneck
         z_vals, z_idx = eb.symbols(z)
         z_stream = rans.encode(z_vals, z_idx, eb.tables(), lanes=lanes)
@@ -169,8 +170,7 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         y_hat = torch.from_numpy(y_vals.astype(np.float32).reshape(idx.shape))
         if means is not None:
             y_hat = y_hat + means
-        dev = next(self.parameters()).device
-        return self.g_s(y_hat.to(dev)).clamp(0, 1).cpu()
+        return exact_forward(self.g_s, y_hat).clamp(0, 1)  # the same pixels on every machine (§3.7)
 
 
 # ---------------------------------------------------------------------------------------
