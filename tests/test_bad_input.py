@@ -230,6 +230,23 @@ def test_bytes_after_the_alpha_stream_are_rejected():
     assert np.array_equal(decode_image(data)[..., 3], img[..., 3])
 
 
+def test_rans_lane_count_must_be_the_encoders():
+    from vlmbook.codec import BitstreamError
+    from vlmbook.codec.fileformat import _HEAD, MODES, decode_image, encode_image
+    from vlmbook.codec.metrics import to_tensor
+    from vlmbook.codec.models import HyperpriorCodec, pad_to
+
+    model = HyperpriorCodec.from_pretrained(CODEC).eval()
+    img = np.random.default_rng(2).integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    assert decode_image(encode_image(img, 3, model), model).shape == img.shape
+    streams, _ = model.compress(pad_to(to_tensor(img)), lanes=3)  # a valid stream, but not the canonical one
+    head = _HEAD.pack(b"VLMB", 1, 1, 3, 3, 300, 200, 2) + struct.pack("<2I", *[len(x) for x in streams])
+    payload = b"".join(streams)
+    forged = head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)) & 0xFFFFFFFF) + payload
+    with pytest.raises(BitstreamError, match="declares 3 rANS lanes"):
+        decode_image(forged, model)
+
+
 # -- arguments of the wrong type -------------------------------------------------------------
 def test_wrong_argument_types_name_the_argument():
     with pytest.raises(TypeError, match="length must be an int, got '10'"):
