@@ -64,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"vlmbook: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:
+        # User errors (bad paths, formats, corrupt files: BitstreamError is a ValueError) get one
+        # line, not a traceback; anything else is a bug and keeps its traceback.
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"vlmbook: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vlmbook: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

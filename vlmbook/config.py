@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -34,6 +35,10 @@ class Config:
                 raise ValueError(f"{type(self).__name__}.{f.name} must be a number, got {value!r}")
             if expected == "bool" and not isinstance(value, bool):
                 raise ValueError(f"{type(self).__name__}.{f.name} must be True or False, got {value!r}")
+            if expected == "str" and not isinstance(value, str):
+                raise ValueError(f"{type(self).__name__}.{f.name} must be a string, got {value!r}")
+            if expected == "float" and not math.isfinite(value):
+                raise ValueError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
 
     def _fail(self, field: str, why: str) -> None:
         raise ValueError(f"{type(self).__name__}.{field} {why} (got {getattr(self, field)!r})")
@@ -94,11 +99,16 @@ class Config:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+    def from_dict(cls: type[C], data: dict[str, Any], require_all: bool = False) -> C:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError, and so do missing ones
+        with ``require_all`` (how saved models are read: no field silently takes a default)."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
         cls._check_keys(data)
+        if require_all:
+            missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data)
+            if missing:
+                raise ValueError(f"{cls.__name__} is missing field(s) {missing}")
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
@@ -124,9 +134,14 @@ class Config:
         """Read a config written by :meth:`save_json`."""
         try:
             data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a config") from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 _NOT_PRESETS = {"preset", "presets", "replace", "to_dict", "from_dict", "save_json", "load_json", "validate"}

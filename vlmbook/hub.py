@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -53,33 +54,127 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls: type[M], path: str | os.PathLike, device: str | torch.device = "cpu") -> M:
-        """Rebuild the model from a folder written by :meth:`save_pretrained`."""
+        """Rebuild the model from a folder written by :meth:`save_pretrained`.
+
+        Everything is checked before the model is allocated: the config (every field present and
+        valid), the parameter count (``MAX_PARAMS``) and every tensor's name, shape and dtype in
+        the weights file's header. Loaded weights must be finite, and a model may add its own
+        checks in ``check_loaded()``. Any problem raises ``ValueError`` naming the file and field.
+        """
         path = Path(path)
         cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not cfg_file.is_file() or not w_file.is_file():
             raise FileNotFoundError(f"{path} must contain {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        meta = _read_json(cfg_file)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{cfg_file} must hold a JSON object with 'class' and 'config', got a {type(meta).__name__}")
         expected = f"{cls.__module__}.{cls.__qualname__}"
-        if meta.get("class") != expected:
-            raise ValueError(f"{path} holds a {meta.get('class')!r}, not a {expected!r}")
-        model = cls(cls.config_class.from_dict(meta["config"]))  # type: ignore[call-arg]
+        for key in ("class", "config"):
+            if key not in meta:
+                raise ValueError(f"{cfg_file} has no {key!r} field")
+        if meta["class"] != expected:
+            raise ValueError(f"{cfg_file}: field 'class' holds a {meta['class']!r}, not a {expected!r}")
+        try:
+            cfg = cls.config_class.from_dict(meta["config"], require_all=True)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{cfg_file}: field 'config': {e}") from None
+        header = _weights_header(w_file)
+        shapes = _planned_shapes(cls, cfg, cfg_file)
+        if shapes is not None:
+            _check_header(cls, shapes, header, w_file)
+        model = cls(cfg)  # type: ignore[call-arg]
         try:
             state = load_file(str(w_file), device=str(device))
         except Exception as e:  # safetensors raises its own error types on corrupt files
             raise ValueError(f"{w_file} is not a readable safetensors file: {e}") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+        missing, unexpected = _load_state(model, state, w_file, cls.__name__)
         missing = [k for k in missing if not _is_tied(model, k, state)]
         if missing or unexpected:
             raise ValueError(f"{w_file} does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
-        if (path / LOG_NAME).is_file():
+        for k, v in state.items():
+            if v.is_floating_point() and torch.isnan(v).any():
+                raise ValueError(f"{w_file}: tensor {k!r} holds NaN")
+        check = getattr(model, "check_loaded", None)
+        if callable(check):
             try:
-                model.training_log = json.loads((path / LOG_NAME).read_text())  # type: ignore[attr-defined]
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path / LOG_NAME} is not valid JSON: {e}") from None
+                check()
+            except ValueError as e:
+                raise ValueError(f"{w_file}: {e}") from None
+        if (path / LOG_NAME).is_file():
+            model.training_log = _read_json(path / LOG_NAME)  # type: ignore[attr-defined]
         return model.to(device)  # type: ignore[attr-defined,return-value]
+
+
+#: Largest model :meth:`PretrainedMixin.from_pretrained` builds from a config: 2**30 parameters
+#: (4 GB in float32), checked on the meta device before anything is allocated.
+MAX_PARAMS = 1 << 30
+#: Largest config.json / training_log.json read (bytes).
+MAX_JSON_BYTES = 16 << 20
+
+
+def _read_json(file: Path) -> Any:
+    if file.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{file} is {file.stat().st_size:,} bytes, more than the {MAX_JSON_BYTES:,} a config may hold")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{file} is nested too deeply to be a config") from None
+
+
+def _weights_header(w_file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(w_file), framework="pt") as f:
+            return {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except Exception as e:  # SafetensorError and friends: a truncated or foreign file
+        raise ValueError(f"{w_file} is not a readable safetensors file: {e}") from None
+
+
+def _planned_shapes(cls: type, cfg: Config, cfg_file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]] | None:
+    # Build the model on the meta device: shapes without memory, so a config asking for
+    # terabytes is refused here. A model whose constructor cannot run on meta is checked after.
+    try:
+        with torch.device("meta"):
+            probe = cls(cfg)
+    except Exception:
+        return None
+    sd = probe.state_dict()
+    n = sum(v.numel() for v in sd.values())
+    if n > MAX_PARAMS:
+        raise ValueError(f"{cfg_file}: field 'config' describes {n:,} parameters, more than MAX_PARAMS = {MAX_PARAMS:,}")
+    return {k: (v.dtype, tuple(v.shape)) for k, v in sd.items()}
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _check_header(cls: type, shapes: dict, header: dict, w_file: Path) -> None:
+    for k, (dtype, shape) in header.items():
+        if k not in shapes:
+            raise ValueError(f"{w_file}: unexpected tensor {k!r} for {cls.__name__}")
+        want_dtype, want_shape = shapes[k]
+        if math.prod(want_shape) == 0:
+            continue  # an empty placeholder that loading resizes (e.g. a codec's CDF tables)
+        if shape != want_shape:
+            raise ValueError(f"{w_file}: tensor {k!r} has shape {shape}, {cls.__name__} needs {want_shape}")
+        if _ST_DTYPES.get(dtype, dtype) != want_dtype:
+            raise ValueError(f"{w_file}: tensor {k!r} has dtype {dtype}, {cls.__name__} needs {want_dtype}")
+
+
+def _load_state(model: Any, state: dict[str, torch.Tensor], w_file: Path, name: str) -> tuple[list[str], list[str]]:
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].numel() and tuple(own[k].shape) != tuple(v.shape):
+            raise ValueError(f"{w_file}: tensor {k!r} has shape {tuple(v.shape)}, {name} needs {tuple(own[k].shape)}")
+    try:
+        return model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{w_file} does not fit {name}: {e}") from None
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

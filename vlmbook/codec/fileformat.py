@@ -26,6 +26,7 @@ the CRC; anything wrong raises :class:`BitstreamError`.
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -74,10 +75,10 @@ def image_to_array(img) -> tuple[np.ndarray, str]:
         raise ValueError(f"expected a PIL image or uint8 array, got {type(img).__name__}")
     if img.mode in ("L", "LA", "RGB", "RGBA"):
         conv = img
-    elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, np.float64)
-        scale = 255.0 / 65535.0 if img.mode != "F" else 255.0 / max(float(a.max()), 1e-12)
-        return np.clip(np.round(a * scale), 0, 255).astype(np.uint8)[..., None], "L"
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        from ..data.folder import to_uint8
+
+        return to_uint8(img)[..., None], "L"
     elif img.mode == "1":
         conv = img.convert("L")
     else:  # P, PA, CMYK, YCbCr, LAB, HSV, RGBX ...: keep alpha if there is any
@@ -153,6 +154,25 @@ def parse_header(data: bytes) -> dict:
             "height": h, "width": w, "streams": streams}
 
 
+def _check_lanes(streams: list[bytes], model, zs: tuple[int, int]) -> None:
+    # One canonical file per image, and decoding work bounded by the file: each rANS stream must
+    # use the lane count the encoder picks for its number of symbols (a hand-made file with one
+    # lane for thousands of symbols would otherwise take seconds to reject).
+    from . import rans
+
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "N") or not hasattr(cfg, "M"):
+        return
+    counts = {"y": cfg.M * 16 * zs[0] * zs[1], "z": cfg.N * zs[0] * zs[1]}
+    for name, stream in zip(("y", "z"), streams[:2]):
+        if len(stream) < 2:
+            raise BitstreamError(f"{name} stream is too short")
+        (lanes,) = struct.unpack_from("<H", stream, 0)
+        want = rans.default_lanes(counts[name])
+        if lanes != want:
+            raise BitstreamError(f"{name} stream declares {lanes} rANS lanes; {counts[name]} symbols are coded with {want}")
+
+
 def decode_image(data: bytes, model=None, model_for: Callable[[int], object] | None = None) -> np.ndarray:
     """``.vlmb`` bytes -> (H, W, C) uint8 array (C = 1, 2, 3 or 4 by the stored mode).
 
@@ -165,6 +185,8 @@ def decode_image(data: bytes, model=None, model_for: Callable[[int], object] | N
     h, w = info["height"], info["width"]
     model = model or (model_for or _default_model)(info["quality"])
     zs = (-(-h // STRIDE), -(-w // STRIDE))
+    if info["version"] == 1:
+        _check_lanes(info["streams"], model, zs)
     try:
         x_hat = model.decompress(info["streams"][:2], zs)
     except BitstreamError:
@@ -185,23 +207,63 @@ def decode_image(data: bytes, model=None, model_for: Callable[[int], object] | N
             raise BitstreamError(f"alpha stream is corrupt: {e}") from None
         if len(alpha) != h * w or d.unconsumed_tail or not d.eof:
             raise BitstreamError("alpha stream has the wrong size")
+        if d.unused_data:  # one canonical file per image: nothing may follow the zlib stream
+            raise BitstreamError(f"{len(d.unused_data)} bytes follow the alpha stream")
         out = np.concatenate([out, np.frombuffer(alpha, np.uint8).reshape(h, w, 1)], axis=2)
     return out
 
 
-def compress_file(src: str | Path, dst: str | Path, quality: int = 3, model=None) -> int:
-    """Read an image file, write ``.vlmb``; returns the number of bytes written."""
-    from PIL import Image, UnidentifiedImageError
+#: Output formats ``decompress_file`` writes, and the modes each can hold.
+_FORMATS = {".png": ("L", "LA", "RGB", "RGBA"), ".webp": ("L", "RGB", "RGBA"), ".tif": ("L", "LA", "RGB", "RGBA"),
+            ".tiff": ("L", "LA", "RGB", "RGBA"), ".bmp": ("L", "RGB"), ".ppm": ("RGB",), ".pgm": ("L",),
+            ".jpg": ("L", "RGB"), ".jpeg": ("L", "RGB")}
 
-    if not Path(src).is_file():
-        raise FileNotFoundError(f"no such image file: {src}")
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        raise ValueError(f"input {src} is a directory, not a file")
+    if not src.is_file():
+        raise FileNotFoundError(f"no such file: {src}")
+    if dst.is_dir():
+        raise ValueError(f"output {dst} is a directory; give a file name")
+    if dst.exists() and (dst.resolve() == src.resolve() or src.samefile(dst)):
+        raise ValueError(f"output {dst} is the input file; refusing to overwrite it")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"output folder {dst.parent} does not exist")
+
+
+def _write_atomically(dst: Path, write: Callable[[Path], None]) -> None:
+    # A failure half-way (disk full, bad format, Ctrl-C) leaves any existing file untouched.
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        with Image.open(src) as im:
+        write(tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def compress_file(src: str | Path, dst: str | Path, quality: int = 3, model=None) -> int:
+    """Read an image file, write ``.vlmb``; returns the number of bytes written.
+
+    The image size is checked against the format's caps from the file header, before decoding.
+    """
+    from PIL import Image
+
+    from ..data.folder import open_image
+
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst)
+    with open_image(src, max_pixels=MAX_PIXELS) as im:
+        w, h = im.size
+        if w > MAX_SIDE or h > MAX_SIDE:
+            raise ValueError(f"image {src} is {w}x{h}; a .vlmb file holds at most {MAX_SIDE} px a side")
+        try:
             im.load()
-            data = encode_image(im, quality, model)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {src}: {e}") from None
-    Path(dst).write_bytes(data)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read image {src}: {e}") from None
+        data = encode_image(im, quality, model)
+    _write_atomically(dst, lambda p: p.write_bytes(data))
     return len(data)
 
 
@@ -209,7 +271,17 @@ def decompress_file(src: str | Path, dst: str | Path, model=None) -> tuple[int, 
     """Read ``.vlmb``, write an image (format from the extension, PNG recommended); returns (W, H)."""
     from PIL import Image
 
-    a = decode_image(Path(src).read_bytes(), model)
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst)
+    ext = dst.suffix.lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"unknown output extension {dst.suffix!r} for {dst}; use one of {sorted(_FORMATS)}")
+    a = decode_image(src.read_bytes(), model)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[a.shape[2]]
-    Image.fromarray(a[..., 0] if mode == "L" else a, mode=mode).save(dst)
+    if mode not in _FORMATS[ext]:
+        raise ValueError(f"{ext} cannot hold a {mode} image (it has {'alpha' if 'A' in mode else 'colour'}); "
+                         f"write .png instead")
+    img = Image.fromarray(a[..., 0] if mode == "L" else a, mode=mode)
+    fmt = Image.registered_extensions().get(ext)
+    _write_atomically(dst, lambda p: img.save(p, format=fmt))
     return a.shape[1], a.shape[0]

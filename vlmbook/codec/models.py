@@ -15,6 +15,7 @@ from ..hub import PretrainedMixin
 from . import rans
 from .cdf import BitstreamError
 from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
+from .exact import exact_forward
 from .integer import ACT_BITS, IntegerSynthesis, scale_indexes
 from .layers import GDN, conv, deconv
 
@@ -98,6 +99,23 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         """The entropy bottleneck's quantile loss."""
         return self.entropy_bottleneck.loss()
 
+    def check_loaded(self) -> None:
+        """Run by ``from_pretrained``: finite weights and valid CDF tables, or ValueError naming them. §3.7."""
+        for k, v in self.state_dict().items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise ValueError(f"tensor {k!r} holds NaN or infinity")
+        expect = {"entropy_bottleneck": self.config.N, "gaussian_conditional": len(self.gaussian_conditional.scale_table)}
+        for name, n in expect.items():
+            mod = getattr(self, name)
+            if mod._cdf.numel() == 0:
+                continue  # not updated yet: compress() will say so
+            try:
+                t = mod.tables()
+            except ValueError as e:
+                raise ValueError(f"{name} CDF tables are corrupt: {e}") from None
+            if t.num_tables != n:
+                raise ValueError(f"{name} holds {t.num_tables} CDF tables, expected {n}")
+
     # -- coding ------------------------------------------------------------------------
     def update(self) -> None:
         """Build the integer CDF tables (stored as buffers). Call after training."""
@@ -124,9 +142,9 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size). §3.6."""
         if x.ndim != 4 or x.shape[0] != 1:
             raise ValueError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
-        dev = next(self.parameters()).device
-        y = self.g_a(x.to(dev))
-        z = self.h_a(y.abs() if self.config.model == "hyperprior" else y)
+        # Fixed-point transforms: the same bytes whatever the thread count or CPU kernel (§3.7).
+        y = exact_forward(self.g_a, x)
+        z = exact_forward(self.h_a, y.abs() if self.config.model == "hyperprior" else y)
         eb = self.entropy_bottleneck
         z_vals, z_idx = eb.symbols(z)
         z_stream = rans.encode(z_vals, z_idx, eb.tables(), lanes=lanes)
@@ -152,8 +170,7 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         y_hat = torch.from_numpy(y_vals.astype(np.float32).reshape(idx.shape))
         if means is not None:
             y_hat = y_hat + means
-        dev = next(self.parameters()).device
-        return self.g_s(y_hat.to(dev)).clamp(0, 1).cpu()
+        return exact_forward(self.g_s, y_hat).clamp(0, 1)  # the same pixels on every machine (§3.7)
 
 
 # ---------------------------------------------------------------------------------------

@@ -127,9 +127,17 @@ def scene_seed(split: str, index: int, seed: int = 0) -> tuple[int, int, int]:
     """The key ``(seed, split id, index)`` of a scene; different splits never share a key."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
+    _check_int("index", index)
+    _check_int("seed", seed)
     if not 0 <= index < 2**40 or seed < 0:
         raise ValueError(f"need 0 <= index < 2**40 and seed >= 0, got index={index}, seed={seed}")
     return (seed, SPLITS[split], index)
+
+
+def _check_int(name: str, value: object) -> None:
+    # 1.5 or "10" would otherwise fail deep inside the generator, or silently truncate.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
 
 
 def _rng(key: tuple[int, ...], stream: int) -> random.Random:
@@ -537,9 +545,10 @@ class Museum:
         scene_seed(split, 0, seed)  # validates split and seed
         if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"size must be an int in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
+        _check_int("length", length)
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
-        self.split, self.size, self.seed, self.length = split, int(size), seed, length
+        self.split, self.size, self.seed, self.length = split, int(size), int(seed), int(length)
 
     def __len__(self) -> int:
         return self.length
@@ -555,12 +564,17 @@ class Museum:
         return (self[i] for i in range(self.length))
 
     def _check(self, index: int) -> int:
+        _check_int("index", index)
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a Museum of length {self.length}")
         return int(index)
 
     def images(self, start: int, n: int) -> np.ndarray:
         """(n, size, size, 3) uint8 images of samples ``start … start + n - 1``."""
+        _check_int("start", start)
+        _check_int("n", n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
         return np.stack([render(self.scene(i), self.size) for i in range(start, start + n)])
 
     def tensors(self, start: int, n: int):

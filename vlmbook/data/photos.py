@@ -72,9 +72,18 @@ def random_crops(n: int, size: int = 64, seed: int = 0, split: str = "train"):
 
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    for name, v in (("n", n), ("size", size), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"random_crops: {name} must be an int, got {v!r}")
     if n < 1 or size < 8:
         raise ValueError(f"need n >= 1 and size >= 8, got n={n}, size={size}")
+    if seed < 0:
+        raise ValueError(f"random_crops: seed must be >= 0, got {seed}")
     names = TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS
+    largest = max(min(lv.shape[:2]) for name in names for lv in _pyramid(name))
+    if size > largest:
+        raise ValueError(f"random_crops: size={size} is larger than every bundled {split} photo "
+                         f"(the largest crop they allow is {largest} px)")
     rng = np.random.default_rng(seed)
     out = np.empty((n, size, size, 3), np.uint8)
     for k in range(n):
