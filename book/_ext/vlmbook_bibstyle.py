@@ -5,13 +5,15 @@ pybtex's alpha labels such as ``[ADL+22]``.
 from __future__ import annotations
 
 from pybtex.plugin import register_plugin
+from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
 from pybtex.style.sorting.author_year_title import SortingStyle
 
 
 def _surname(person) -> str:
-    return " ".join(person.prelast_names + person.last_names)
+    # BibTeX accents such as Ball{\'e} become plain Unicode (Ballé), as in the in-text citations.
+    return Text.from_latex(" ".join(person.prelast_names + person.last_names)).render_as("text")
 
 
 def author_year_label(entry) -> str:
@@ -26,7 +28,7 @@ def author_year_label(entry) -> str:
         who = f"{names[0]} and {names[1]}"
     else:
         who = f"{names[0]} et al."
-    return f"{who}, {entry.fields.get('year', 'n.d.')}".replace("{", "").replace("}", "")
+    return f"{who}, {entry.fields.get('year', 'n.d.')}"
 
 
 class AuthorYearLabelStyle(BaseLabelStyle):
