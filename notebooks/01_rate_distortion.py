@@ -106,10 +106,10 @@ print("correlation of measured time with counted FLOPs:", round(corr, 3))
 # %% [markdown]
 # ## 1.2 Information: entropy, cross-entropy, KL and mutual information
 #
-# The **entropy** $H(p) = -\sum_x p(x)\log_2 p(x)$ is the fewest bits per symbol any lossless code
+# The **{term}`entropy`** $H(p) = -\sum_x p(x)\log_2 p(x)$ is the fewest bits per symbol any lossless code
 # can average {cite:p}`shannon1948`. Coding $p$ with a code designed for $q$ costs the
-# **cross-entropy** $H(p,q) = -\sum_x p(x)\log_2 q(x)$, and the excess is the **KL divergence**
-# $D(p\,\|\,q) = H(p,q) - H(p) \ge 0$. The **mutual information**
+# **{term}`cross-entropy`** $H(p,q) = -\sum_x p(x)\log_2 q(x)$, and the excess is the **{term}`KL divergence`**
+# $D(p\,\|\,q) = H(p,q) - H(p) \ge 0$. The **{term}`mutual information`**
 # $I(X;Y) = D\big(p(x,y)\,\|\,p(x)p(y)\big)$ is how many bits one variable tells about another.
 #
 # Let us measure them on the museum ({numref}`fig-ch1-exhibits` shows six of its exhibits). Each exhibit object has a colour and a shape drawn
@@ -164,7 +164,7 @@ print(f"KL(colour || uniform) = {rd.kl_divergence(p_colour, np.full(8, 1 / 8)):.
 #
 # so each extra bit divides the error by four: $10\log_{10}4 \approx 6.02$ dB per bit.
 #
-# For a discrete source there is rarely a formula, but the **Blahut–Arimoto** algorithm
+# For a discrete source there is rarely a formula, but the **{term}`Blahut–Arimoto <Blahut–Arimoto algorithm>`** algorithm
 # {cite:p}`blahut1972,arimoto1972` finds the point of the curve where it has a given slope by
 # alternating two minimisations: $q(\hat x\mid x)\propto q(\hat x)\,e^{-\beta d(x,\hat x)}$ and
 # $q(\hat x)=\sum_x p(x)\,q(\hat x\mid x)$. With the natural exponential the slope is
@@ -327,9 +327,9 @@ widgets.interact(_pick, lam=widgets.FloatLogSlider(value=10.0, base=10, min=-1, 
 # %% [markdown]
 # ## 1.7 Measuring distortion
 #
-# - **MSE / PSNR.** $\text{PSNR} = 10\log_{10}(\text{MAX}^2/\text{MSE})$ dB. Cheap, differentiable,
+# - **MSE / {term}`PSNR`.** $\text{PSNR} = 10\log_{10}(\text{MAX}^2/\text{MSE})$ dB. Cheap, differentiable,
 #   and blind to structure: a one-pixel shift can cost more PSNR than a visible blur.
-# - **SSIM** {cite:p}`wang2004ssim` compares local means, variances and covariance in an
+# - **{term}`SSIM`** {cite:p}`wang2004ssim` compares local means, variances and covariance in an
 #   $11\times 11$ Gaussian window; **MS-SSIM** {cite:p}`wang2003msssim` repeats the contrast–structure
 #   term over five scales (so images need sides above 160 px).
 # - **LPIPS** {cite:p}`zhang2018lpips` compares deep features of a pretrained network, calibrated to

@@ -38,7 +38,7 @@ nb.start_chapter(1)
 # How many 448-px images with 14-px patches and 2 × 2 pixel shuffle fit into an 8k context beside
 # a 1,000-token conversation?
 
-# %% tags=["hide-input"]
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 budget = rd.image_token_budget(8192, 1000)
 per_image = rd.patch_tokens(448, 448, 14, merge=2)
@@ -58,7 +58,7 @@ print(f"budget {budget} tokens, {per_image} tokens per image -> {budget // per_i
 #
 # At what $n$ does the quadratic attention term equal the projections plus the MLP for $d = 4096$?
 
-# %% tags=["hide-input"]
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 d = 4096
 n_star = 6 * d  # 4 n^2 d = 8 n d^2 + 16 n d^2  <=>  n = 6 d
@@ -87,7 +87,7 @@ glue("s1-nstar", n_star, display=False)
 # small to large.
 # ```
 
-# %% tags=["hide-input"]
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 p = 0.2
 p_x = np.array([1 - p, p])
@@ -113,7 +113,7 @@ print(f"largest disagreement below 1e-4 bits: {worst < 1e-4}")
 # Repeat §1.5 with reconstruction at cell centroids (`centroid=True`). Does the high-rate gap
 # change? What happens at low rate?
 
-# %% tags=["hide-input"]
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 for step in (2.0, 1.0, 0.5, 0.1):
     mid, cen = rd.ecsq_gaussian(step), rd.ecsq_gaussian(step, centroid=True)
@@ -136,7 +136,7 @@ glue("s1-gap-limit", float(rd.ECSQ_GAP_BITS), display=False)
 # Estimate $I(\text{colour};\text{shape})$ from 200, 2,000 and 20,000 museum objects and compare
 # the excess with the bias formula of §1.2.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 museum = Museum("train", size=32)
 objs = []
@@ -171,7 +171,7 @@ for n in (200, 2_000, 20_000):
 # `Image.fromarray(x).save(buf, "JPEG", quality=q, subsampling=0)`, decode, and use `rd.psnr`.
 # ```
 
-# %% tags=["hide-input"]
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 photos = eval_images(256)
 
