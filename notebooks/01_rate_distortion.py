@@ -147,8 +147,12 @@ print(f"KL(colour || uniform) = {rd.kl_divergence(p_colour, np.full(8, 1 / 8)):.
 # The mutual information is small but not zero: a finite sample of a few thousand objects always
 # shows some chance dependence, and the plug-in estimate is biased upwards by roughly
 # $(|X|-1)(|Y|-1)/(2N\ln 2)$ bits: {glue:text}`ch1-mi-bias:.4f` bits here, against the measured
-# {glue:text}`ch1-mi:.4f` bits. Keep that in mind when a later chapter reports that a
-# representation "carries information" about something.
+# {glue:text}`ch1-mi:.4f` bits.
+#
+# :::{warning}
+# A plug-in estimate of mutual information from a finite sample is biased upwards. Keep that in
+# mind when a later chapter reports that a representation "carries information" about something.
+# :::
 #
 # ## 1.3 The rate–distortion function
 #
@@ -309,8 +313,10 @@ print(f"{len(hull)} of {len(R)} points are on the hull; the λ sweep picks {len(
       f" all on the hull: {chosen <= set(hull.tolist())}")
 
 # %% [markdown]
+# :::{tip}
 # In Jupyter, drag the slider to watch $\lambda$ move the chosen point along the hull (the built
 # site shows the static figure above instead).
+# :::
 
 # %% tags=["remove-output"]
 import ipywidgets as widgets

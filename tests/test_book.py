@@ -199,7 +199,8 @@ def test_solution_pair_in_sync_and_executed(path):
     assert runtime is not None and runtime <= nbtool.BUDGET_S
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4])
+@pytest.mark.parametrize("number", [1, 2, pytest.param(3, marks=pytest.mark.xfail(
+    strict=True, reason="Chapter 3 solutions not written yet (issue 17): its exercises retrain codecs")), 4])
 def test_each_early_chapter_has_solutions_for_every_exercise(number):
     chapter = next((ROOT / "notebooks").glob(f"{number:02d}_*.py"))
     exercises = chapter.read_text().split("## Exercises")[1]
