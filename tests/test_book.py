@@ -139,6 +139,33 @@ def test_figure_names_are_unique_and_referenced():
                 assert f"`{name}`" in md, f"{path.name}: figure {name} is never referenced with {{numref}}"
 
 
+# Widest printed line that the site shows without scrolling (book/_static/vlmbook.css).
+MAX_OUTPUT_WIDTH = 110
+WIDTH_PENDING = {"02_vector_quantisation", "03_learned_codecs", "04_vision_encoders", "05_fusion"}
+
+
+def wide_output_lines(path: Path, width: int = MAX_OUTPUT_WIDTH) -> list[str]:
+    """Printed lines wider than the page (printed source listings excepted: code scrolls)."""
+    out = []
+    for i, c in enumerate(nbformat.read(path, as_version=4).cells):
+        if c.cell_type != "code" or "inspect.getsource" in c.source:
+            continue
+        for o in c.get("outputs", []):
+            text = o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
+            out += [f"cell {i}: {len(line)} chars: {line[:50]!r}" for line in text.splitlines() if len(line) > width]
+    return out
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="long printed lines (issue 17)"))
+     if p.stem in WIDTH_PENDING else p for p in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
+def test_printed_outputs_fit_the_page(path):
+    assert wide_output_lines(path) == []
+
+
 GLUE_ROLE = re.compile(r"\{glue(?::text|:md|:any)?\}`([^`:]+)(?::[^`]*)?`")
 GLUE_CALL = re.compile(r"""glue\(\s*f?["']([^"']+)["']""")
 
