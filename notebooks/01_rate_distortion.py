@@ -38,6 +38,7 @@
 
 # %%
 import inspect
+import textwrap
 
 import numpy as np
 
@@ -119,7 +120,7 @@ print("correlation of measured time with counted FLOPs:", round(corr, 3))
 # %% mystnb={"figure": {"caption": "Six exhibits of the museum's training split at 64 \u00d7 64 pixels: two to six objects, each with a shape, a colour and a size, on a textured wall.", "name": "fig-ch1-exhibits"}, "image": {"alt": "A row of six small square images, each showing a few coloured shapes such as stars, rings, vases and bowls on a light textured background."}}
 museum = Museum("train", size=64)
 show(image_grid([museum[i].image for i in range(6)], [f"exhibit {i}" for i in range(6)]))
-print(museum[0].caption)
+print(textwrap.fill(museum[0].caption, 100))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -391,8 +392,9 @@ show(rdplot.codec_rd(curves))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for name, pts in curves.items():
-    print(name, " ".join(f"[q{p.quality}: {p.bpp:.2f} bpp, {p.psnr:.1f} dB]" for p in pts))
+print("quality | " + " | ".join(f"{name:>15s}" for name in curves))
+for i, q in enumerate(curves["JPEG"]):
+    print(f"{q.quality:7d} | " + " | ".join(f"{pts[i].bpp:.2f} bpp {pts[i].psnr:4.1f} dB" for pts in curves.values()))
 jpeg, webp = curves["JPEG"], curves["WEBP"]
 overlap = [p for p in jpeg if webp[0].bpp <= p.bpp <= webp[-1].bpp]
 margin = min(np.interp(p.bpp, [q.bpp for q in webp], [q.psnr for q in webp]) - p.psnr for p in overlap)

@@ -150,6 +150,8 @@ def wide_output_lines(path: Path, width: int = MAX_OUTPUT_WIDTH) -> list[str]:
     for i, c in enumerate(nbformat.read(path, as_version=4).cells):
         if c.cell_type != "code" or "inspect.getsource" in c.source:
             continue
+        if {"remove-output", "remove-cell"} & set(c.metadata.get("tags", [])):
+            continue  # not shown on the site
         for o in c.get("outputs", []):
             text = o.get("text", "") or str(o.get("data", {}).get("text/plain", ""))
             out += [f"cell {i}: {len(line)} chars: {line[:50]!r}" for line in text.splitlines() if len(line) > width]
