@@ -229,13 +229,14 @@ def test_solution_pair_in_sync_and_executed(path):
 
 
 @pytest.mark.parametrize("number", [1, 2, pytest.param(3, marks=pytest.mark.xfail(
-    strict=True, reason="Chapter 3 solutions not written yet (issue 17): its exercises retrain codecs")), 4])
+    strict=True, reason="Chapter 3 solutions not written yet (issue 17): its exercises retrain codecs")),
+    pytest.param(4, marks=pytest.mark.xfail(strict=True, reason="Chapter 4 solutions drafted, not executed"))])
 def test_each_early_chapter_has_solutions_for_every_exercise(number):
     chapter = next((ROOT / "notebooks").glob(f"{number:02d}_*.py"))
     exercises = chapter.read_text().split("## Exercises")[1]
     count = len(re.findall(r"^# (\d+)\. ", exercises, re.M))
-    sol = list((ROOT / "notebooks" / "solutions").glob(f"{number:02d}_*.py"))
-    assert sol, f"no solutions for Chapter {number}"
+    sol = [p for p in (ROOT / "notebooks" / "solutions").glob(f"{number:02d}_*.py") if p.with_suffix(".ipynb").exists()]
+    assert sol, f"no executed solutions for Chapter {number}"
     text = sol[0].read_text()
     heads = re.findall(r"^# ## Exercises? (\d+)(?: and (\d+))?", text, re.M)
     answered = sorted({int(k) for pair in heads for k in pair if k})

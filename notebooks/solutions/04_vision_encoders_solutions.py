@@ -1,8 +1,11 @@
 # %% [markdown]
 # # Solutions to Chapter 4 — Vision encoders and the Perceiver Resampler
 #
+# **Draft, not executed yet**: on a shared 2-core machine its probe cell ran past the 600 s cell
+# limit; it needs cutting to the 3-minute budget before it joins the book.
+#
 # Worked solutions to the exercises of {doc}`../04_vision_encoders`. Code and discussion are
-# folded: try first. Training runs are shortened (150 CLIP steps instead of 600, smaller probe
+# folded: try first. Training runs are shortened (100 CLIP steps instead of 600, smaller probe
 # sets) so that the notebook runs in minutes on a CPU; the discussion says what a short run can and
 # cannot show.
 
@@ -16,7 +19,7 @@ from vlmbook.resample.budget import probe_accuracy
 from vlmbook.resample.cost import attention_flops, count_flops, qformer_flops, self_attention_layer_flops
 
 nb.start_chapter(4)
-CLIP_STEPS = 150
+CLIP_STEPS = 100
 
 
 def train_clip_variant(tau: float | None = None, zero_positions: bool = False, steps: int = CLIP_STEPS):
@@ -130,9 +133,9 @@ m, d = 16, 64
 cfg = resample.CompressorConfig(kind="qformer", in_dim=d, dim=d, out_dim=d, num_tokens=m, in_tokens=256, depth=2)
 qf = resample.make_compressor(cfg).eval()
 for n in (64, 256):
-    with torch.no_grad():
-        counted = count_flops(qf, torch.randn(1, n, d))
-    print(f"N={n}: formula {qformer_flops(n, m, d, depth=2):,}  counted {counted:,}")
+    counted = count_flops(qf, torch.randn(1, n, d))
+    print(f"N={n}: formula {qformer_flops(n, m, d, depth=2):,}  counted {counted:,}"
+          f"  difference {counted - qformer_flops(n, m, d, depth=2):,} (2·M·d·d_out = {2 * m * d * d:,})")
 n_eq = next(n for n in range(1, 10_000) if self_attention_layer_flops(n, d) >= qformer_flops(n, m, d, depth=2))
 glue("s4-n-equal", n_eq, display=False)
 print(f"one self-attention layer over N tokens costs at least a 2-layer Q-Former (M={m}, d={d}) from N = {n_eq}")
@@ -144,8 +147,10 @@ print(f"one self-attention layer over N tokens costs at least a 2-layer Q-Former
 # output projections on $M$ queries) $+\,4Nd^2$ (K and V on $N$ features) $+\,4MNd$ (scores and
 # weighted values); MLP $16Md^2$. Everything is linear in $N$, while a self-attention layer over
 # $N$ tokens costs $24Nd^2 + 4N^2d$; the two meet at $N$ = {glue:text}`s4-n-equal` for these
-# sizes. If the printed formula and count differ, the difference is what the formula leaves out
-# (layer norms and softmax are not matmuls and are not counted by either).
+# sizes. The count is larger than the formula by the same amount at every $N$: the last column
+# shows it is the final projection of the $M$ queries to the output width, $2Md\,d_\text{out}$,
+# which the per-layer formula leaves out (layer norms and softmax are not matmuls and are counted
+# by neither).
 # ```
 #
 # ## Exercise 4
@@ -155,7 +160,7 @@ print(f"one self-attention layer over N tokens costs at least a 2-layer Q-Former
 
 # %% tags=["hide-cell"]
 curves = {}
-for kind in ("tokenlearner", "qformer", "perceiver"):
+for kind in ("tokenlearner", "qformer"):
     pts = [(mm, probe_accuracy(kind, mm, train, test, pcfg)["accuracy"]) for mm in (1, 4, 16, 64)]
     c = curves[kind] = resample.fit_budget_curve(*zip(*pts))
     # Q(M) >= a - 0.01  <=>  b / (M + c) <= 0.01  <=>  M >= 100 b - c
