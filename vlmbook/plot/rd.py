@@ -33,12 +33,17 @@ def quantizer_staircase(x: np.ndarray, curves: Mapping[str, np.ndarray], pdf: np
         ax.step(x, y, where="mid", label=name, color=PALETTE[i])
     if pdf is not None:
         ax2 = ax.twinx()
-        ax2.fill_between(x, pdf, alpha=0.12, color="grey")
+        ax2.fill_between(x, pdf, alpha=0.12, color="grey", label="source density (scaled)")
         ax2.set_yticks([])
         ax2.grid(False)
+        ax2.set_ylim(0, pdf.max() * 1.05)
     ax.set_xlabel("input x")
     ax.set_ylabel("quantised q(x)")
-    ax.legend(fontsize=8, loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
+    if pdf is not None:
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, loc="upper left")
     return fig
 
 
@@ -54,7 +59,8 @@ def lagrangian(rates: np.ndarray, dists: np.ndarray, hull: np.ndarray, lambdas: 
         j = rates[k] + lam * dists[k]
         c = PALETTE[(i + 1) % len(PALETTE)]
         ax.plot(r, (j - r) / lam, ":", color=c)
-        ax.plot(rates[k], dists[k], "o", ms=8, color=c, label=f"λ = {lam:g} picks R = {rates[k]:.2f}")
+        ax.plot(rates[k], dists[k], "o", ms=8, color=c, mec="black", mew=0.6, zorder=3,
+                label=f"λ = {lam:g} picks R = {rates[k]:.2f}")
     ax.set_ylim(0, dists.max() * 1.05)
     ax.set_xlabel("rate R (bits)")
     ax.set_ylabel("distortion D")
