@@ -257,3 +257,22 @@ def test_fit_argument_errors():
         LoopConfig(accum=0)
     with pytest.raises(TypeError, match="eval_fn must return a dict"):
         fit(_toy(), _loss, _batch, LoopConfig(steps=1, progress=False), eval_fn=lambda m, s: 1.0)
+
+
+def test_checkpoint_of_a_model_with_tied_weights(tmp_path):
+    # a language model's head often shares the embedding matrix; safetensors refuses shared storage
+    from vlmbook.loop import load_checkpoint, save_checkpoint
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 3)
+            self.head = torch.nn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight
+
+    torch.manual_seed(0)
+    m = Tied()
+    save_checkpoint(tmp_path, m, None, step=1, history=[{"step": 0, "loss": 0.5}], total_steps=2)
+    m2 = Tied()
+    load_checkpoint(tmp_path, m2, None, total_steps=2)
+    assert torch.equal(m2.emb.weight, m.emb.weight) and m2.head.weight is m2.emb.weight

@@ -348,13 +348,24 @@ def _as_list(opt: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
     return [opt] if isinstance(opt, torch.optim.Optimizer) else list(opt)
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors can write: tied weights (a head sharing the embedding) get their own storage."""
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if key in seen or v.untyped_storage().nbytes() != v.numel() * v.element_size() else v
+        seen.add(key)
+    return out
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     opt: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
                     step: int, history: list[dict[str, float]], total_steps: int | None = None) -> Path:
     """Write ``trainer.safetensors`` atomically: weights, optimiser and RNG state + step in its metadata."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = _unshared({f"model.{k}": v for k, v in model.state_dict().items()})
     optim_meta = []
     for j, o in enumerate(_as_list(opt)):
         osd = o.state_dict()
