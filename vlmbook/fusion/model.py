@@ -92,13 +92,11 @@ class VLMConfig(Config):
                 self._fail(name, "must be True or False")
         self.check_non_negative("feature_dim")
         self.check_choice("compressor", COMPRESSORS)
-        if self.image_side == "clip":
+        if self.image_side == "clip" and self.route != "discrete":
             if self.image_size != CLIPConfig.tiny().image_size:
                 self._fail("image_size", f"must be {CLIPConfig.tiny().image_size} for Chapter 4's clip-tiny encoder")
             if self.compressor == "none":
                 self._fail("compressor", "clip-tiny gives 64 patch features: choose a compressor to reach grid² tokens")
-        if self.route == "discrete" and self.image_side != "patch":
-            self._fail("image_side", "the discrete route reads codes from its quantizer; use image_side='patch'")
         self.check_positive("image_size", "grid", "codebook_size", "quant_sub", "enc_channels", "gate_every",
                             "bpe_vocab", "corpus_scenes")
         if self.route == "discrete" and self.image_size % (self.grid * self.quant_sub):
@@ -107,10 +105,10 @@ class VLMConfig(Config):
 
     @classmethod
     def tiny(cls) -> "VLMConfig":
-        """72-px exhibits read as a 3 × 3 grid: one image token per exhibit cell (M = 9), with the
-        recipe that makes the guide read the image: cell embeddings, question first, cite first,
-        one token per answer (§5.7)."""
-        return cls(image_size=72, grid=3, **RECIPE)
+        """The museum guide: 64-px exhibits through Chapter 4's ``clip-tiny`` ViT (64 patch features),
+        pooled to the 3 × 3 exhibit cells (M = 9 image tokens), with the recipe that makes the guide
+        read the image: cell embeddings, question first, cite first, one token per answer (§5.7)."""
+        return cls(image_size=64, grid=3, image_side="clip", compressor="cells", **RECIPE)
 
     @classmethod
     def base(cls) -> "VLMConfig":
@@ -195,10 +193,11 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                     (("bos", BOS), ("user", USER), ("image", IMAGE), ("image_end", IMAGE_END),
                      ("assistant", ASSISTANT), ("end", END), ("pad", t.pad_token), ("v0", visual_token(0)),
                      ("p0", patch_token(0)), ("cite_open", CITE_OPEN), ("cite_close", CITE_CLOSE))}
-        if self.ids["p0"] == t.unk_token_id or self.ids["v0"] == t.unk_token_id:
-            raise ValueError("the tokenizer lacks the <v_k> or <p_k> token families")
+        if self.ids["v0"] == t.unk_token_id or (c.cite and self.ids["p0"] == t.unk_token_id):
+            raise ValueError("the tokenizer lacks the <v_k> or (for a citing model) the <p_k> token family")
         self.visual_range = (self.ids["v0"], self.ids["v0"] + c.codebook_size)
-        self.patch_range = (self.ids["p0"], self.ids["p0"] + M)
+        # a tokenizer saved before patch tokens existed (vlm-tiny v1) has no <p_k>: it cannot cite
+        self.patch_range = (self.ids["p0"], self.ids["p0"] + M) if self.ids["p0"] != t.unk_token_id else None
 
     @property
     def device(self) -> torch.device:
@@ -250,6 +249,8 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
     def citation_ids(self, patches: Sequence[int]) -> list[int]:
         """``[CITE:<p_i><p_j>]`` as ids: the evidence the guide names before its answer. §5.8."""
         M = self.config.image_tokens
+        if self.patch_range is None:
+            raise ValueError("this model's tokenizer has no <p_k> patch tokens")
         if any(not 0 <= int(k) < M for k in patches):
             raise ValueError(f"cited patches {list(patches)} out of range for {M} patches")
         return [self.ids["cite_open"]] + [self.patch_range[0] + int(k) for k in patches] + [self.ids["cite_close"]]
