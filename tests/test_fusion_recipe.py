@@ -203,3 +203,23 @@ def test_clip_image_side_with_chapter4_compressors():
         VLMConfig(image_side="clip", image_size=64)
     with pytest.raises(ValueError, match="image_size"):
         VLMConfig(image_side="clip", compressor="cells", image_size=72)
+
+
+def test_bench_summarises_ablation_records(tmp_path):
+    from vlmbook.bench.vlm import load_ablation, summarise
+
+    def rec(seed, all_):
+        return {"variant": "recipe", "seed": seed, "steps": 10, "source": "clip", "route": "continuous",
+                "levers": {}, "image_tokens": 9, "threads": 1, "steps_per_s": 2.0,
+                "accuracy": {"all": all_, "single": all_, "relational": 0.0, "cite_precision": 90.0}}
+    p = tmp_path / "a.jsonl"
+    import json
+    p.write_text("".join(json.dumps(rec(s, a)) + "\n" for s, a in ((0, 70.0), (1, 80.0), (2, 90.0))))
+    row = summarise(load_ablation(p))["clip/continuous/recipe/10"]
+    assert row["seeds"] == [0, 1, 2] and row["all"] == {"mean": 80.0, "min": 70.0, "max": 90.0}
+    assert "colour" not in row and row["cite_precision"]["mean"] == 90.0
+    with pytest.raises(ValueError, match="not found"):
+        load_ablation(tmp_path / "missing.jsonl")
+    p.write_text("{")
+    with pytest.raises(ValueError, match="JSON lines"):
+        load_ablation(p)

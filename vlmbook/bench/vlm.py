@@ -95,10 +95,12 @@ def run(quick: bool = False) -> BenchResult:
                                   "threads": 1, "training_log": guide.training_log, "config": c.to_dict()}
     table["majority_baseline_pct"] = base
     table["load_average"] = list(os.getloadavg())
-    encoder_rows = {k: v for k, v in table["ablation"].items() if not k.startswith("oracle/") and len(v["seeds"]) >= 3}
+    encoder_rows = {k: v for k, v in table["ablation"].items() if not k.startswith("oracle/")}
     if not encoder_rows:
-        raise ValueError("the ablation holds no variant with 3 seeds from an image encoder")
-    best_key = max(encoder_rows, key=lambda k: encoder_rows[k]["all"]["mean"])
+        raise ValueError("the ablation holds no run from an image encoder")
+    # rows with the most seeds first (3 is the target), then the best seed-averaged accuracy
+    best_key = max(encoder_rows, key=lambda k: (min(len(encoder_rows[k]["seeds"]), 3), encoder_rows[k]["all"]["mean"]))
+    n = len(encoder_rows[best_key]["seeds"])
     table["best"] = {"variant": best_key, **encoder_rows[best_key]}
-    return BenchResult("vlm", encoder_rows[best_key]["all"]["mean"], "% museum-QA (best route, tiny, 3 seeds)",
-                       table, fmt="{:.1f}")
+    return BenchResult("vlm", encoder_rows[best_key]["all"]["mean"],
+                       f"% museum-QA (best route, tiny, {n} seed{'s' if n > 1 else ''})", table, fmt="{:.1f}")
