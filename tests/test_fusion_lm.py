@@ -343,3 +343,91 @@ def test_golden_logits_llama(tokenizer):
 
 
 GOLDEN = [-0.031170, -0.135272, 0.026706, -0.014125]  # seed 0 tiny Llama, ids from seed 1
+
+
+# -- bringing a model in from outside ---------------------------------------------------------
+def test_wraps_a_model_peft_wrapped_by_hand(tokenizer, tmp_path):
+    """``CausalLM(get_peft_model(hf, cfg))``: a reader's own LoRA setup works as well."""
+    from peft import LoraConfig, get_peft_model
+
+    from vlmbook.fusion.lm import quiet_peft
+
+    plain = build("opt", tokenizer)
+    ids = rand_ids(plain)
+    with torch.no_grad():
+        ref = plain(ids)
+    with quiet_peft():
+        peft_model = get_peft_model(plain.hf, LoraConfig(r=2, target_modules=["q_proj", "v_proj", "fc1"]))
+    lm = CausalLM(peft_model, plain.tokenizer)
+    assert lm.is_peft and lm.hf is peft_model.get_base_model()
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids), ref, rtol=0, atol=1e-6)
+        for name, p in lm.model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.1)
+        tuned = lm(ids)
+    assert (tuned - ref).abs().amax() > 1e-3
+    # gradients reach the adapter and the input embeddings (continuous image features train)
+    emb = lm.embed(ids).detach().requires_grad_(True)
+    lm.head(lm.decode(emb, prefix_mask(10, 2, 6))[0]).logsumexp(-1).sum().backward()
+    grads = [p.grad for n, p in lm.model.named_parameters() if "lora_" in n]
+    assert emb.grad is not None and emb.grad.abs().sum() > 0 and all(g is not None for g in grads)
+    lm.save_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(CausalLM.from_pretrained(tmp_path / "m")(ids), tuned)
+
+
+def test_lora_with_trained_new_token_rows(tokenizer, tmp_path):
+    """New <v_k>/<p_k> rows train through ``modules_to_save``; the adapter keeps them, the base does not."""
+    lm = build("qwen2", tokenizer)  # untied embeddings and head
+    t = lm.add_image_tokens(codebook_size=4, patches=4)
+    ids = torch.cat([torch.arange(t["v0"], t["v0"] + 8)[None], rand_ids(lm, B=1, T=4)], 1)
+    with torch.no_grad():
+        base = lm(ids)
+    lm.apply_lora(r=2, modules_to_save=["embed_tokens", "lm_head"])
+    with torch.no_grad():
+        lm.hf.get_input_embeddings().weight[t["v0"]:].normal_(0, 1, generator=torch.Generator().manual_seed(0))
+        tuned = lm(ids)
+    assert (tuned - base).abs().amax() > 1e-3
+    lm.save_pretrained(tmp_path / "m")
+    back = CausalLM.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(back(ids), tuned)
+        back.model.disable_adapter_layers()
+        torch.testing.assert_close(back(ids), base, rtol=0, atol=0)
+        back.model.enable_adapter_layers()
+        torch.testing.assert_close(back.merge_lora()(ids), tuned, rtol=0, atol=1e-5)
+
+
+def test_loads_a_plain_hf_checkpoint_folder(tokenizer, tmp_path):
+    """A folder as ``transformers`` writes it (model + tokenizer files side by side) loads as is."""
+    lm = build("gpt2", tokenizer)
+    lm.hf.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    back = CausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    ids = rand_ids(lm)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), lm(ids), rtol=0, atol=1e-5)  # eager vs sdpa: same maths
+    assert back.tokenizer("the red cube")["input_ids"] == lm.tokenizer("the red cube")["input_ids"]
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "opt", "llama"))
+def test_eager_attention_and_bf16_take_the_prefix_mask(arch, tokenizer):
+    lm = build(arch, tokenizer, attn="eager")
+    ref = build(arch, tokenizer)  # same seed, sdpa
+    ids = rand_ids(lm)
+    m = prefix_mask(10, 2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(lm.decode(lm.embed(ids), m)[0], ref.decode(ref.embed(ids), m)[0], rtol=0, atol=1e-5)
+        lm.hf.to(torch.bfloat16)
+        h = lm.decode(lm.embed(ids), m)[0]
+    assert h.dtype == torch.bfloat16 and h.isfinite().all()
+    torch.testing.assert_close(h.float(), ref.decode(ref.embed(ids), m)[0], rtol=0, atol=0.1)
+
+
+def test_learned_position_limit_is_a_clear_error(tokenizer):
+    gpt2, opt, llama = (build(a, tokenizer) for a in ("gpt2", "opt", "llama"))
+    assert gpt2.max_positions == 128 and opt.max_positions == 128 and llama.max_positions is None
+    for lm in (gpt2, opt):
+        with pytest.raises(ValueError, match="learned positions"):
+            lm.decode(lm.embed(rand_ids(lm, B=1, T=4)), position_ids=torch.tensor([[125, 126, 127, 128]]))

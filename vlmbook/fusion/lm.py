@@ -174,6 +174,16 @@ class CausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.hf.get_input_embeddings().weight.dtype
 
+    @property
+    def max_positions(self) -> int | None:
+        """Length limit of a learned absolute position table (GPT-2, OPT); None for rotary models."""
+        base = self.backbone
+        table = getattr(base, "wpe", None) or getattr(base, "embed_positions", None) \
+            or getattr(getattr(base, "decoder", None), "embed_positions", None)
+        if not isinstance(table, nn.Embedding):
+            return None
+        return table.num_embeddings - int(getattr(table, "offset", 0))
+
     def decoder_layers(self) -> nn.ModuleList:
         """The decoder blocks in order (``model.layers``, ``transformer.h``, ``model.decoder.layers``...)."""
         base = self.backbone
@@ -270,6 +280,10 @@ class CausalLM(nn.Module):
                                                else None, inputs_embeds.device)
         elif position_ids.shape != (B, T):
             raise ValueError(f"position_ids must be (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
+        limit = self.max_positions
+        if limit is not None and position_ids.numel() and int(position_ids.max()) >= limit:
+            raise ValueError(f"position {int(position_ids.max())} is beyond the {limit} learned positions of "
+                             f"{type(self.hf).__name__}; shorten the sequence")
         kw = {}
         if cache is not None:
             kw[_cache_keyword(self.backbone)] = cache
