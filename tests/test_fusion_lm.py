@@ -431,3 +431,54 @@ def test_learned_position_limit_is_a_clear_error(tokenizer):
     for lm in (gpt2, opt):
         with pytest.raises(ValueError, match="learned positions"):
             lm.decode(lm.embed(rand_ids(lm, B=1, T=4)), position_ids=torch.tensor([[125, 126, 127, 128]]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_left_padded_batch_matches_unpadded_rows(arch, tokenizer):
+    """A 2-D padding mask: positions count real tokens only, for learned and rotary positions alike."""
+    lm = build(arch, tokenizer)
+    long, short = rand_ids(lm, B=1, T=6, seed=4), rand_ids(lm, B=1, T=4, seed=5)
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 2, dtype=torch.long), short], 1)])
+    pad = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        h = lm.decode(lm.embed(batch), pad)[0]
+        torch.testing.assert_close(h[0], lm.decode(lm.embed(long))[0][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(h[1, 2:], lm.decode(lm.embed(short))[0][0], rtol=0, atol=1e-5)
+        # and one more token through the cache, with the padding mask grown by one column
+        cache = lm.new_cache()
+        lm.decode(lm.embed(batch), pad, cache=cache)
+        nxt = rand_ids(lm, B=2, T=1, seed=6)
+        step = lm.decode(lm.embed(nxt), torch.cat([pad, torch.ones(2, 1, dtype=torch.long)], 1), cache=cache)[0]
+        ref = lm.decode(lm.embed(torch.cat([short, nxt[1:]], 1)))[0]
+    torch.testing.assert_close(step[1, 0], ref[0, -1], rtol=0, atol=1e-5)
+
+
+def test_the_books_tiny_llama_and_tokenizer(tmp_path):
+    """The museum Llama (``build_lm``) and trained BPE (``museum_tokenizer``) through the adapter."""
+    from vlmbook.fusion.text import SPECIAL_TOKENS, LMConfig, build_lm, train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=300, codebook_size=4)
+    lm = CausalLM(build_lm(LMConfig(vocab_size=len(tok), hidden=32, layers=2, heads=4, kv_heads=2,
+                                    intermediate=64)), tok)
+    ids = torch.tensor([tok("<image></image> the red cube", add_special_tokens=False)["input_ids"]])
+    lm.save_pretrained(tmp_path)
+    back = CausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(ids), lm(ids))
+    for t in (*SPECIAL_TOKENS, visual_token(3), "<pad>", "<bos>", "<eos>"):
+        assert back.tokenizer.convert_tokens_to_ids(t) == tok.convert_tokens_to_ids(t)
+    assert (back.tokenizer.pad_token, back.tokenizer.bos_token, back.tokenizer.eos_token) == ("<pad>", "<bos>", "<eos>")
+
+
+def test_generate_stops_and_pads_with_the_stop_token(tokenizer):
+    lm = build("gpt2", tokenizer)
+    prompt = rand_ids(lm, T=5, seed=3)
+    free = lm.generate(prompt, max_new_tokens=6)
+    stop = int(free[0, 1])  # row 0 emits it at step 2
+    out = lm.generate(prompt, max_new_tokens=6, stop=stop)
+    assert torch.equal(out[0, :2], free[0, :2]) and bool((out[0, 1:] == stop).all())
+    hit = (free[1] == stop).nonzero()
+    n1 = int(hit[0]) + 1 if len(hit) else 6
+    assert torch.equal(out[1, :n1], free[1, :n1])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        lm.generate(prompt, max_new_tokens=0)
