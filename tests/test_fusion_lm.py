@@ -482,3 +482,37 @@ def test_generate_stops_and_pads_with_the_stop_token(tokenizer):
     assert torch.equal(out[1, :n1], free[1, :n1])
     with pytest.raises(ValueError, match="max_new_tokens"):
         lm.generate(prompt, max_new_tokens=0)
+
+
+def test_opt_with_projected_embeddings(tokenizer):
+    """OPT-350m style: embeddings narrower than the decoder (``project_in``/``project_out``)."""
+    cfg = transformers.OPTConfig(vocab_size=len(tokenizer), hidden_size=D, word_embed_proj_dim=16, ffn_dim=64,
+                                 num_hidden_layers=L, num_attention_heads=H, max_position_embeddings=128,
+                                 do_layer_norm_before=False, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    torch.manual_seed(0)
+    lm = CausalLM(transformers.OPTForCausalLM(cfg).eval(), tokenizer)
+    assert (lm.hidden_size, lm.layer_hidden_size) == (16, D)
+    ids = rand_ids(lm)
+    with torch.no_grad():
+        h = lm.decode(lm.embed(ids), prefix_mask(10, 2, 6))[0]
+        torch.testing.assert_close(lm(ids), lm.hf(input_ids=ids).logits, rtol=0, atol=1e-5)
+    assert h.shape == (2, 10, 16)
+    with torch.no_grad():
+        plain = lm.decode(lm.embed(ids))[0]
+    adapter = GatedAdapter(lm.decoder_layers(), lm.layer_hidden_size, heads=4)  # blocks run at decoder width
+    media = torch.randn(2, 3, D, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), adapter.media(media):
+        torch.testing.assert_close(lm.decode(lm.embed(ids))[0], plain, rtol=0, atol=1e-6)
+        for blk in adapter.blocks:
+            blk.attn_gate.fill_(0.5)
+        assert (lm.decode(lm.embed(ids))[0] - plain).abs().amax() > 1e-3
+
+
+def test_reload_for_training_keeps_only_lora_trainable(tokenizer, tmp_path):
+    lm = build("llama", tokenizer).apply_lora(r=2)
+    lm.save_pretrained(tmp_path)
+    frozen = CausalLM.from_pretrained(tmp_path)
+    train = CausalLM.from_pretrained(tmp_path, is_trainable=True)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    names = [n for n, p in train.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
