@@ -124,8 +124,6 @@ class CausalLM(nn.Module):
             raise TypeError(f"CausalLM needs a transformers causal LM (with an output head), got {type(hf).__name__}")
         self.model = model
         self.tokenizer = tokenizer
-        impl = getattr(hf.config, "_attn_implementation", None)
-        self._flash = impl in _FLASH
 
     # -- what lives where -------------------------------------------------------------
     @property
@@ -267,7 +265,7 @@ class CausalLM(nn.Module):
         mask = attention_mask
         if mask is not None:
             if mask.ndim == 4:
-                if self._flash:
+                if getattr(self.config, "_attn_implementation", None) in _FLASH:
                     raise ValueError("flash attention cannot take a custom 4-D mask; load the LM with sdpa or eager")
                 if mask.shape[0] not in (1, B) or mask.shape[1] != 1 or mask.shape[2:] != (T, past + T):
                     raise ValueError(f"4-D attention_mask must be (B, 1, T, past + T) = {(B, 1, T, past + T)}, "
