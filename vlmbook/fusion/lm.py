@@ -240,7 +240,11 @@ class CausalLM(nn.Module):
 
     # -- the three calls a VLM makes --------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) input embeddings (before any scaling the model applies). §5.2."""
+        """(B, T) ids -> (B, T, D) input embeddings (before any scaling the model applies). §5.2.
+
+        Gemma multiplies ``inputs_embeds`` by sqrt(D) inside :meth:`decode`, so image features
+        scattered into these embeddings are scaled with them (a projector learns the scale).
+        """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
