@@ -36,6 +36,7 @@ from ..vision.vit import VisionEncoder
 from .continuous import PatchEncoder, Projector, merge_image_features
 from .discrete import PatchQuantizer, codes_to_token_ids
 from .gated import GatedAdapter
+from .lm import CausalLM
 from .masks import media_mask, to_4d
 from .text import (ASSISTANT, BOS, CITE_CLOSE, CITE_OPEN, END, IMAGE, IMAGE_END, USER, LMConfig, build_lm,
                    museum_tokenizer, patch_token, visual_token)
@@ -126,24 +127,6 @@ class VLMConfig(Config):
                         attn_implementation=self.attn_implementation)
 
 
-def _cache_keyword(decoder: nn.Module) -> str:
-    """The KV-cache argument's name: ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def call_decoder(decoder: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None, past):
-    """Run a HF decoder on ``inputs_embeds`` (B, T, D) with a 4-D mask and an optional KV cache. §5.6."""
-    kw = {_cache_keyword(decoder): past} if past is not None else {}
-    return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=past is not None, **kw)
-
-
-def output_cache(out):
-    """The KV cache a HF decoder returned, whichever attribute name this transformers uses."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
 @dataclasses.dataclass
 class PrefixCache:
     """A cached image prefix: its ids (B, P), the LM's KV cache over them, and gated media."""
@@ -169,6 +152,10 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             c.bpe_vocab, c.codebook_size, c.corpus_scenes, patch_tokens=M, closed_answers=c.closed_answers)
         vocab = -(-len(self.tokenizer) // 64) * 64
         self.lm = build_lm(c.lm_config(vocab), seed=c.seed)
+        # every call into the LM goes through Chapter 5's CausalLM adapter (embed, decode with a 4-D
+        # mask and a KV cache, head, decoder layers); kept out of the module tree so that the
+        # weights keep their names (``lm.*``) in the state dict
+        object.__setattr__(self, "text", CausalLM(self.lm, self.tokenizer))
         feat = c.feature_dim or (CLIPConfig.tiny().vision_dim if c.image_side == "clip" else c.hidden)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed + 1)
@@ -176,7 +163,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             self.encoder = build_image_side(c, feat) if c.route != "discrete" else None
             self.compressor = build_compressor(c, feat) if c.route != "discrete" else None
             self.projector = Projector(feat, c.hidden) if c.route != "discrete" else None
-            self.adapter = GatedAdapter(self.lm.model.layers, c.hidden, c.gate_every, c.heads) \
+            self.adapter = GatedAdapter(self.text.decoder_layers(), c.hidden, c.gate_every, c.heads) \
                 if c.route == "gated" else None
             # projected features are O(1); codebook words are embeddings of std 0.02
             scale = 0.02 if c.route == "discrete" else 1.0
@@ -314,7 +301,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             raise ValueError("the prompt holds <image> tokens but no images were given")
         if features is not None and route == "discrete":
             raise ValueError("the discrete route reads codes, not encoder features")
-        table = self.lm.get_input_embeddings()
+        table = self.text.embed
         if route == "discrete" and has_slots:
             if codes is None:
                 codes = self.quantizer.encode(images)
@@ -378,7 +365,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         hidden = self._run_lm(embeds, media, lm_ids, None)[0]
         if positions is not None:
             hidden = hidden[positions]
-        return self.lm.lm_head(hidden)
+        return self.text.head(hidden)
 
     def _run_lm(self, embeds, media, lm_ids_full, past, n_new: int | None = None):
         n_new = embeds.shape[1] if n_new is None else n_new
@@ -388,10 +375,8 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if self.adapter is not None:
             mm = self.media_mask(lm_ids_full)[:, -n_new:] if media is not None else None
             with self.adapter.media(media, mm):
-                out = call_decoder(self.lm.model, embeds, mask, past)
-        else:
-            out = call_decoder(self.lm.model, embeds, mask, past)
-        return out.last_hidden_state, (output_cache(out) if past is not None else None)
+                return self.text.decode(embeds, mask, cache=past)
+        return self.text.decode(embeds, mask, cache=past)
 
     @torch.no_grad()
     def answer_logprobs(self, input_ids: torch.Tensor, targets: torch.Tensor, images: torch.Tensor | None = None,
@@ -416,7 +401,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         B = (images if images is not None else codes).shape[0]
         ids = torch.tensor([self.prefix_ids()] * B, device=self.device)
         embeds, media, lm_ids = self.embed(ids, images, codes)
-        _, past = self._run_lm(embeds, media, lm_ids, DynamicCache(config=self.lm.config))
+        _, past = self._run_lm(embeds, media, lm_ids, self.text.new_cache())
         return PrefixCache(lm_ids, past, media)
 
     def question_prompt(self, question_ids: torch.Tensor) -> torch.Tensor:
@@ -460,11 +445,11 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if prefix is not None:
             past = copy.deepcopy(prefix.past)
             lm_ids, media = torch.cat([prefix.ids, q], 1), prefix.media
-            new_embeds = self.lm.get_input_embeddings()(q)
+            new_embeds = self.text.embed(q)
         else:
             ids = self.question_prompt(q)
             new_embeds, media, lm_ids = self.embed(ids, images, codes, features)
-            past = DynamicCache(config=self.lm.config) if use_cache else None
+            past = self.text.new_cache() if use_cache else None
         out = torch.full((B, 0), stop if stop >= 0 else 0, dtype=torch.long, device=dev)
         lps = torch.zeros(B, 0, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -474,7 +459,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                 h, past = self._run_lm(new_embeds, media, lm_ids, past)
             else:
                 h, _ = self._run_lm(full, media, lm_ids, None)
-            logits = self.lm.lm_head(h[:, -1]).float()
+            logits = self.text.head(h[:, -1]).float()
             logits[:, len(self.tokenizer):] = float("-inf")
             if do_sample:
                 logits = logits / temperature
@@ -495,7 +480,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                 if bool(done.all()):
                     break
             lm_ids = torch.cat([lm_ids, nxt[:, None]], 1)
-            new_embeds = self.lm.get_input_embeddings()(nxt[:, None])
+            new_embeds = self.text.embed(nxt[:, None])
             full = torch.cat([full, new_embeds], 1)
         return (out, lps) if return_logprobs else out
 
