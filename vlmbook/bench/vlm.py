@@ -22,7 +22,7 @@ import torch
 from ..device import num_threads
 from . import BenchResult
 
-ABLATION = Path("bench/results/vlm_ablation.jsonl")
+ABLATION = Path(__file__).resolve().parents[2] / "bench" / "results" / "vlm_ablation.jsonl"
 METRICS = ("all", "single", "relational", "colour", "shape", "count", "exists", "locate", "spatial", "compare",
            "cite_precision", "cite_recall")
 
