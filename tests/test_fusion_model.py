@@ -9,7 +9,7 @@ from vlmbook.data import Museum, QUESTION_TYPES, cite, support_patches
 from vlmbook.fusion import ROUTES, VisionLanguageModel, VLMConfig
 from vlmbook.fusion.cost import gated_flops, measure_forward, prefix_flops
 from vlmbook.fusion.grounding import (audit_json, audit_record, citation_boxes, citation_precision, citation_scores,
-                                      parse_citations)
+                                      format_citation, parse_citations)
 from vlmbook.fusion.train import Batcher, DemoConfig, answer_loss, evaluate, museum_qa, train_route
 
 SMALL = dict(hidden=32, intermediate=64, enc_channels=8, layers=2, corpus_scenes=200, codebook_size=32)
@@ -112,7 +112,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="route"):
         VLMConfig(route="telepathy")
     with pytest.raises(ValueError, match="image_size"):
-        VLMConfig(image_size=60)
+        VLMConfig(route="discrete", image_size=60)
     with pytest.raises(ValueError, match="VLMConfig"):
         VisionLanguageModel({"route": "gated"})
 
@@ -122,8 +122,12 @@ def test_citations_parse_boxes_precision():
     s = Museum("train", 64)[0]
     qa = next(q for q in s.qas if q.qtype == "colour")
     truth = support_patches(s.scene, qa, 4)
-    text, patches = parse_citations(cite(qa.answer, truth))
+    text, patches = parse_citations(qa.answer + " " + " ".join(format_citation([k]) for k in truth))
     assert text == qa.answer and patches == truth
+    assert parse_citations(format_citation(truth) + " " + qa.answer) == (qa.answer, truth)
+    assert parse_citations("[CITE:] no") == ("no", [])
+    # codebook words are not places: <v_k> inside a citation bracket is not a citation
+    assert parse_citations(cite(qa.answer, truth))[1] == []
     assert citation_precision(truth, s.scene, qa, 4) == 1.0
     wrong = [k for k in range(16) if k not in truth][:2]
     assert citation_scores(wrong, s.scene, qa, 4) == {"precision": 0.0, "recall": 0.0}
@@ -135,7 +139,7 @@ def test_citations_parse_boxes_precision():
 
 
 def test_audit_record_json():
-    rec = audit_record("train/0", "prompt", "red [CITE:<v_5>]", [10, 11], grid=4, size=64, timestamp="2026-01-01T00:00:00+00:00")
+    rec = audit_record("train/0", "prompt", "[CITE:<p_5>] red", [10, 11], grid=4, size=64, timestamp="2026-01-01T00:00:00+00:00")
     assert rec["cited_patches"] == [5] and rec["boxes"] == [[16, 16, 32, 32]] and rec["answer"] == "red"
     assert rec["prompt_sha256"][:12] == "3e0c2f4b8cfe" or len(rec["prompt_sha256"]) == 64
     assert json.loads(audit_json(rec)) == rec
@@ -202,9 +206,11 @@ def test_shared_test_set_serves_every_route(models):
 
 def test_evaluate_matches_greedy_generation(models):
     """Teacher-forced exact match == greedy decoding returns exactly the reference answer."""
+    from vlmbook.fusion.evaluate import teacher_forced_accuracy
+
     data = museum_qa("val", 3)
     m = models["continuous"]
-    acc = evaluate(m, data)
+    acc = teacher_forced_accuracy(m, data)
     assert 0.0 <= acc["all"] <= 100.0
     ok = []
     for img, q, a, _ in data.items:
@@ -332,7 +338,7 @@ def test_training_log_is_kept_saved_and_checked(tmp_path):
     demo = DemoConfig(train_scenes=30, steps=12, batch_size=8, warmup=2)
     m, _ = train_route("continuous", VLMConfig(**SMALL), demo, eval_data=test, eval_every=5)
     assert [e["step"] for e in m.training_log] == [5, 10, 12]
-    assert m.training_log[-1] == {"step": 12, **evaluate(m, test)}  # the last entry scores the returned model
+    assert m.training_log[-1] == {"step": 12, "greedy": True, **evaluate(m, test)}  # the last entry scores the returned model
     m.save_pretrained(tmp_path / "m")
     assert VisionLanguageModel.from_pretrained(tmp_path / "m").training_log == m.training_log
     (tmp_path / "m" / "training_log.json").write_text("[{")

@@ -1,55 +1,106 @@
-"""Benchmark ``vlm``: museum-QA accuracy of the three fusion routes (tiny preset), with latency (Chapter 5).
+"""Benchmark ``vlm``: the museum guide (Chapter 5) — the lever ablation, citations, latency.
 
-For each route: held-out exact-match accuracy (overall, single-object, relational, per type),
-image tokens per question, time to first token and decoding tokens/s. The committed
-``vlm-tiny`` artifact (the continuous route trained offline for ``DemoConfig.offline().steps``) is
-scored on the same exhibits as a separate row. Last line, from the routes trained in this run:
-``vlm: <accuracy> % museum-QA (best route, tiny)``.
+The ablation (``python -m vlmbook.fusion.ablation``, one thread per run) writes one JSON line per
+(variant, image source, seed) to ``bench/results/vlm_ablation.jsonl``; training all of it takes
+far longer than a benchmark run on a shared 2-core machine, so this benchmark aggregates those
+records (mean, min and max over seeds of accuracy by question type, citation precision and
+recall, image tokens, training steps/s) and measures live what is cheap: the committed
+``vlm-tiny`` guide is re-scored on the held-out exhibits and timed (time to first token, decoding
+tokens/s, thread count). Last line: ``vlm: <accuracy> % museum-QA (best route, tiny, 3 seeds)``,
+the best seed-averaged variant read from Chapter 4's encoder (not from oracle features).
 """
 from __future__ import annotations
 
-from ..fusion.model import VisionLanguageModel, VLMConfig
-from ..fusion.train import DemoConfig, evaluate, latency, museum_qa, run_demo
-from ..hub import load_artifact
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ..device import num_threads
 from . import BenchResult
+
+ABLATION = Path(__file__).resolve().parents[2] / "bench" / "results" / "vlm_ablation.jsonl"
+METRICS = ("all", "single", "relational", "colour", "shape", "count", "exists", "locate", "spatial", "compare",
+           "cite_precision", "cite_recall")
+
+
+def load_ablation(path: str | Path = ABLATION) -> list[dict]:
+    """The ablation's JSON records (one per line); a missing or corrupt file raises ``ValueError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p} not found: run python -m vlmbook.fusion.ablation first")
+    try:
+        return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not JSON lines: {e}") from None
+
+
+def summarise(records: list[dict]) -> dict[str, dict]:
+    """Group records by ``source/route/variant/steps``; mean, min, max over seeds of every metric."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[f"{r['source']}/{r['route']}/{r['variant']}/{r['steps']}"].append(r)
+    out = {}
+    for key, rs in sorted(groups.items()):
+        row: dict = {"seeds": sorted(r["seed"] for r in rs), "levers": rs[0]["levers"],
+                     "image_tokens": rs[0]["image_tokens"], "threads": rs[0]["threads"],
+                     "steps_per_s": round(statistics.mean(r["steps_per_s"] for r in rs), 2)}
+        for m in METRICS:
+            vals = [r["accuracy"][m] for r in rs if m in r["accuracy"]]
+            if vals:
+                row[m] = {"mean": round(statistics.mean(vals), 2), "min": min(vals), "max": max(vals)}
+        out[key] = row
+    return out
+
+
+@torch.no_grad()
+def latency(vlm, image: torch.Tensor, question: str, new_tokens: int = 16, repeats: int = 3) -> dict[str, float]:
+    """Time to first token (ms, prefill + one token) and decoding speed (tokens/s) for one question."""
+    q = torch.tensor([vlm.encode_text(question) + [vlm.ids["assistant"]]])
+    img = image[None].to(vlm.device)
+    vlm.generate(img, q, max_new_tokens=2, stop_token=-1)  # warm up
+    ttft, total = [], []
+    for _ in range(repeats):  # interleaved: first token, then a fixed-length decode (never stops early)
+        t0 = time.perf_counter()
+        vlm.generate(img, q, max_new_tokens=1, stop_token=-1)
+        ttft.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        vlm.generate(img, q, max_new_tokens=new_tokens, stop_token=-1)
+        total.append(time.perf_counter() - t0)
+    t1, tn = statistics.median(ttft), statistics.median(total)
+    return {"ttft_ms": round(1000 * t1, 2), "tokens_per_s": round((new_tokens - 1) / max(tn - t1, 1e-9), 1)}
 
 
 def run(quick: bool = False) -> BenchResult:
-    """Train each route (fewer steps with ``quick``) and measure it on held-out exhibits."""
-    cfg = VLMConfig.tiny()
-    demo = DemoConfig.tiny()
-    if quick:
-        demo = demo.replace(steps=max(50, demo.steps // 4), encoder_steps=demo.encoder_steps // 4, test_scenes=100)
-    test = museum_qa("test", demo.test_scenes, cfg.image_size)
-    res = run_demo(cfg, demo, test=test)
-    table = {}
-    baseline = res.pop("baseline")["accuracy"]
-    encoder_seconds = round(res.pop("encoder_seconds"), 1)
-    for route, r in res.items():
-        m = r["model"]
-        lat = latency(m, test.images[0], test.items[0][1])
-        table[route] = {
-            "exact_match_pct": r["accuracy"]["all"],
-            "accuracy_by_type_pct": {k: v for k, v in r["accuracy"].items() if k != "all"},
-            "image_tokens_per_question": cfg.image_tokens,
-            "image_tokens_in_lm_sequence": m.image_slots,
-            "ttft_ms": round(lat["ttft_ms"], 2),
-            "tokens_per_s": round(lat["tokens_per_s"], 1),
-            "train_seconds": round(r["seconds"], 1),
-            "train_steps": demo.steps,
-        }
-    guide = load_artifact("vlm-tiny", VisionLanguageModel)
-    acc = evaluate(guide, test)
-    lat = latency(guide, test.images[0], test.items[0][1])
-    table["vlm_tiny_artifact"] = {
-        "exact_match_pct": acc["all"], "accuracy_by_type_pct": {k: v for k, v in acc.items() if k != "all"},
-        "image_tokens_per_question": guide.config.image_tokens, "ttft_ms": round(lat["ttft_ms"], 2),
-        "tokens_per_s": round(lat["tokens_per_s"], 1), "train_steps": DemoConfig.offline().steps,
-        "training_log": guide.training_log,
-    }
-    table["majority_baseline_pct"] = baseline
-    table["encoder_warmup_seconds"] = encoder_seconds
-    table["excluded_types"] = ["plaque"]
-    table["config"] = {"vlm": cfg.to_dict(), "demo": demo.to_dict()}
-    best = max(v["exact_match_pct"] for k, v in table.items() if k in res)
-    return BenchResult("vlm", best, "% museum-QA (best route, tiny)", table, fmt="{:.1f}")
+    """Aggregate the committed ablation; re-score and time the committed ``vlm-tiny`` guide live."""
+    import os
+
+    from ..fusion.data import museum_qa
+    from ..fusion.evaluate import evaluate, majority_baseline
+    from ..fusion.model import VisionLanguageModel
+    from ..hub import load_artifact
+
+    table: dict = {"ablation": summarise(load_ablation())}
+    with num_threads(1):
+        guide = load_artifact("vlm-tiny", VisionLanguageModel)
+        c = guide.config
+        test = museum_qa("test", 100 if quick else 200, c.image_size, grid=c.grid)
+        acc = evaluate(guide, test)
+        lat = latency(guide, test.images[0], test.items[0][1])
+        base = majority_baseline(museum_qa("train", 500, c.image_size, grid=c.grid), test)
+    table["vlm_tiny_artifact"] = {"accuracy_pct": acc, **lat, "image_tokens": c.image_tokens,
+                                  "threads": 1, "training_log": guide.training_log, "config": c.to_dict()}
+    table["majority_baseline_pct"] = base
+    table["load_average"] = list(os.getloadavg())
+    encoder_rows = {k: v for k, v in table["ablation"].items() if not k.startswith("oracle/")}
+    if not encoder_rows:
+        raise ValueError("the ablation holds no run from an image encoder")
+    # rows with the most seeds first (3 is the target), then the best seed-averaged accuracy
+    best_key = max(encoder_rows, key=lambda k: (min(len(encoder_rows[k]["seeds"]), 3), encoder_rows[k]["all"]["mean"]))
+    n = len(encoder_rows[best_key]["seeds"])
+    table["best"] = {"variant": best_key, **encoder_rows[best_key]}
+    return BenchResult("vlm", encoder_rows[best_key]["all"]["mean"],
+                       f"% museum-QA (best route, tiny, {n} seed{'s' if n > 1 else ''})", table, fmt="{:.1f}")

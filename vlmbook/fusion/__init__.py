@@ -4,18 +4,20 @@ from .continuous import PatchEncoder, Projector, merge_image_features, truncate_
 from .discrete import PROMPT_TEMPLATE, PatchQuantizer, codes_to_token_ids, image_string, render_prompt, token_ids_to_codes
 from .gated import GatedAdapter, GatedCrossAttention
 from .masks import block_mask, causal_mask, image_spans, media_mask, prefix_lm_mask, to_4d
-from .model import ROUTES, PrefixCache, VisionLanguageModel, VLMConfig
-from .text import (LMConfig, add_visual_tokens, build_lm, load_causal_lm, museum_corpus, museum_tokenizer,
-                   train_bpe_tokenizer, visual_token)
+from .model import RECIPE, ROUTES, CellPool, PrefixCache, VisionLanguageModel, VLMConfig, batch_block_mask
+from .text import (LMConfig, add_answer_tokens, add_patch_tokens, add_visual_tokens, build_lm, load_causal_lm,
+                   museum_answers, museum_corpus, museum_tokenizer, patch_token, train_bpe_tokenizer, visual_token)
 
 VLM_TINY = register_artifact(ArtifactSpec(
-    "vlm-tiny", "1", "vlmbook.fusion.train:build_vlm_tiny", seed=0,
-    description="VLMConfig.tiny() continuous route, DemoConfig.offline(): 15,000 LM steps on one core"))
+    "vlm-tiny", "2", "vlmbook.fusion.train:build_vlm_tiny", seed=0,
+    description="VLMConfig.tiny(): clip-tiny ViT pooled to 3x3 cells, cite-first recipe; "
+                "DemoConfig.offline(): 2,000 LM steps on one thread"))
 
 __all__ = [
     "PatchEncoder", "Projector", "merge_image_features", "truncate_ids", "PROMPT_TEMPLATE", "PatchQuantizer",
     "codes_to_token_ids", "image_string", "render_prompt", "token_ids_to_codes", "GatedAdapter",
     "GatedCrossAttention", "block_mask", "causal_mask", "image_spans", "media_mask", "prefix_lm_mask", "to_4d",
-    "VLM_TINY", "ROUTES", "PrefixCache", "VisionLanguageModel", "VLMConfig", "LMConfig", "add_visual_tokens", "build_lm",
-    "load_causal_lm", "museum_corpus", "museum_tokenizer", "train_bpe_tokenizer", "visual_token",
+    "VLM_TINY", "RECIPE", "ROUTES", "CellPool", "PrefixCache", "VisionLanguageModel", "VLMConfig", "batch_block_mask",
+    "LMConfig", "add_answer_tokens", "add_patch_tokens", "add_visual_tokens", "build_lm", "load_causal_lm",
+    "museum_answers", "museum_corpus", "museum_tokenizer", "patch_token", "train_bpe_tokenizer", "visual_token",
 ]

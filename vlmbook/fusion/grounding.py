@@ -1,8 +1,9 @@
-"""Grounding and audit: citations ``[CITE:<v_k>]`` ↔ patch boxes, citation precision, JSON records (Chapter 5 §5.8).
+"""Grounding and audit: citations ``[CITE:<p_k>]`` ↔ patch boxes, citation precision, JSON records (Chapter 5 §5.8).
 
-In a citation, ``<v_k>`` names patch ``k`` (row-major) of the image's ``grid × grid`` patch
-split — the same convention as :func:`vlmbook.data.cite` — so every cited token maps back to a
-pixel box that a visitor (or an auditor) can check.
+In a citation, ``<p_k>`` names patch ``k`` (row-major) of the image's ``grid × grid`` patch
+split, so every cited token maps back to a pixel box that a visitor (or an auditor) can check.
+Patch-position tokens ``<p_k>`` are a family of their own: ``<v_k>`` is a codebook word (what a
+patch looks like), never a place. One bracket may name several patches: ``[CITE:<p_3><p_4>]``.
 """
 from __future__ import annotations
 
@@ -14,16 +15,29 @@ from typing import Any, Sequence
 
 from ..data.museum import QA, Scene, patch_box, support_patches
 
-CITATION = re.compile(r"\[CITE:\s*<v_(\d+)>\s*\]")
+CITATION = re.compile(r"\[CITE:((?:\s*<p_\d+>)*)\s*\]")
+_PATCH = re.compile(r"<p_(\d+)>")
 
 
 def parse_citations(text: str) -> tuple[str, list[int]]:
-    """``'red [CITE:<v_3>] [CITE:<v_4>]'`` -> ``('red', [3, 4])``. §5.8."""
+    """``'[CITE:<p_3><p_4>] red'`` or ``'red [CITE:<p_3>] [CITE:<p_4>]'`` -> ``('red', [3, 4])``. §5.8."""
     if not isinstance(text, str):
         raise ValueError(f"parse_citations needs a string, got {type(text).__name__}")
-    patches = [int(m) for m in CITATION.findall(text)]
+    patches = [int(k) for group in CITATION.findall(text) for k in _PATCH.findall(group)]
     answer = " ".join(CITATION.sub(" ", text).split())
-    return answer, patches
+    return answer, list(dict.fromkeys(patches))
+
+
+def format_citation(patches: Sequence[int]) -> str:
+    """``[3, 4]`` -> ``'[CITE:<p_3><p_4>]'`` (the text of :meth:`VisionLanguageModel.citation_ids`). §5.8."""
+    return "[CITE:" + "".join(f"<p_{int(k)}>" for k in patches) + "]"
+
+
+def set_scores(cited: Sequence[int], truth: Sequence[int]) -> dict[str, float]:
+    """Precision and recall of a set of cited patches against the true ones (1 when a side is empty)."""
+    c, t = set(int(k) for k in cited), set(int(k) for k in truth)
+    hit = len(c & t)
+    return {"precision": hit / len(c) if c else 1.0, "recall": hit / len(t) if t else 1.0}
 
 
 def citation_boxes(patches: Sequence[int], grid: int, size: int) -> list[tuple[int, int, int, int]]:
@@ -40,10 +54,7 @@ def citation_scores(cited: Sequence[int], scene: Scene, qa: QA, grid: int) -> di
     """
     if any(not 0 <= int(k) < grid * grid for k in cited):
         raise ValueError(f"cited patches {list(cited)} out of range for a {grid}×{grid} grid")
-    truth = set(support_patches(scene, qa, grid))
-    c = set(int(k) for k in cited)
-    hit = len(c & truth)
-    return {"precision": hit / len(c) if c else 1.0, "recall": hit / len(truth) if truth else 1.0}
+    return set_scores(cited, support_patches(scene, qa, grid))
 
 
 def citation_precision(cited: Sequence[int], scene: Scene, qa: QA, grid: int) -> float:

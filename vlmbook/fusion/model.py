@@ -28,13 +28,27 @@ from transformers import DynamicCache
 
 from ..config import Config
 from ..hub import PretrainedMixin
+from transformers import PreTrainedTokenizerBase
+
+from ..resample.positions import sincos_2d
+from ..vision.clip import CLIPConfig
+from ..vision.vit import VisionEncoder
 from .continuous import PatchEncoder, Projector, merge_image_features
-from .discrete import PatchQuantizer, check_codes
+from .discrete import PatchQuantizer, codes_to_token_ids
 from .gated import GatedAdapter
-from .masks import to_4d
-from .text import ASSISTANT, BOS, END, IMAGE, IMAGE_END, USER, LMConfig, build_lm, museum_tokenizer, visual_token
+from .lm import CausalLM
+from .masks import media_mask, to_4d
+from .text import (ASSISTANT, BOS, CITE_CLOSE, CITE_OPEN, END, IMAGE, IMAGE_END, USER, LMConfig, build_lm,
+                   museum_tokenizer, patch_token, visual_token)
 
 ROUTES = ("discrete", "continuous", "gated")
+MASKS = ("causal", "prefix", "full_prefix")
+LAYOUTS = ("image_first", "question_first")
+CELL_EMBEDS = ("none", "learned", "sincos")
+IMAGE_SIDES = ("patch", "clip", "features")
+COMPRESSORS = ("none", "cells", "perceiver", "qformer", "tokenlearner", "tome")
+#: The levers that make the tiny guide find the object a question names (§5.7's ablation).
+RECIPE = {"cell_embed": "sincos", "layout": "question_first", "cite": True, "closed_answers": True}
 
 
 @dataclasses.dataclass
@@ -43,6 +57,13 @@ class VLMConfig(Config):
 
     route: str = "continuous"
     mask: str = "prefix"
+    layout: str = "image_first"
+    cell_embed: str = "none"
+    cite: bool = False
+    closed_answers: bool = False
+    image_side: str = "patch"
+    compressor: str = "none"
+    feature_dim: int = 0
     image_size: int = 64
     grid: int = 4
     codebook_size: int = 256
@@ -63,17 +84,32 @@ class VLMConfig(Config):
     def validate(self) -> None:
         super().validate()
         self.check_choice("route", ROUTES)
-        self.check_choice("mask", ("causal", "prefix"))
+        self.check_choice("mask", MASKS)
+        self.check_choice("layout", LAYOUTS)
+        self.check_choice("cell_embed", CELL_EMBEDS)
+        self.check_choice("image_side", IMAGE_SIDES)
+        for name in ("cite", "closed_answers"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(name, "must be True or False")
+        self.check_non_negative("feature_dim")
+        self.check_choice("compressor", COMPRESSORS)
+        if self.image_side == "clip" and self.route != "discrete":
+            if self.image_size != CLIPConfig.tiny().image_size:
+                self._fail("image_size", f"must be {CLIPConfig.tiny().image_size} for Chapter 4's clip-tiny encoder")
+            if self.compressor == "none":
+                self._fail("compressor", "clip-tiny gives 64 patch features: choose a compressor to reach grid² tokens")
         self.check_positive("image_size", "grid", "codebook_size", "quant_sub", "enc_channels", "gate_every",
                             "bpe_vocab", "corpus_scenes")
-        if self.image_size % (self.grid * self.quant_sub):
+        if self.route == "discrete" and self.image_size % (self.grid * self.quant_sub):
             self._fail("image_size", f"must be divisible by grid * quant_sub = {self.grid * self.quant_sub}")
         self.lm_config()  # validates the LM fields
 
     @classmethod
     def tiny(cls) -> "VLMConfig":
-        """72-px exhibits read as a 3 × 3 grid: one image token per exhibit cell (M = 9)."""
-        return cls(image_size=72, grid=3)
+        """The museum guide: 64-px exhibits through Chapter 4's ``clip-tiny`` ViT (64 patch features),
+        pooled to the 3 × 3 exhibit cells (M = 9 image tokens), with the recipe that makes the guide
+        read the image: cell embeddings, question first, cite first, one token per answer (§5.7)."""
+        return cls(image_size=64, grid=3, image_side="clip", compressor="cells", **RECIPE)
 
     @classmethod
     def base(cls) -> "VLMConfig":
@@ -91,24 +127,6 @@ class VLMConfig(Config):
                         attn_implementation=self.attn_implementation)
 
 
-def _cache_keyword(decoder: nn.Module) -> str:
-    """The KV-cache argument's name: ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def call_decoder(decoder: nn.Module, embeds: torch.Tensor, mask: torch.Tensor | None, past):
-    """Run a HF decoder on ``inputs_embeds`` (B, T, D) with a 4-D mask and an optional KV cache. §5.6."""
-    kw = {_cache_keyword(decoder): past} if past is not None else {}
-    return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=past is not None, **kw)
-
-
-def output_cache(out):
-    """The KV cache a HF decoder returned, whichever attribute name this transformers uses."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
 @dataclasses.dataclass
 class PrefixCache:
     """A cached image prefix: its ids (B, P), the LM's KV cache over them, and gated media."""
@@ -123,30 +141,58 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
 
     config_class = VLMConfig
 
-    def __init__(self, config: VLMConfig):
+    def __init__(self, config: VLMConfig, tokenizer: PreTrainedTokenizerBase | None = None):
         super().__init__()
         if not isinstance(config, VLMConfig):
             raise ValueError(f"VisionLanguageModel needs a VLMConfig, got {type(config).__name__}")
-        self.config = config
-        K = max(config.codebook_size, config.image_tokens)  # citations name patches as <v_k> too
-        self.tokenizer = museum_tokenizer(config.bpe_vocab, K, config.corpus_scenes)
+        self.config = c = config
+        M = c.image_tokens
+        # a saved model brings its own tokenizer: loading never retrains it
+        self.tokenizer = tokenizer if tokenizer is not None else museum_tokenizer(
+            c.bpe_vocab, c.codebook_size, c.corpus_scenes, patch_tokens=M, closed_answers=c.closed_answers)
         vocab = -(-len(self.tokenizer) // 64) * 64
-        self.lm = build_lm(config.lm_config(vocab), seed=config.seed)
+        self.lm = build_lm(c.lm_config(vocab), seed=c.seed)
+        # every call into the LM goes through Chapter 5's CausalLM adapter (embed, decode with a 4-D
+        # mask and a KV cache, head, decoder layers); kept out of the module tree so that the
+        # weights keep their names (``lm.*``) in the state dict
+        object.__setattr__(self, "text", CausalLM(self.lm, self.tokenizer))
+        feat = c.feature_dim or (CLIPConfig.tiny().vision_dim if c.image_side == "clip" else c.hidden)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 1)
-            self.quantizer = PatchQuantizer(config.codebook_size, config.grid, config.quant_sub) \
-                if config.route == "discrete" else None
-            self.encoder = PatchEncoder(config.hidden, config.grid, config.enc_channels) \
-                if config.route != "discrete" else None
-            self.compressor: nn.Module | None = None
-            self.projector = Projector(config.hidden, config.hidden) if config.route != "discrete" else None
-            self.adapter = GatedAdapter(self.lm.model.layers, config.hidden, config.gate_every, config.heads) \
-                if config.route == "gated" else None
+            torch.manual_seed(c.seed + 1)
+            self.quantizer = PatchQuantizer(c.codebook_size, c.grid, c.quant_sub) if c.route == "discrete" else None
+            self.encoder = build_image_side(c, feat) if c.route != "discrete" else None
+            self.compressor = build_compressor(c, feat) if c.route != "discrete" else None
+            self.projector = Projector(feat, c.hidden) if c.route != "discrete" else None
+            self.adapter = GatedAdapter(self.text.decoder_layers(), c.hidden, c.gate_every, c.heads) \
+                if c.route == "gated" else None
+            # projected features are O(1); codebook words are embeddings of std 0.02
+            scale = 0.02 if c.route == "discrete" else 1.0
+            if c.cell_embed == "learned":
+                self.cell_embed = nn.Parameter(torch.randn(M, c.hidden) * scale)
+            elif c.cell_embed == "sincos":
+                # fixed 2-D sin-cos codes (RMS 1/sqrt 2) with a learned gain
+                self.register_buffer("cell_embed", sincos_2d(c.grid, c.grid, c.hidden) * 2 ** 0.5)
+                self.cell_gain = nn.Parameter(torch.tensor(scale))
+            else:
+                self.cell_embed = None
         t = self.tokenizer
         self.ids = {name: t.convert_tokens_to_ids(tok) for name, tok in
                     (("bos", BOS), ("user", USER), ("image", IMAGE), ("image_end", IMAGE_END),
-                     ("assistant", ASSISTANT), ("end", END), ("pad", t.pad_token), ("v0", visual_token(0)))}
-        self.visual_range = (self.ids["v0"], self.ids["v0"] + K)
+                     ("assistant", ASSISTANT), ("end", END), ("pad", t.pad_token), ("v0", visual_token(0)),
+                     ("p0", patch_token(0)), ("cite_open", CITE_OPEN), ("cite_close", CITE_CLOSE))}
+        if self.ids["v0"] == t.unk_token_id or (c.cite and self.ids["p0"] == t.unk_token_id):
+            raise ValueError("the tokenizer lacks the <v_k> or (for a citing model) the <p_k> token family")
+        self.visual_range = (self.ids["v0"], self.ids["v0"] + c.codebook_size)
+        # a tokenizer saved before patch tokens existed (vlm-tiny v1) has no <p_k>: it cannot cite
+        self.patch_range = (self.ids["p0"], self.ids["p0"] + M) if self.ids["p0"] != t.unk_token_id else None
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's weights live on."""
+        return next(self.lm.parameters()).device
+
+    def _device(self) -> torch.device:
+        return self.device
 
     # -- plugging in other encoders ---------------------------------------------------
     def replace_encoder(self, encoder: nn.Module, feature_dim: int, compressor: nn.Module | None = None) -> None:
@@ -175,31 +221,73 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         """Tokens an image occupies in the LM sequence (M for prefix routes, 1 marker for gated)."""
         return 1 if self.config.route == "gated" else self.config.image_tokens
 
+    def image_block(self) -> list[int]:
+        """An image's placeholders followed by ``</image>``."""
+        return [self.ids["image"]] * self.image_slots + [self.ids["image_end"]]
+
     def prefix_ids(self) -> list[int]:
-        """``<bos><|user|>`` + image placeholders + ``</image>``."""
-        i = self.ids
-        return [i["bos"], i["user"]] + [i["image"]] * self.image_slots + [i["image_end"]]
+        """``<bos><|user|>`` + image placeholders + ``</image>`` (the image-first prefix)."""
+        return [self.ids["bos"], self.ids["user"]] + self.image_block()
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of plain text (no special tokens added)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def prompt_ids(self, question: str | Sequence[int], answer: str | Sequence[int] | None = None) -> list[int]:
-        """Full id list of one turn; the answer (if any) is followed by ``<|end|>``."""
+    def citation_ids(self, patches: Sequence[int]) -> list[int]:
+        """``[CITE:<p_i><p_j>]`` as ids: the evidence the guide names before its answer. §5.8."""
+        M = self.config.image_tokens
+        if self.patch_range is None:
+            raise ValueError("this model's tokenizer has no <p_k> patch tokens")
+        if any(not 0 <= int(k) < M for k in patches):
+            raise ValueError(f"cited patches {list(patches)} out of range for {M} patches")
+        return [self.ids["cite_open"]] + [self.patch_range[0] + int(k) for k in patches] + [self.ids["cite_close"]]
+
+    def answer_ids(self, answer: str, patches: Sequence[int] | None = None) -> list[int]:
+        """Ids of one answer: citation first when ``config.cite``, then the answer, then ``<|end|>``. §5.7."""
+        ids = self.citation_ids(patches or []) if self.config.cite else []
+        ids += self.encode_text(answer if self.config.closed_answers else " " + answer)
+        return ids + [self.ids["end"]]
+
+    def prompt_ids(self, question: str | Sequence[int], answer: str | Sequence[int] | None = None,
+                   patches: Sequence[int] | None = None) -> list[int]:
+        """Full id list of one turn in ``config.layout``; the answer (if any) ends with ``<|end|>``.
+
+        ``answer`` as a string is formatted by :meth:`answer_ids` (citing ``patches``); as ids it is
+        taken as-is and ``<|end|>`` appended.
+        """
         q = self.encode_text(question) if isinstance(question, str) else list(question)
-        ids = self.prefix_ids() + q + [self.ids["assistant"]]
+        i = self.ids
+        if self.config.layout == "question_first":
+            ids = [i["bos"], i["user"]] + q + self.image_block() + [i["assistant"]]
+        else:
+            ids = self.prefix_ids() + q + [i["assistant"]]
         if answer is not None:
-            a = self.encode_text(" " + answer) if isinstance(answer, str) else list(answer)
-            ids += a + [self.ids["end"]]
+            ids += self.answer_ids(answer, patches) if isinstance(answer, str) else list(answer) + [i["end"]]
         return ids
 
     # -- forward ------------------------------------------------------------------------
     def image_features(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) images, or their encoder output (B, N, D), -> (B, M, hidden) projected tokens."""
-        x = self.encoder(images) if features is None else features
+        if features is None:
+            if self.encoder is None:
+                raise ValueError("this model has no image encoder (image_side='features'): pass features=")
+            x = self.encoder(images)
+        else:
+            x = features
         if self.compressor is not None:
             x = self.compressor(x)
-        return self.projector(x)
+        x = self.projector(x)
+        return self.add_cell_embed(x)
+
+    def add_cell_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, M, d) image tokens + their cell's embedding (``config.cell_embed``), so that what a
+        question reads from a token says which cell it came from. §5.7."""
+        if self.cell_embed is None:
+            return x
+        if x.shape[1] != self.cell_embed.shape[0]:
+            raise ValueError(f"cell embeddings are for {self.cell_embed.shape[0]} image tokens, got {x.shape[1]}")
+        e = self.cell_embed * self.cell_gain if self.config.cell_embed == "sincos" else self.cell_embed
+        return x + e.to(x.dtype)
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
               features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -213,17 +301,24 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             raise ValueError("the prompt holds <image> tokens but no images were given")
         if features is not None and route == "discrete":
             raise ValueError("the discrete route reads codes, not encoder features")
+        table = self.text.embed
         if route == "discrete" and has_slots:
             if codes is None:
                 codes = self.quantizer.encode(images)
-            codes = check_codes(codes, self.config.codebook_size)
             mask = input_ids == self.ids["image"]
             counts = mask.sum(1)
-            if bool((counts != codes[0].numel()).any()):
+            n = codes[0].numel()
+            if bool((counts != n).any()):
                 raise ValueError(f"image placeholder count mismatch: rows hold {counts.tolist()} <image> tokens "
-                                 f"but each image has {codes[0].numel()} codes")
-            input_ids = input_ids.masked_scatter(mask, codes.reshape(codes.shape[0], -1) + self.visual_range[0])
-        embeds = self.lm.get_input_embeddings()(input_ids)
+                                 f"but each image has {n} codes")
+            vis = codes_to_token_ids(codes, self.visual_range[0], self.config.codebook_size)
+            input_ids = input_ids.masked_scatter(mask, vis)
+            embeds = table(input_ids)
+            if self.cell_embed is not None:
+                cells = self.add_cell_embed(table(vis))
+                embeds = embeds.masked_scatter(mask[..., None], cells.to(embeds.dtype))
+        else:
+            embeds = table(input_ids)
         if route == "continuous" and has_slots:
             embeds = merge_image_features(embeds, input_ids, self.image_features(images, features), self.ids["image"])
         if route == "gated" and (images is not None or features is not None):
@@ -231,16 +326,17 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return embeds, media, input_ids
 
     def attention_mask(self, lm_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-        """(B, 1, T, T) additive mask: causal, with each image block bidirectional for ``mask='prefix'``."""
-        if self.config.mask == "causal" or self.config.route == "gated":
+        """(B, 1, T, T) additive mask from ``config.mask``: ``causal``; ``prefix`` (each image block
+        bidirectional); ``full_prefix`` (everything up to ``<|assistant|>`` bidirectional). §5.4."""
+        m = self.config.mask
+        if m == "causal" or (self.config.route == "gated" and m == "prefix"):
             return None
-        T = lm_ids.shape[1]
-        img = self.is_image(lm_ids)
-        start = img & ~F.pad(img, (1, 0))[:, :-1]
-        seg = torch.cumsum(start.long(), 1)
-        allowed = torch.ones(T, T, dtype=torch.bool, device=lm_ids.device).tril()[None]
-        allowed = allowed | ((seg[:, :, None] == seg[:, None, :]) & img[:, :, None] & img[:, None, :])
-        return to_4d(allowed, dtype)
+        if m == "prefix":
+            blocks = self.is_image(lm_ids)
+        else:
+            blocks = torch.cumsum((lm_ids == self.ids["assistant"]).long(), 1) == 0
+            blocks = blocks | F.pad(blocks, (1, 0))[:, :-1]  # the <|assistant|> token joins the prefix
+        return to_4d(batch_block_mask(blocks), dtype)
 
     def is_image(self, lm_ids: torch.Tensor) -> torch.Tensor:
         """Bool mask of image-token positions in LM ids (placeholders or ``<v_k>`` words)."""
@@ -250,9 +346,13 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return (lm_ids == self.ids["image"]) | ((lm_ids >= lo) & (lm_ids < hi))
 
     def media_mask(self, lm_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T, M) Flamingo media mask: tokens from the ``<image>`` marker on see the image."""
-        seen = torch.cumsum((lm_ids == self.ids["image"]).long(), 1) > 0
-        return seen[:, :, None].expand(-1, -1, self.config.image_tokens)
+        """(B, T, M) Flamingo media mask: tokens from the ``<image>`` marker on see the image. §5.5."""
+        pos = (lm_ids == self.ids["image"]).long().argmax(1)
+        has = (lm_ids == self.ids["image"]).any(1)
+        T = lm_ids.shape[1]
+        rows = [media_mask(T, [int(p)] if h else [], self.config.image_tokens) if h else
+                torch.zeros(T, self.config.image_tokens, dtype=torch.bool) for p, h in zip(pos.tolist(), has.tolist())]
+        return torch.stack(rows).to(lm_ids.device)
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,7 +365,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         hidden = self._run_lm(embeds, media, lm_ids, None)[0]
         if positions is not None:
             hidden = hidden[positions]
-        return self.lm.lm_head(hidden)
+        return self.text.head(hidden)
 
     def _run_lm(self, embeds, media, lm_ids_full, past, n_new: int | None = None):
         n_new = embeds.shape[1] if n_new is None else n_new
@@ -275,31 +375,58 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if self.adapter is not None:
             mm = self.media_mask(lm_ids_full)[:, -n_new:] if media is not None else None
             with self.adapter.media(media, mm):
-                out = call_decoder(self.lm.model, embeds, mask, past)
-        else:
-            out = call_decoder(self.lm.model, embeds, mask, past)
-        return out.last_hidden_state, output_cache(out)
+                return self.text.decode(embeds, mask, cache=past)
+        return self.text.decode(embeds, mask, cache=past)
+
+    @torch.no_grad()
+    def answer_logprobs(self, input_ids: torch.Tensor, targets: torch.Tensor, images: torch.Tensor | None = None,
+                        codes: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) summed log-probabilities of each row's answer tokens; ``targets`` (B, T) marks the
+        positions that predict them (as built by the batcher). Preference training needs these."""
+        logits = self(input_ids, images=images, codes=codes, features=features).float()
+        logits[..., len(self.tokenizer):] = float("-inf")  # padding rows of the vocabulary, as in generate
+        logp = logits.log_softmax(-1)
+        nxt = torch.roll(input_ids, -1, 1)
+        tok = logp.gather(-1, nxt[..., None]).squeeze(-1)
+        return (tok * targets).sum(1)
 
     # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
     def cache_prefix(self, images: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> PrefixCache:
-        """Run the static image prefix once and keep its KV cache (prompt caching). §5.6."""
+        """Run the static image prefix once and keep its KV cache (prompt caching, image-first layout). §5.6."""
+        if self.config.layout != "image_first":
+            raise ValueError("a reusable image prefix needs layout='image_first' (the question comes first here)")
+        if self.config.mask == "full_prefix":
+            raise ValueError("mask='full_prefix' lets the image see the question: its prefix cannot be reused")
         B = (images if images is not None else codes).shape[0]
-        ids = torch.tensor([self.prefix_ids()] * B, device=self._device())
+        ids = torch.tensor([self.prefix_ids()] * B, device=self.device)
         embeds, media, lm_ids = self.embed(ids, images, codes)
-        _, past = self._run_lm(embeds, media, lm_ids, DynamicCache(config=self.lm.config))
+        _, past = self._run_lm(embeds, media, lm_ids, self.text.new_cache())
         return PrefixCache(lm_ids, past, media)
+
+    def question_prompt(self, question_ids: torch.Tensor) -> torch.Tensor:
+        """(B, Tq) question ids ending with ``<|assistant|>`` -> (B, T) full prompt ids in ``config.layout``."""
+        if question_ids.ndim != 2:
+            raise ValueError(f"question_ids must be (B, T), got shape {tuple(question_ids.shape)}")
+        if bool((question_ids[:, -1] != self.ids["assistant"]).any()):
+            raise ValueError("question_ids must end with the <|assistant|> token")
+        rows = [self.prompt_ids(q[:-1].tolist()) for q in question_ids]
+        return torch.tensor(rows, device=question_ids.device)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, question_ids: torch.Tensor, max_new_tokens: int = 8,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 prefix: PrefixCache | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
-        """Answer ids (B, ≤ max_new_tokens) after ``prefix + question + <|assistant|>``. §5.6.
+                 prefix: PrefixCache | None = None, codes: torch.Tensor | None = None,
+                 features: torch.Tensor | None = None, stop_token: int | None = None,
+                 return_logprobs: bool = False):
+        """Answer ids (B, ≤ max_new_tokens) for ``question_ids`` (B, Tq) ending with ``<|assistant|>``. §5.6.
 
-        ``question_ids`` (B, Tq) must already end with ``<|assistant|>``. Greedy by default;
-        ``do_sample`` draws from ``softmax(logits / temperature)`` (optionally top-k). Rows
-        that emitted ``<|end|>`` are padded with it. ``prefix`` reuses a cached image prefix.
+        Greedy by default; ``do_sample`` draws from ``softmax(logits / temperature)`` (optionally
+        top-k). Decoding stops at ``stop_token`` (default ``<|end|>``; ``-1`` never stops), and rows
+        that stopped are padded with it. ``prefix`` reuses a cached image prefix (image-first
+        layout). With ``return_logprobs`` it returns ``(ids, logprobs)``, the (B, n) log-probability
+        of each emitted token under the distribution it was drawn from.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -307,36 +434,32 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         if question_ids.ndim != 2:
             raise ValueError(f"question_ids must be (B, T), got shape {tuple(question_ids.shape)}")
-        dev = self._device()
+        dev = self.device
         q = question_ids.to(dev)
         B = q.shape[0]
-        end = self.ids["end"]
-        if prefix is None:
-            prefix = self.cache_prefix(images, codes) if use_cache else None
-        elif not use_cache:
+        stop = self.ids["end"] if stop_token is None else int(stop_token)
+        if prefix is not None and not use_cache:
             raise ValueError("a cached prefix needs use_cache=True")
         if prefix is not None and prefix.ids.shape[0] != B:
             raise ValueError(f"prefix holds {prefix.ids.shape[0]} images but {B} questions were given")
-        if use_cache:
+        if prefix is not None:
             past = copy.deepcopy(prefix.past)
-            lm_ids, media = prefix.ids, prefix.media
-            new_embeds = self.lm.get_input_embeddings()(q)
-            lm_ids = torch.cat([lm_ids, q], 1)
+            lm_ids, media = torch.cat([prefix.ids, q], 1), prefix.media
+            new_embeds = self.text.embed(q)
         else:
-            ids = torch.cat([torch.tensor([self.prefix_ids()] * B, device=dev), q], 1)
-            new_embeds, media, lm_ids = self.embed(ids, images, codes)
-            past = None
-        out = torch.full((B, 0), end, dtype=torch.long, device=dev)
+            ids = self.question_prompt(q)
+            new_embeds, media, lm_ids = self.embed(ids, images, codes, features)
+            past = self.text.new_cache() if use_cache else None
+        out = torch.full((B, 0), stop if stop >= 0 else 0, dtype=torch.long, device=dev)
+        lps = torch.zeros(B, 0, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
-        prev_embeds = None
+        full = new_embeds
         for _ in range(max_new_tokens):
             if use_cache:
                 h, past = self._run_lm(new_embeds, media, lm_ids, past)
             else:
-                full = new_embeds if prev_embeds is None else torch.cat([prev_embeds, new_embeds], 1)
                 h, _ = self._run_lm(full, media, lm_ids, None)
-                prev_embeds = full
-            logits = self.lm.lm_head(h[:, -1]).float()
+            logits = self.text.head(h[:, -1]).float()
             logits[:, len(self.tokenizer):] = float("-inf")
             if do_sample:
                 logits = logits / temperature
@@ -346,14 +469,20 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
             else:
                 nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, end), nxt)
+            lp = logits.log_softmax(-1).gather(1, nxt[:, None])
+            if stop >= 0:
+                nxt = torch.where(done, torch.full_like(nxt, stop), nxt)
+                lp = lp.masked_fill(done[:, None], 0.0)
             out = torch.cat([out, nxt[:, None]], 1)
-            done |= nxt == end
-            if bool(done.all()):
-                break
+            lps = torch.cat([lps, lp], 1)
+            if stop >= 0:
+                done |= nxt == stop
+                if bool(done.all()):
+                    break
             lm_ids = torch.cat([lm_ids, nxt[:, None]], 1)
-            new_embeds = self.lm.get_input_embeddings()(nxt[:, None])
-        return out
+            new_embeds = self.text.embed(nxt[:, None])
+            full = torch.cat([full, new_embeds], 1)
+        return (out, lps) if return_logprobs else out
 
     @torch.no_grad()
     def ask(self, image: torch.Tensor, question: str, **kw) -> str:
@@ -361,18 +490,21 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if image.ndim != 3:
             raise ValueError(f"ask() takes one (3, H, W) image, got shape {tuple(image.shape)}")
         q = torch.tensor([self.encode_text(question) + [self.ids["assistant"]]])
-        ids = self.generate(image[None].to(self._device()), q, **kw)[0].tolist()
+        kw.setdefault("max_new_tokens", 8 + self.config.image_tokens if self.config.cite else 8)
+        ids = self.generate(image[None].to(self.device), q, **kw)[0].tolist()
         return self.decode_answer(ids)
 
     def decode_answer(self, ids: Sequence[int]) -> str:
-        """Text of answer ids up to ``<|end|>`` (citations kept as ``[CITE:<v_k>]``)."""
+        """Text of answer ids up to ``<|end|>``: ``'[CITE:<p_3><p_4>] red'`` (citations first when cited)."""
         ids = list(ids)
         if self.ids["end"] in ids:
             ids = ids[:ids.index(self.ids["end"])]
-        return self.tokenizer.decode(ids).strip()
-
-    def _device(self) -> torch.device:
-        return next(self.lm.parameters()).device
+        cite = ""
+        if ids and ids[0] == self.ids["cite_open"] and self.ids["cite_close"] in ids:
+            j = ids.index(self.ids["cite_close"]) + 1
+            cite, ids = self.tokenizer.decode(ids[:j]).replace(" ", ""), ids[j:]
+        text = self.tokenizer.decode(ids).strip()
+        return f"{cite} {text}".strip()
 
     # -- saving -------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> Path:
@@ -380,3 +512,82 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         out = PretrainedMixin.save_pretrained(self, path)
         self.tokenizer.save_pretrained(out / "tokenizer")
         return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VisionLanguageModel":
+        """Rebuild a saved model, tokenizer included, without training anything."""
+        from transformers import AutoTokenizer
+
+        tok_dir = Path(path) / "tokenizer"
+        if not tok_dir.is_dir():
+            raise FileNotFoundError(f"{path} has no tokenizer/ folder")
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        original = cls.__init__
+
+        def init(self, config):
+            original(self, config, tokenizer=tokenizer)
+
+        # PretrainedMixin builds cls(config); hand it the saved tokenizer instead of a new one
+        sub = type(cls.__name__, (cls,), {"__init__": init, "__module__": cls.__module__,
+                                          "__qualname__": cls.__qualname__})
+        model = PretrainedMixin.from_pretrained.__func__(sub, path, device)
+        model.__class__ = cls
+        return model
+
+
+def build_image_side(c: VLMConfig, feat: int) -> nn.Module | None:
+    """The image encoder of ``c.image_side``: the chapter's PatchEncoder, Chapter 4's ViT (weights
+    from ``clip-tiny`` are loaded by the trainer, not here), or none (features are given)."""
+    if c.image_side == "patch":
+        return PatchEncoder(feat, c.grid, c.enc_channels)
+    if c.image_side == "clip":
+        v = CLIPConfig.tiny()
+        return VisionEncoder(v.image_size, v.patch_size, v.vision_dim, v.vision_depth, v.vision_heads, v.mlp_ratio)
+    return None
+
+
+class CellPool(nn.Module):
+    """(B, N, D) tokens of a √N × √N patch grid -> (B, grid², D): the mean over each exhibit cell. §5.3.
+
+    A parameter-free compressor that keeps the museum's 3 × 3 layout: image token k is cell k.
+    """
+
+    def __init__(self, grid: int):
+        super().__init__()
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f"x must be (B, N, D), got shape {tuple(x.shape)}")
+        B, N, D = x.shape
+        g = int(round(N ** 0.5))
+        if g * g != N:
+            raise ValueError(f"CellPool needs a square grid of tokens, got N={N}")
+        y = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(B, D, g, g), self.grid)
+        return y.flatten(2).transpose(1, 2)
+
+
+def build_compressor(c: VLMConfig, feat: int) -> nn.Module | None:
+    """``c.compressor``: none, :class:`CellPool`, or one of Chapter 4's (to ``grid²`` tokens of width ``feat``)."""
+    if c.compressor == "none":
+        return None
+    if c.compressor == "cells":
+        return CellPool(c.grid)
+    from ..resample import CompressorConfig, make_compressor
+
+    n_in = (CLIPConfig.tiny().image_size // CLIPConfig.tiny().patch_size) ** 2 if c.image_side == "clip" \
+        else c.image_tokens
+    return make_compressor(CompressorConfig(kind=c.compressor, in_dim=feat, dim=feat, out_dim=feat,
+                                            num_tokens=c.image_tokens, in_tokens=n_in, positions=True))
+
+
+def batch_block_mask(blocks: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool block membership -> (B, T, T) bool: causal, plus full attention inside each
+    maximal run of True (batched :func:`~vlmbook.fusion.masks.block_mask`). §5.4."""
+    B, T = blocks.shape
+    start = blocks & ~F.pad(blocks, (1, 0))[:, :-1]
+    seg = torch.cumsum(start.long(), 1)
+    allowed = torch.ones(T, T, dtype=torch.bool, device=blocks.device).tril()[None].expand(B, -1, -1)
+    return allowed | ((seg[:, :, None] == seg[:, None, :]) & blocks[:, :, None] & blocks[:, None, :])

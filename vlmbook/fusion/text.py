@@ -35,6 +35,26 @@ def visual_token(k: int) -> str:
     return f"<v_{k}>"
 
 
+def patch_token(k: int) -> str:
+    """The vocabulary string naming patch position ``k`` in a citation: ``'<p_k>'``. Chapter 5 §5.8.
+
+    A family of its own, apart from the codebook words ``<v_k>``: a citation says *where*, a
+    codebook word says *what* a patch looks like, and the two must never share an id.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"a patch position must be an int >= 0, got {k!r}")
+    return f"<p_{k}>"
+
+
+def museum_answers() -> tuple[str, ...]:
+    """Every answer string a museum question can have (the closed answer vocabulary). §5.7."""
+    from ..data.museum import COLOUR_NAMES, LOCATIONS, SHAPES
+
+    words = [*COLOUR_NAMES, *SHAPES, "yes", "no", *(str(n) for n in range(10)), *LOCATIONS]
+    words += [f"{c} {s}" for c in COLOUR_NAMES for s in SHAPES]
+    return tuple(dict.fromkeys(words))
+
+
 def museum_corpus(n_scenes: int = 2000, seed: int = 0) -> list[str]:
     """Captions, questions and answers of ``n_scenes`` training exhibits (the tokenizer's corpus)."""
     from ..data.museum import caption, generate_scene, questions
@@ -91,16 +111,51 @@ def add_visual_tokens(tokenizer: PreTrainedTokenizerBase, codebook_size: int) ->
     return ids[0]
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_museum_tokenizer(vocab_size: int, codebook_size: int, n_scenes: int) -> PreTrainedTokenizerBase:
-    return train_bpe_tokenizer(museum_corpus(n_scenes), vocab_size, codebook_size)
+def add_patch_tokens(tokenizer: PreTrainedTokenizerBase, n: int) -> int:
+    """Add ``<p_0> … <p_{n-1}>`` (citation patch positions, contiguous ids); returns the id of ``<p_0>``. §5.8."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    names = [patch_token(k) for k in range(n)]
+    tokenizer.add_tokens(names, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    if ids != list(range(ids[0], ids[0] + n)):
+        raise ValueError("patch tokens did not receive contiguous ids; add them to a fresh tokenizer")
+    return ids[0]
 
 
-def museum_tokenizer(vocab_size: int = 384, codebook_size: int = 64, n_scenes: int = 1000) -> PreTrainedTokenizerBase:
-    """The chapter's tokenizer: BPE on the museum corpus + special and visual tokens (a fresh copy)."""
+def add_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Iterable[str]) -> list[int]:
+    """Make every answer string one whole-word token (a closed answer vocabulary); returns their ids. §5.7.
+
+    Whole-word matching keeps ``'red'`` from matching inside ``'reds'``; a two-word answer such as
+    ``'red star'`` becomes one token wherever it appears, in questions too.
+    """
+    from tokenizers import AddedToken
+
+    answers = list(dict.fromkeys(answers))
+    if not answers or any(not isinstance(a, str) or not a.strip() for a in answers):
+        raise ValueError("answers must be a non-empty list of non-blank strings")
+    tokenizer.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in answers])
+    return tokenizer.convert_tokens_to_ids(answers)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_museum_tokenizer(vocab_size: int, codebook_size: int, n_scenes: int, patch_tokens: int,
+                             closed_answers: bool) -> PreTrainedTokenizerBase:
+    tok = train_bpe_tokenizer(museum_corpus(n_scenes), vocab_size, codebook_size)
+    if patch_tokens:
+        add_patch_tokens(tok, patch_tokens)
+    if closed_answers:
+        add_answer_tokens(tok, museum_answers())
+    return tok
+
+
+def museum_tokenizer(vocab_size: int = 384, codebook_size: int = 64, n_scenes: int = 1000, patch_tokens: int = 0,
+                     closed_answers: bool = False) -> PreTrainedTokenizerBase:
+    """The chapter's tokenizer: BPE on the museum corpus + special, visual ``<v_k>``, patch ``<p_k>``
+    and (optionally) whole-answer tokens (a fresh copy). §5.1."""
     import copy
 
-    return copy.deepcopy(_cached_museum_tokenizer(vocab_size, codebook_size, n_scenes))
+    return copy.deepcopy(_cached_museum_tokenizer(vocab_size, codebook_size, n_scenes, patch_tokens, closed_answers))
 
 
 @dataclasses.dataclass

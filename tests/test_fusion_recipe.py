@@ -1,0 +1,225 @@
+"""Chapter 5 §5.7–5.8: the recipe's levers, citations with <p_k>, oracle features, greedy evaluation."""
+import pytest
+import torch
+
+from vlmbook.data import Museum, generate_scene, questions, support_patches
+from vlmbook.fusion import VisionLanguageModel, VLMConfig
+from vlmbook.fusion.data import ORACLE_DIM, Batcher, museum_qa, oracle_features, patch_labels, with_oracle_features
+from vlmbook.fusion.evaluate import evaluate, score_answers, teacher_forced_accuracy
+from vlmbook.fusion.grounding import format_citation, parse_citations
+from vlmbook.fusion.masks import block_mask, image_spans
+from vlmbook.fusion.model import RECIPE, CellPool, batch_block_mask
+from vlmbook.fusion.text import museum_answers
+
+SMALL = dict(hidden=32, intermediate=64, enc_channels=8, layers=2, corpus_scenes=200, codebook_size=32, image_size=72,
+             grid=3)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return VisionLanguageModel(VLMConfig(**{**SMALL, **RECIPE, **kw})).eval()
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return _model(image_side="features", feature_dim=ORACLE_DIM)
+
+
+@pytest.fixture(scope="module")
+def val():
+    return with_oracle_features(museum_qa("val", 3, 72))
+
+
+def test_prompt_layout_and_cite_first_answer(recipe):
+    m = recipe
+    ids = m.prompt_ids("What colour is the star?", "red", [4, 5])
+    toks = m.tokenizer.convert_ids_to_tokens(ids)
+    q = m.tokenizer.convert_ids_to_tokens(m.encode_text("What colour is the star?"))
+    assert toks == ["<bos>", "<|user|>", *q, *["<image>"] * 9, "</image>", "<|assistant|>",
+                    "[CITE:", "<p_4>", "<p_5>", "]", "red", "<|end|>"]
+    assert m.decode_answer(ids[-6:]) == "[CITE:<p_4><p_5>] red"
+    assert parse_citations(m.decode_answer(ids[-6:])) == ("red", [4, 5])
+    image_first = _model(layout="image_first", cite=False)
+    assert image_first.prompt_ids("What?")[:2 + 9 + 1] == [image_first.ids["bos"], image_first.ids["user"]] + \
+        [image_first.ids["image"]] * 9 + [image_first.ids["image_end"]]
+    with pytest.raises(ValueError, match="out of range"):
+        m.citation_ids([9])
+
+
+def test_patch_tokens_are_their_own_family(recipe):
+    m = recipe
+    lo, hi = m.patch_range
+    vlo, vhi = m.visual_range
+    assert hi - lo == 9 and vhi - vlo == 32 and (hi <= vlo or vhi <= lo)
+    assert m.tokenizer.convert_ids_to_tokens(list(range(lo, hi))) == [f"<p_{k}>" for k in range(9)]
+
+
+def test_closed_answers_are_one_token_each(recipe):
+    m = recipe
+    assert all(len(m.encode_text(a)) == 1 for a in museum_answers())
+    seen = {qa.answer for i in range(30) for qa in questions(generate_scene("train", i)) if qa.qtype != "plaque"}
+    assert seen <= set(museum_answers())
+    assert len(_model(closed_answers=False).encode_text(" red star")) > 1
+
+
+def test_full_prefix_mask_and_batched_block_mask():
+    m = _model(mask="full_prefix")
+    ids = torch.tensor([m.prompt_ids("What colour is the star?", "red", [1])])
+    allowed = m.attention_mask(ids)[0, 0] == 0
+    a = int((ids[0] == m.ids["assistant"]).nonzero()[0])
+    assert allowed[1, a] and allowed[2, a - 2]           # the question sees the image after it
+    assert not allowed[a, a + 1] and allowed[a + 1, a]   # the answer stays causal
+    # the batched mask equals Chapter 5's block_mask row by row (random block layouts)
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.rand(5, 12, generator=g) < 0.5
+    got = batch_block_mask(blocks)
+    for r in range(5):
+        spans = image_spans(blocks[r].long(), [1])
+        assert torch.equal(got[r], block_mask(12, spans))
+
+
+def test_cell_embeddings_tell_tokens_apart():
+    """Without cell embeddings, permuting the image tokens' features changes nothing the answer reads
+    except through RoPE; with them, each token's value carries its cell."""
+    m = _model(image_side="features", feature_dim=ORACLE_DIM, cell_embed="sincos")
+    f = oracle_features(patch_labels("train", 1, 3))
+    x = m.image_features(features=f)
+    y = m.image_features(features=f[:, torch.arange(8, -1, -1)])
+    assert not torch.allclose(x, y.flip(1), atol=1e-6)
+    n = _model(image_side="features", feature_dim=ORACLE_DIM, cell_embed="none")
+    assert torch.allclose(n.image_features(features=f), n.image_features(features=f[:, torch.arange(8, -1, -1)]).flip(1))
+    with pytest.raises(ValueError, match="cell_embed"):
+        VLMConfig(cell_embed="everywhere")
+
+
+@pytest.mark.parametrize("route", ["continuous", "gated", "discrete"])
+def test_generate_cached_equals_uncached_and_logprobs(route, val):
+    kw = dict(route=route) if route == "discrete" else dict(route=route, image_side="features", feature_dim=ORACLE_DIM)
+    m = _model(**kw)
+    if route == "discrete":
+        m.quantizer.fit(Museum("train", 72).tensors(0, 8), iters=2)
+    if route == "gated":
+        for b in m.adapter.blocks:
+            torch.nn.init.constant_(b.attn_gate, 0.7)
+    side = {"codes": m.quantizer.encode(val.images[:2])} if route == "discrete" else {"features": val.features[:2]}
+    q = torch.tensor([m.encode_text("What colour is the star?") + [m.ids["assistant"]]] * 2)
+    a, lp = m.generate(None, q, max_new_tokens=5, return_logprobs=True, **side)
+    b = m.generate(None, q, max_new_tokens=5, use_cache=False, **side)
+    assert torch.equal(a, b) and lp.shape == a.shape and bool((lp <= 0).all())
+    # the log-probs of what it emitted equal answer_logprobs of those tokens under the model
+    prompt = m.question_prompt(q)
+    full = torch.cat([prompt, a], 1)
+    targets = torch.zeros_like(full, dtype=torch.bool)
+    targets[:, prompt.shape[1] - 1:full.shape[1] - 1] = True
+    ended = torch.cumsum((a == m.ids["end"]).long(), 1)
+    keep = (ended == 0) | ((ended == 1) & (a == m.ids["end"]))  # up to and including the first <|end|>
+    targets[:, prompt.shape[1] - 1:full.shape[1] - 1] &= keep
+    assert torch.allclose(m.answer_logprobs(full, targets, **side), lp.sum(1), atol=1e-4)
+    # stop_token=-1 never stops
+    assert m.generate(None, q, max_new_tokens=4, stop_token=-1, **side).shape == (2, 4)
+
+
+def test_question_first_has_no_reusable_prefix(recipe, val):
+    with pytest.raises(ValueError, match="image_first"):
+        recipe.cache_prefix(val.images[:1])
+
+
+def test_from_pretrained_loads_tokenizer_without_training(recipe, val, tmp_path, monkeypatch):
+    recipe.save_pretrained(tmp_path / "m")
+    import vlmbook.fusion.text as text
+
+    def boom(*a, **k):
+        raise AssertionError("from_pretrained must not train a tokenizer")
+    monkeypatch.setattr(text, "train_bpe_tokenizer", boom)
+    text._cached_museum_tokenizer.cache_clear()
+    m2 = VisionLanguageModel.from_pretrained(tmp_path / "m")
+    assert type(m2) is VisionLanguageModel and m2.tokenizer.get_vocab() == recipe.tokenizer.get_vocab()
+    ids = torch.tensor([recipe.prompt_ids("What colour is the star?", "red", [3])])
+    assert torch.equal(m2(ids, images=val.images[:1]), recipe(ids, images=val.images[:1]))
+
+
+def test_oracle_features_are_one_hot_cells():
+    lab = patch_labels("train", 4, 3)
+    f = oracle_features(lab)
+    assert f.shape == (4, 9, ORACLE_DIM) and torch.equal(f.sum(-1), torch.full((4, 9), 3.0))
+    n_obj = [len(generate_scene("train", i).objects) for i in range(4)]
+    assert (lab[..., 0] > 0).sum(1).tolist() == n_obj
+    with pytest.raises(ValueError):
+        oracle_features(lab[..., :2])
+
+
+def test_support_patches_are_object_cells_at_grid_3():
+    """Objects stay inside their cell, so a perfect cell reader can cite exactly."""
+    for i in range(20):
+        s = generate_scene("train", i)
+        for qa in questions(s):
+            if qa.qtype != "plaque":
+                assert support_patches(s, qa, 3) == sorted({s.objects[j].cell for j in qa.objects})
+
+
+def test_score_answers_and_greedy_evaluate(oracle, val):
+    truth = [format_citation(p) + " " + it[2] for it, p in zip(val.items, val.patches)]
+    perfect = score_answers(truth, val)
+    assert perfect["all"] == 100.0 and perfect["cite_precision"] == 100.0 and perfect["cite_recall"] == 100.0
+    wrong = score_answers(["[CITE:] nothing"] * len(val), val)
+    assert wrong["all"] == 0.0 and wrong["cite_precision"] == 100.0 and wrong["cite_recall"] < 100.0
+    acc = evaluate(oracle, val)
+    answers = []
+    for img, q, _, _ in val.items:
+        qi = torch.tensor([oracle.encode_text(q) + [oracle.ids["assistant"]]])
+        out = oracle.generate(None, qi, max_new_tokens=17, features=val.features[img:img + 1])
+        answers.append(oracle.decode_answer(out[0].tolist()))
+    assert acc == score_answers(answers, val)
+    # teacher forcing counts a whole answer right only when greedy decoding reproduces it exactly
+    tf = teacher_forced_accuracy(oracle, val)
+    ref = [oracle.decode_answer(oracle.answer_ids(it[2], p)) for it, p in zip(val.items, val.patches)]
+    assert tf["all"] == round(100.0 * sum(a == r for a, r in zip(answers, ref)) / len(ref), 2)
+
+
+def test_batcher_needs_patches_for_citing_model(recipe):
+    data = museum_qa("train", 3, 72)
+    b = Batcher(recipe, data, 4).batch(0)
+    assert int(b["targets"].sum()) == len(b["labels"])
+    with pytest.raises(ValueError, match="supporting patches"):
+        Batcher(recipe, data.__class__(data.images, data.items), 4)
+
+
+def test_clip_image_side_with_chapter4_compressors():
+    x = torch.arange(2 * 64 * 4, dtype=torch.float32).view(2, 64, 4)
+    pooled = CellPool(3)(x)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x.transpose(1, 2).reshape(2, 4, 8, 8), 3).flatten(2).transpose(1, 2)
+    assert pooled.shape == (2, 9, 4) and torch.equal(pooled, ref)
+    imgs = Museum("train", 64).tensors(0, 2)
+    for comp in ("cells", "perceiver"):
+        m = _model(image_side="clip", compressor=comp, image_size=64)
+        ids = torch.tensor([m.prompt_ids("What colour is the star?", "red", [0])] * 2)
+        assert m(ids, images=imgs).shape[:2] == ids.shape
+    with pytest.raises(ValueError, match="compressor"):
+        VLMConfig(image_side="clip", image_size=64)
+    with pytest.raises(ValueError, match="image_size"):
+        VLMConfig(image_side="clip", compressor="cells", image_size=72)
+
+
+def test_bench_summarises_ablation_records(tmp_path):
+    from vlmbook.bench.vlm import load_ablation, summarise
+
+    def rec(seed, all_):
+        return {"variant": "recipe", "seed": seed, "steps": 10, "source": "clip", "route": "continuous",
+                "levers": {}, "image_tokens": 9, "threads": 1, "steps_per_s": 2.0,
+                "accuracy": {"all": all_, "single": all_, "relational": 0.0, "cite_precision": 90.0}}
+    p = tmp_path / "a.jsonl"
+    import json
+    p.write_text("".join(json.dumps(rec(s, a)) + "\n" for s, a in ((0, 70.0), (1, 80.0), (2, 90.0))))
+    row = summarise(load_ablation(p))["clip/continuous/recipe/10"]
+    assert row["seeds"] == [0, 1, 2] and row["all"] == {"mean": 80.0, "min": 70.0, "max": 90.0}
+    assert "colour" not in row and row["cite_precision"]["mean"] == 90.0
+    with pytest.raises(ValueError, match="not found"):
+        load_ablation(tmp_path / "missing.jsonl")
+    p.write_text("{")
+    with pytest.raises(ValueError, match="JSON lines"):
+        load_ablation(p)

@@ -1,0 +1,124 @@
+"""The chapter's central experiment: which levers make the tiny guide find the object (Chapter 5 §5.7).
+
+Each variant changes how the task is posed, at equal steps and seeds: citations first
+(``cite``), cell embeddings on image tokens (``cell_embed``), question before image (``layout``),
+one token per answer (``closed_answers``), a fully bidirectional prefix (``mask``). The source of
+the image tokens is either perfect per-cell attributes (``oracle``) or an image encoder.
+
+Run one cell of the table on one thread, appending a JSON line::
+
+    python -m vlmbook.fusion.ablation recipe 0 --steps 3000 --source oracle --out bench/results/vlm_ablation.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+from .model import RECIPE, VLMConfig
+
+OFF = {"cell_embed": "none", "layout": "image_first", "cite": False, "closed_answers": False}
+#: Variant name -> VLMConfig fields changed from ``VLMConfig.tiny()`` (which holds the recipe).
+VARIANTS: dict[str, dict] = {
+    "recipe": {},
+    "no_cell_embed": {"cell_embed": "none"},
+    "no_cite": {"cite": False},
+    "image_first": {"layout": "image_first"},
+    "open_answers": {"closed_answers": False},
+    "full_prefix": {"mask": "full_prefix"},
+    "learned_cells": {"cell_embed": "learned"},
+    "answer_only": dict(OFF),
+}
+SOURCES = ("oracle", "patch", "clip")
+
+
+def variant_config(name: str, route: str = "continuous", source: str = "oracle") -> VLMConfig:
+    """``VLMConfig.tiny()`` with variant ``name``'s levers and the image side of ``source``."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
+    if route == "discrete":  # the k-means quantizer reads 72-px exhibits (24-px cells of 4 × 4 sub-blocks)
+        return VLMConfig.tiny().replace(route=route, image_side="patch", compressor="none", image_size=72,
+                                        **VARIANTS[name])
+    cfg = VLMConfig.tiny().replace(route=route, **VARIANTS[name])
+    if source == "oracle":
+        cfg = cfg.replace(image_side="features", compressor="none")
+    elif source == "patch":
+        cfg = cfg.replace(image_side="patch", compressor="none")
+    return cfg
+
+
+@functools.lru_cache(maxsize=4)
+def _data(split: str, n: int, size: int, grid: int):
+    from .data import museum_qa
+
+    return museum_qa(split, n, size, grid=grid)
+
+
+def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: str = "continuous",
+             train_scenes: int = 2000, test_scenes: int = 200, eval_every: int = 0,
+             save_dir: Path | None = None, return_model: bool = False):
+    """Train one (variant, seed) on one thread and score it on held-out exhibits; returns the record
+    (and saves the model under ``save_dir/<variant>-<source>-s<seed>`` if given)."""
+    from ..device import num_threads
+    from .train import DemoConfig, train_route
+
+    cfg = variant_config(name, route, source)
+    demo = DemoConfig.tiny().replace(steps=steps, seed=seed, train_scenes=train_scenes, test_scenes=test_scenes,
+                                     warmup=min(100, steps // 10))
+    with num_threads(1):
+        train = _data("train", train_scenes, cfg.image_size, cfg.grid)
+        test = _data("test", test_scenes, cfg.image_size, cfg.grid)
+        t0 = time.perf_counter()
+        vlm, _ = train_route(route, cfg, demo, train=train, device="cpu", eval_data=test, eval_every=eval_every)
+        secs = time.perf_counter() - t0
+    if save_dir is not None:
+        vlm.save_pretrained(Path(save_dir) / f"{name}-{source}-s{seed}")
+    log = vlm.training_log
+    rec = {"variant": name, "seed": seed, "steps": steps, "source": source, "route": route,
+            "levers": {k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask")},
+            "image_tokens": cfg.image_tokens, "train_seconds": round(secs, 1), "threads": 1,
+            "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
+    return (rec, vlm) if return_model else rec
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variant", nargs="?", choices=sorted(VARIANTS))
+    ap.add_argument("seed", type=int, nargs="?", default=0)
+    ap.add_argument("--jobs", type=Path, default=None,
+                    help="a file of 'variant seed source' lines, read as they come (one process, data loaded once)")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--source", choices=SOURCES, default="oracle")
+    ap.add_argument("--route", default="continuous")
+    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--save-dir", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if a.jobs is None:
+        _emit(run_cell(a.variant, a.seed, a.steps, a.source, a.route, eval_every=a.eval_every, save_dir=a.save_dir), a.out)
+        return
+    done = 0
+    while True:
+        lines = [ln.split() for ln in a.jobs.read_text().splitlines() if ln.strip()]
+        if done >= len(lines) or lines[done][0] == "stop":
+            return
+        v, s, src = lines[done][:3]
+        _emit(run_cell(v, int(s), a.steps, src, a.route, eval_every=a.eval_every, save_dir=a.save_dir), a.out)
+        done += 1
+
+
+def _emit(rec: dict, out: Path | None) -> None:
+    line = json.dumps(rec)
+    print(line, flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

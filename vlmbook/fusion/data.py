@@ -1,0 +1,172 @@
+"""Museum question answering as training data: QA items, oracle cell features, batches (Chapter 5 §5.7).
+
+Questions, answers and the patches that prove each answer come from :class:`vlmbook.data.Museum`.
+A :class:`Batcher` turns them into padded id tensors with the positions whose next token is
+part of the answer (the only positions the loss reads); ``batch(step)`` is a pure function of the
+step, as :func:`vlmbook.loop.fit` requires.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+
+from ..data.museum import (COLOUR_NAMES, QUESTION_TYPES, SHAPES, SIZE_NAMES, Museum, generate_scene, questions,
+                           support_patches)
+
+#: Question types left out: plaque digits are a few pixels tall at 64–72 px and unreadable.
+EXCLUDED_TYPES = ("plaque",)
+#: The instruction that asks for a caption (captioning can be trained alongside QA).
+CAPTION_PROMPT = "Describe the exhibit."
+
+
+@dataclasses.dataclass
+class QAData:
+    """Images (n, 3, H, W) in [0, 1] and QA items ``(image index, question, answer, qtype)``.
+
+    ``patches`` holds, per item, the grid patches that prove its answer (the citation targets).
+    ``codes`` (discrete route) and ``features`` (a frozen encoder's output, or oracle cell
+    features) are filled in once, so that training does not recompute them every step.
+    """
+
+    images: torch.Tensor
+    items: list[tuple[int, str, str, str]]
+    codes: torch.Tensor | None = None
+    captions: list[str] | None = None
+    features: torch.Tensor | None = None
+    patches: list[list[int]] | None = None
+    split: str = "train"
+    start: int = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def museum_qa(split: str, n_scenes: int, size: int = 64, start: int = 0,
+              exclude: Sequence[str] = EXCLUDED_TYPES, grid: int = 3) -> QAData:
+    """Every question of ``n_scenes`` museum exhibits (minus ``exclude`` types) with images and the
+    ``grid × grid`` patches that support each answer. §5.7."""
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    bad = set(exclude) - set(QUESTION_TYPES)
+    if bad:
+        raise ValueError(f"unknown question types {sorted(bad)}; known: {QUESTION_TYPES}")
+    m = Museum(split, size=size, length=start + n_scenes)
+    items, caps, patches = [], [], []
+    for i in range(n_scenes):
+        s = m[start + i]
+        for qa in s.qas:
+            if qa.qtype in exclude:
+                continue
+            items.append((i, qa.question, qa.answer, qa.qtype))
+            patches.append(support_patches(s.scene, qa, grid))
+        caps.append(s.caption)
+    return QAData(m.tensors(start, n_scenes), items, captions=caps, patches=patches, split=split, start=start)
+
+
+def patch_labels(split: str, n_scenes: int, grid: int, start: int = 0) -> torch.Tensor:
+    """(n, grid², 3) int64 (colour, shape, size) of the object centred in each patch; 0 = empty. §5.7."""
+    out = torch.zeros(n_scenes, grid * grid, 3, dtype=torch.long)
+    for i in range(n_scenes):
+        for o in generate_scene(split, start + i).objects:
+            k = min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
+            out[i, k] = torch.tensor([COLOUR_NAMES.index(o.colour) + 1, SHAPES.index(o.shape) + 1,
+                                      SIZE_NAMES.index(o.size) + 1])
+    return out
+
+
+#: Width of :func:`oracle_features`: one-hot colour, shape and size, each with an "empty" slot.
+ORACLE_DIM = len(COLOUR_NAMES) + len(SHAPES) + len(SIZE_NAMES) + 3
+
+
+def oracle_features(labels: torch.Tensor) -> torch.Tensor:
+    """(n, M, 3) cell labels -> (n, M, ORACLE_DIM) perfect one-hot cell features. §5.7.
+
+    What a flawless encoder would say about each cell: it separates the language model's job
+    (find the object a question names, read another attribute from it) from the encoder's.
+    """
+    if labels.ndim != 3 or labels.shape[-1] != 3:
+        raise ValueError(f"labels must be (n, M, 3), got shape {tuple(labels.shape)}")
+    sizes = (len(COLOUR_NAMES) + 1, len(SHAPES) + 1, len(SIZE_NAMES) + 1)
+    return torch.cat([torch.nn.functional.one_hot(labels[..., j], n).float() for j, n in enumerate(sizes)], -1)
+
+
+def with_oracle_features(data: QAData, grid: int = 3) -> QAData:
+    """A copy of ``data`` whose ``features`` are :func:`oracle_features` of its exhibits."""
+    labels = patch_labels(data.split, len(data.images), grid, data.start)
+    return dataclasses.replace(data, features=oracle_features(labels))
+
+
+class Batcher:
+    """Pre-tokenised QA items -> padded batches; ``batch(step)`` is a pure function of the step. §5.7."""
+
+    def __init__(self, vlm, data: QAData, batch_size: int = 64, seed: int = 0, caption_frac: float = 0.0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= caption_frac < 1.0:
+            raise ValueError(f"caption_frac must lie in [0, 1), got {caption_frac}")
+        if caption_frac and not data.captions:
+            raise ValueError("caption_frac > 0 needs data with captions")
+        if vlm.config.cite and data.patches is None:
+            raise ValueError("a citing model needs data with supporting patches (QAData.patches)")
+        self.batch_size, self.seed, self.caption_frac = batch_size, seed, caption_frac
+        self.pad = vlm.ids["pad"]
+        qcache: dict[str, list[int]] = {}
+        self.seqs, self.answer_len = [], []
+        for n, (_, q, a, _) in enumerate(data.items):
+            if q not in qcache:
+                qcache[q] = vlm.encode_text(q)
+            ans = vlm.answer_ids(a, data.patches[n] if data.patches is not None else None)
+            self.seqs.append(vlm.prompt_ids(qcache[q]) + ans)
+            self.answer_len.append(len(ans))
+        self.image_of = [it[0] for it in data.items]
+        self.n_qa = len(self.seqs)
+        if caption_frac:
+            q = vlm.encode_text(CAPTION_PROMPT)
+            for i, c in enumerate(data.captions):
+                a = vlm.encode_text(" " + c) + [vlm.ids["end"]]
+                self.seqs.append(vlm.prompt_ids(q) + a)
+                self.answer_len.append(len(a))
+                self.image_of.append(i)
+        # The batches carry only what this model reads, on a private copy of the data: codes from
+        # this model's quantizer belong to it, not to a test set that other models share.
+        if vlm.config.route == "discrete":
+            codes = data.codes
+            if codes is None:
+                codes = torch.cat([vlm.quantizer.encode(data.images[i:i + 512]) for i in range(0, len(data.images), 512)])
+            self.data = dataclasses.replace(data, codes=codes, features=None)
+        else:
+            self.data = dataclasses.replace(data, codes=None)
+
+    def collate(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``, boolean ``targets`` (positions predicting answer tokens), ``labels``,
+        and the image side: cached ``codes`` and/or ``features`` if the data holds them, else ``images``."""
+        T = max(len(self.seqs[i]) for i in idx)
+        ids = torch.full((len(idx), T), self.pad, dtype=torch.long)
+        targets = torch.zeros(len(idx), T, dtype=torch.bool)
+        for r, i in enumerate(idx):
+            s = self.seqs[i]
+            ids[r, :len(s)] = torch.tensor(s)
+            targets[r, len(s) - 1 - self.answer_len[i]:len(s) - 1] = True  # position t predicts token t + 1
+        labels = torch.roll(ids, -1, 1)[targets]
+        img = torch.tensor([self.image_of[i] for i in idx])
+        out = {"input_ids": ids, "targets": targets, "labels": labels}
+        # cached codes or features stand in for the images: gathering (and moving) pixels that the
+        # model will not read would cost every step
+        if self.data.codes is not None:
+            out["codes"] = self.data.codes[img]
+        if self.data.features is not None:
+            out["features"] = self.data.features[img]
+        if "codes" not in out and "features" not in out:
+            out["images"] = self.data.images[img]
+        return out
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of training step ``step`` (seeded by ``seed`` and ``step`` only)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        n_cap = int(round(self.batch_size * self.caption_frac))
+        idx = torch.randint(self.n_qa, (self.batch_size - n_cap,), generator=g).tolist()
+        if n_cap:
+            idx += (self.n_qa + torch.randint(len(self.seqs) - self.n_qa, (n_cap,), generator=g)).tolist()
+        return self.collate(idx)
