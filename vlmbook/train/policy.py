@@ -16,7 +16,7 @@ from torch import nn
 
 from ..fusion.model import VisionLanguageModel
 from .losses import IGNORE, sequence_logprobs, token_logprobs
-from .sft import ChatTemplate, Turn
+from .sft import ChatTemplate, LoRAHandle, Turn, apply_lora
 
 
 @dataclasses.dataclass
@@ -57,6 +57,19 @@ class VLMPolicy:
     def language_model(self) -> nn.Module:
         """The causal LM inside the VLM (where LoRA goes; never the vision tower)."""
         return self.module.lm
+
+    def add_lora(self, r: int = 8, alpha: int = 16, targets: Sequence[str] = ("q_proj", "v_proj"),
+                 train_projector: bool = True, seed: int = 0) -> LoRAHandle:
+        """Stage 1 with LoRA: adapters on the LM (via peft), vision side frozen, projector optionally trained. §6.2."""
+        vlm = self.module
+        handle = apply_lora(vlm.lm, r, alpha, targets, seed=seed)
+        for name in ("encoder", "quantizer", "compressor"):
+            part = getattr(vlm, name, None)
+            if part is not None:
+                freeze(part)
+        if vlm.projector is not None:
+            vlm.projector.requires_grad_(train_projector)
+        return handle
 
     def check_compatible(self, other: "VLMPolicy") -> None:
         """Raise ``ValueError`` unless ``other`` (a reference or teacher) shares this model's vocabulary."""

@@ -9,7 +9,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import warnings
 from typing import Sequence
 
 import torch
@@ -195,6 +197,14 @@ class LoRAHandle:
         return self.peft_model.merge_and_unload()
 
 
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft itself reads transformers' deprecated ``is_gradient_checkpointing``; that is peft's call, not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
+        yield
+
+
 def _check_targets(lm: nn.Module, targets: Sequence[str]) -> None:
     leaf_names = {n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)}
     missing = [t for t in targets if t not in leaf_names]
@@ -215,7 +225,7 @@ def apply_lora(lm: nn.Module, r: int = 8, alpha: int = 16, targets: Sequence[str
         raise ValueError(f"need r >= 1 and alpha > 0, got r={r}, alpha={alpha}")
     _check_targets(lm, targets)
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout, bias="none")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_peft():
         torch.manual_seed(seed)
         peft_model = get_peft_model(lm, cfg)
     return LoRAHandle(peft_model)
@@ -225,7 +235,8 @@ def load_lora(lm: nn.Module, path) -> LoRAHandle:
     """Re-attach an adapter saved by :meth:`LoRAHandle.save` to a fresh copy of the same LM, in place."""
     from peft import PeftModel
 
-    return LoRAHandle(PeftModel.from_pretrained(lm, str(path)))
+    with _quiet_peft():
+        return LoRAHandle(PeftModel.from_pretrained(lm, str(path)))
 
 
 def trainable_fraction(model: nn.Module) -> float:
