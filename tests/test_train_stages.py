@@ -87,3 +87,66 @@ def test_int8_guide_is_smaller_and_close(ex):
     assert float((a - c).abs().max()) < 0.05 * float(a.abs().max())
     t = prompt_cache_ttft(p, ex.images[0], ex.items[0][1].question, repeats=2)
     assert t["ttft_ms"] > 0 and t["ttft_cached_ms"] > 0
+
+
+def test_ppo_and_grpo_steps_update_the_policy_and_track_kl(ex):
+    from vlmbook.train import AdaptiveKLController, ValueHead
+    from vlmbook.train.stages import grpo_step, ppo_step
+
+    p = _policy()
+    ref = VLMPolicy(copy.deepcopy(p.module))
+    vh = ValueHead(p.hidden_size)
+    opt = torch.optim.Adam(list(p.module.lm.parameters()) + list(vh.parameters()), lr=1e-3)
+    ctl = AdaptiveKLController(0.1, target=1.0, horizon=10)
+    items = ex.items[:4]
+    before = {k: v.clone() for k, v in p.module.lm.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    s = ppo_step(p, ref, vh, opt, ex, items, ctl, g, epochs=2)
+    assert {"score", "kl", "beta", "clipfrac"} <= set(s)
+    assert abs(s["kl"]) < 1e-4  # policy == reference when the answers were sampled
+    assert s["beta"] != 0.1  # the controller moved (KL far below target lowers beta)
+    assert any(not torch.equal(v, p.module.lm.state_dict()[k]) for k, v in before.items())
+    assert any(float(x.detach().abs().sum()) > 0 for x in vh.parameters())  # the value head learned something
+    s2 = ppo_step(p, ref, vh, opt, ex, items, ctl, g, epochs=1)
+    assert s2["kl"] != 0
+    opt2 = torch.optim.Adam(p.module.lm.parameters(), lr=1e-3)
+    s3 = grpo_step(p, ref, opt2, ex, items[:2], g, group=3)
+    assert {"score", "kl", "clipfrac"} <= set(s3)
+
+
+def test_distillation_student_is_half_size_and_approaches_the_teacher(ex):
+    from vlmbook.train.stages import distill, half_size_student
+
+    t = _policy()
+    s = half_size_student(t)
+    n_t = sum(p.numel() for p in t.module.lm.model.layers.parameters())
+    n_s = sum(p.numel() for p in s.module.lm.model.layers.parameters())
+    assert n_s * 2 == n_t
+    examples = sft_examples(t, ex)
+    train_sft(t, examples, ex.images, steps=8, batch_size=8, lrs={"lm": 3e-3, "projector": 3e-3, "encoder": 0.0})
+    b = s.collate(examples[:8], ex.images)
+
+    def gap():
+        with torch.no_grad():
+            a, labels = s.logits(b)
+            c, _ = t.logits(b)
+        from vlmbook.train import distill_loss
+
+        return float(distill_loss(a, c, 2.0, labels != -100))
+
+    g0 = gap()
+    hist = distill(s, t, examples[:8], ex.images, steps=8, batch_size=8, lr=1e-3, alpha=1.0)
+    assert gap() < g0 and "kd" in hist[0]
+
+
+def test_chapter6_figures():
+    from vlmbook.plot import to_png
+    from vlmbook.plot.train import self_consistency_figure, stages_figure
+
+    fig = stages_figure({"SFT": {"accuracy": 60.0, "citation_precision": 40.0},
+                         "DPO": {"accuracy": 59.0, "citation_precision": 70.0}})
+    assert to_png(fig)[:4] == b"\x89PNG"
+    assert len(fig.axes[0].patches) == 4
+    with pytest.raises(ValueError, match="lacks"):
+        stages_figure({"SFT": {"accuracy": 1.0}})
+    assert to_png(self_consistency_figure({1: 50.0, 5: 55.0, 9: 56.0}))[:4] == b"\x89PNG"

@@ -18,9 +18,10 @@ from ..data.museum import Museum, QA, Scene, preference_pairs, questions, suppor
 from ..fusion.grounding import parse_citations
 from ..loop import LoopConfig
 from .consistency import majority_vote, normalise_answer
-from .losses import dpo_loss, pairwise_accuracy, reward_loss, sft_loss
+from .losses import distill_loss, dpo_loss, pairwise_accuracy, reward_loss, sft_loss
 from .policy import Example, VLMPolicy, freeze
-from .ppo import citation_precision_of
+from .ppo import (ValueHead, citation_precision_of, gae, group_relative_advantages, kl_penalty, masked_mean,
+                  ppo_policy_loss, ppo_value_loss, shaped_rewards, shaped_score, whiten)
 from .quant import linear_bytes, model_bytes, quantize_linear_layers
 from .reward import RewardModel
 from .runner import fit_groups
@@ -292,3 +293,112 @@ def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, rep
         warm.append(time.perf_counter() - t0)
     med = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
     return {"ttft_ms": round(med(cold), 3), "ttft_cached_ms": round(med(warm), 3), "repeats": repeats}
+
+
+# -- stage 2, online: PPO and the group-relative variant ----------------------------------------------
+def _answer_rewards(policy: VLMPolicy, ex: Exhibits, items: Sequence[tuple[int, QA]], answers: Sequence[str],
+                    precision_weight: float) -> torch.Tensor:
+    grid = policy.module.config.grid
+    out = []
+    for (i, qa), a in zip(items, answers):
+        text, cited = parse_citations(a)
+        ok = normalise_answer(text) == qa.answer.lower()
+        out.append(shaped_score(ok, [c for c in cited if c < grid * grid], support_patches(ex.scenes[i], qa, grid),
+                                precision_weight))
+    return torch.tensor(out)
+
+
+def ppo_step(policy: VLMPolicy, ref: VLMPolicy, value_head: ValueHead, opt: torch.optim.Optimizer, ex: Exhibits,
+             items: Sequence[tuple[int, QA]], kl_ctl, generator: torch.Generator, epochs: int = 2,
+             precision_weight: float = 0.5, vf_coef: float = 0.5, temperature: float = 1.0) -> dict:
+    """One PPO iteration: sample answers, score them, KL-shape, GAE, ``epochs`` clipped updates. §6.4."""
+    answers = answer_all(policy, ex, items, do_sample=True, temperature=temperature, generator=generator)
+    score = _answer_rewards(policy, ex, items, answers, precision_weight)
+    batch = policy.collate([policy.response(qa.question, a, i) for (i, qa), a in zip(items, answers)], ex.images)
+    with torch.no_grad():
+        old_lp, mask = policy.token_logprobs(batch)
+        ref_lp, _ = ref.token_logprobs(batch)
+        old_v = value_head(policy.hidden(batch)[:, :-1])
+        rewards, kl = shaped_rewards(score, old_lp, ref_lp, mask, kl_ctl.value)
+        adv, ret = gae(rewards, old_v, mask, gamma=1.0, lam=0.95)
+        adv = whiten(adv, mask)
+    policy.module.train()
+    stats = {}
+    for _ in range(epochs):
+        lp, _ = policy.token_logprobs(batch)
+        v = value_head(policy.hidden(batch)[:, :-1])
+        pl, stats = ppo_policy_loss(lp, old_lp, adv, mask)
+        loss = pl + vf_coef * ppo_value_loss(v, old_v, ret, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    policy.module.eval()
+    seq_kl = float((kl * mask).sum(1).mean())
+    kl_ctl.update(seq_kl, len(items))
+    return {"score": float(score.mean()), "kl": seq_kl, "beta": kl_ctl.value, **stats}
+
+
+def grpo_step(policy: VLMPolicy, ref: VLMPolicy, opt: torch.optim.Optimizer, ex: Exhibits,
+              items: Sequence[tuple[int, QA]], generator: torch.Generator, group: int = 4, beta: float = 0.04,
+              precision_weight: float = 0.5, temperature: float = 1.0) -> dict:
+    """One group-relative step (GRPO-style): G answers per question, advantages within the group, k3 KL. §6.4."""
+    rep = [it for it in items for _ in range(group)]
+    answers = answer_all(policy, ex, rep, do_sample=True, temperature=temperature, generator=generator)
+    score = _answer_rewards(policy, ex, rep, answers, precision_weight)
+    adv = group_relative_advantages(score.view(len(items), group)).reshape(-1)
+    batch = policy.collate([policy.response(qa.question, a, i) for (i, qa), a in zip(rep, answers)], ex.images)
+    with torch.no_grad():
+        old_lp, mask = policy.token_logprobs(batch)
+        ref_lp, _ = ref.token_logprobs(batch)
+    policy.module.train()
+    lp, _ = policy.token_logprobs(batch)
+    pl, stats = ppo_policy_loss(lp, old_lp, adv[:, None].expand_as(lp), mask)
+    kl = masked_mean(kl_penalty(lp, ref_lp, "k3"), mask)
+    loss = pl + beta * kl
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    policy.module.eval()
+    return {"score": float(score.mean()), "kl": float(kl.detach()), **stats}
+
+
+# -- stage 3: distillation -------------------------------------------------------------------------
+def half_size_student(teacher: VLMPolicy, seed: int = 0) -> VLMPolicy:
+    """A fresh VLM with half the teacher's LM layers (same tokenizer, so the logits are comparable). §6.5."""
+    from ..fusion.model import VisionLanguageModel
+
+    cfg = teacher.module.config.replace(layers=max(1, teacher.module.config.layers // 2), seed=seed)
+    student = VLMPolicy(VisionLanguageModel(cfg).eval())
+    teacher.check_compatible(student)
+    # the image side is not what distillation studies: start the student's from the teacher's
+    for name in ("encoder", "projector", "quantizer"):
+        t, s = getattr(teacher.module, name, None), getattr(student.module, name, None)
+        if t is not None and s is not None:
+            s.load_state_dict(t.state_dict())
+    return student
+
+
+def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example], images: torch.Tensor, steps: int,
+            temperature: float = 2.0, alpha: float = 0.5, batch_size: int = 32, lr: float = 1e-3,
+            seed: int = 0) -> list[dict]:
+    """Train ``student`` on ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at answer positions. §6.5."""
+    teacher.check_compatible(student)
+    freeze(teacher.module)
+    vlm = student.module
+    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+
+    def batch(step):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return student.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
+                               images)
+
+    def loss_fn(model, b, step):
+        logits, labels = student.logits(b)
+        with torch.no_grad():
+            t_logits, _ = teacher.logits(b)
+        m = labels != -100
+        kd = distill_loss(logits, t_logits, temperature, m)
+        return alpha * kd + (1 - alpha) * sft_loss(logits, labels), {"kd": float(kd.detach())}
+
+    return fit_groups(vlm, loss_fn, batch, LoopConfig(steps=steps, lr=lr, seed=seed, log_every=max(1, steps // 10)),
+                      groups, desc="distill")
