@@ -1,0 +1,101 @@
+"""Post-training int8 weight quantisation of linear layers, per output channel, symmetric (Chapter 6 §6.6).
+
+``w ≈ s · q`` with ``q ∈ {−127 … 127}`` (int8) and one float scale ``s = max|w_row| / 127`` per
+output row: a row's outliers only cost that row precision. Activations stay in floating point
+(weight-only quantisation, as in LLM.int8()'s int8 storage without its outlier decomposition).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> ``(q, scale)``: (out, in) int8 and (out,) float32, symmetric per row. §6.6."""
+    if w.ndim != 2 or w.numel() == 0:
+        raise ValueError(f"need a non-empty (out, in) weight, got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError("weight holds NaN or inf")
+    w = w.detach().float()
+    scale = w.abs().amax(1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays exactly zero
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(out, in) int8, (out,) scales -> (out, in) float32 weight."""
+    return q.float() * scale[:, None]
+
+
+class Int8Linear(nn.Module):
+    """A linear layer whose weight is stored as int8 + per-row scales; (…, in) -> (…, out). §6.6."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        q, s = quantize_per_channel(linear.weight)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", s)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (x · qᵀ) · s == x · (s·q)ᵀ: the scale can be applied to the output instead of the weight
+        y = F.linear(x.float(), self.weight_int8.float()) * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_linear_layers(model: nn.Module, skip: Iterable[str] = (), inplace: bool = False) -> tuple[nn.Module, list[str]]:
+    """Replace every ``nn.Linear`` (names not in ``skip``) by :class:`Int8Linear`; returns ``(model, names)``. §6.6.
+
+    A linear layer whose weight is shared with another module (a tied LM head) is skipped: its
+    float copy is kept anyway, so quantising it would add bytes instead of saving them.
+    """
+    skip = set(skip)
+    m = model if inplace else copy.deepcopy(model)
+    counts: dict[int, int] = {}
+    for _, p in m.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    names = []
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, nn.Linear) and name not in skip and counts.get(id(mod.weight), 0) == 1:
+            parent_name, _, child = name.rpartition(".")
+            parent = m.get_submodule(parent_name) if parent_name else m
+            setattr(parent, child, Int8Linear(mod))
+            names.append(name)
+    unknown = skip - {n for n, _ in m.named_modules()}
+    if unknown:
+        raise ValueError(f"skip names modules that do not exist: {sorted(unknown)}")
+    if not names:
+        raise ValueError("no nn.Linear layer to quantise")
+    return m, names
+
+
+def model_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, each shared tensor counted once. §6.6."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def linear_bytes(module: nn.Module) -> int:
+    """Bytes held by the weights, scales and biases of its ``nn.Linear`` and :class:`Int8Linear` layers. §6.6."""
+    total = 0
+    for mod in module.modules():
+        if isinstance(mod, (nn.Linear, Int8Linear)):
+            total += model_bytes(mod)
+    return total

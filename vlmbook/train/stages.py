@@ -1,0 +1,404 @@
+"""The stages at toy scale on one ``VisionLanguageModel``: data, drivers and measurements (Chapter 6).
+
+Each driver takes a :class:`~vlmbook.train.policy.VLMPolicy` and plain data, trains with the
+losses of this package, and returns numbers measured on held-out exhibits: answer accuracy,
+citation precision, reward-model pairwise accuracy, KL to the reference, sizes and latencies.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+
+from ..data.museum import Museum, QA, Scene, preference_pairs, questions, support_patches
+from ..fusion.grounding import parse_citations
+from ..loop import LoopConfig
+from .consistency import majority_vote, normalise_answer
+from .losses import distill_loss, dpo_loss, pairwise_accuracy, reward_loss, sft_loss
+from .policy import Example, VLMPolicy, freeze
+from .ppo import (ValueHead, citation_precision_of, gae, group_relative_advantages, kl_penalty, masked_mean,
+                  ppo_policy_loss, ppo_value_loss, shaped_rewards, shaped_score, whiten)
+from .quant import linear_bytes, model_bytes, quantize_linear_layers
+from .reward import RewardModel
+from .runner import fit_groups
+from .sft import freeze_all_but, param_groups
+
+EXCLUDED = ("plaque",)  # plaque digits are unreadable at 72 px (as in Chapter 5)
+
+
+@dataclasses.dataclass
+class Exhibits:
+    """Images (n, 3, H, W), their scenes and captions, and the QA items ``(image index, QA)``."""
+
+    images: torch.Tensor
+    scenes: list[Scene]
+    captions: list[str]
+    items: list[tuple[int, QA]]
+
+
+def exhibits(split: str, n_scenes: int, size: int, start: int = 0) -> Exhibits:
+    """``n_scenes`` museum exhibits of ``split`` with every question except plaque ones."""
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    m = Museum(split, size=size, length=start + n_scenes)
+    scenes, caps, items = [], [], []
+    for i in range(n_scenes):
+        s = m[start + i]
+        scenes.append(s.scene)
+        caps.append(s.caption)
+        items += [(i, qa) for qa in s.qas if qa.qtype not in EXCLUDED]
+    return Exhibits(m.tensors(start, n_scenes), scenes, caps, items)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+@torch.no_grad()
+def answer_all(policy: VLMPolicy, ex: Exhibits, items: Sequence[tuple[int, QA]] | None = None,
+               do_sample: bool = False, temperature: float = 1.0, generator: torch.Generator | None = None,
+               max_new_tokens: int = 16) -> list[str]:
+    """One generated answer text per item, batched by question length (the model's generate needs one)."""
+    items = ex.items if items is None else items
+    groups: dict[int, list[int]] = defaultdict(list)
+    for k, (_, qa) in enumerate(items):
+        groups[len(policy.encode(qa.question))].append(k)
+    out: list[str] = [""] * len(items)
+    policy.module.eval()
+    for ks in groups.values():
+        for s in range(0, len(ks), 128):
+            chunk = ks[s:s + 128]
+            imgs = ex.images[torch.tensor([items[k][0] for k in chunk])]
+            texts = policy.sample(imgs, [items[k][1].question for k in chunk], max_new_tokens, do_sample,
+                                  temperature, generator)
+            for k, t in zip(chunk, texts):
+                out[k] = t
+    return out
+
+
+def score_answers(answers: Sequence[str], ex: Exhibits, grid: int, items: Sequence[tuple[int, QA]] | None = None) -> dict:
+    """Answer texts -> accuracy (%), citation precision (%) and the share of answers that cite (%), by type too.
+
+    Citation precision here is the reward's (:func:`~vlmbook.train.ppo.citation_precision_of`): an
+    answer that cites nothing scores 0 when its evidence exists, 1 when there is none.
+    """
+    items = ex.items if items is None else items
+    rows = defaultdict(list)
+    for a, (i, qa) in zip(answers, items):
+        text, cited = parse_citations(a)
+        ok = normalise_answer(text) == qa.answer.lower()
+        truth = support_patches(ex.scenes[i], qa, grid)
+        prec = citation_precision_of([c for c in cited if c < grid * grid], truth)
+        for key in ("all", qa.qtype):
+            rows[key].append((ok, prec, bool(cited)))
+    return {k: {"accuracy": _pct([r[0] for r in v]), "citation_precision": _pct([r[1] for r in v]),
+                "cites": _pct([r[2] for r in v]), "n": len(v)} for k, v in rows.items()}
+
+
+def evaluate(policy: VLMPolicy, ex: Exhibits, **kw) -> dict:
+    """Greedy answers to every held-out question, scored (see :func:`score_answers`)."""
+    return score_answers(answer_all(policy, ex, **kw), ex, policy.module.config.grid)
+
+
+def _pct(xs) -> float:
+    return round(100.0 * sum(float(x) for x in xs) / max(len(xs), 1), 2)
+
+
+# -- stage 0 and 1 ------------------------------------------------------------------------------
+def sft_examples(policy: VLMPolicy, ex: Exhibits, cite: bool = True, citation_noise: float = 0.0,
+                 seed: int = 0) -> list[Example]:
+    """Chapter 5's answers as SFT examples; ``citation_noise`` drops or swaps citations, as imperfect annotators do."""
+    g = torch.Generator().manual_seed(seed)
+    grid = policy.module.config.grid
+    out = []
+    for i, qa in ex.items:
+        patches = support_patches(ex.scenes[i], qa, grid) if cite else []
+        if patches and float(torch.rand(1, generator=g)) < citation_noise:
+            patches = [] if float(torch.rand(1, generator=g)) < 0.5 else \
+                sorted(torch.randperm(grid * grid, generator=g)[:len(patches)].tolist())
+        ans = " ".join([qa.answer] + [f"[CITE:<v_{k}>]" for k in patches])
+        out.append(policy.response(qa.question, ans, i))
+    return out
+
+
+def train_sft(policy: VLMPolicy, examples: Sequence[Example], images: torch.Tensor, steps: int, batch_size: int = 32,
+              lrs: dict[str, float] | None = None, seed: int = 0) -> list[dict]:
+    """Supervised fine-tuning on ``examples`` (answer tokens only) with per-group learning rates. §6.2."""
+    vlm = policy.module
+    lrs = lrs or {"lm": 1e-3, "projector": 1e-3, "encoder": 0.0}
+    groups = param_groups(vlm, lrs)
+
+    def batch(step):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return policy.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
+                              images)
+
+    def loss_fn(model, b, step):
+        logits, labels = policy.logits(b)
+        return sft_loss(logits, labels)
+
+    return fit_groups(vlm, loss_fn, batch, LoopConfig(steps=steps, lr=1e-3, seed=seed, log_every=max(1, steps // 10)),
+                      groups, desc="sft")
+
+
+def align_projector(policy: VLMPolicy, ex: Exhibits, steps: int, batch_size: int = 32, lr: float = 1e-3,
+                    seed: int = 0) -> list[dict]:
+    """Stage 0 (LLaVA's first stage): LM and encoder frozen, the projector learns to caption. §6.1."""
+    vlm = policy.module
+    freeze_all_but(vlm, ["projector"])
+    examples = [policy.response("Describe the exhibit.", c, i) for i, c in enumerate(ex.captions)]
+    return train_sft(policy, examples, ex.images, steps, batch_size, {"projector": lr, "lm": 0.0, "encoder": 0.0}, seed)
+
+
+# -- stage 2 ------------------------------------------------------------------------------------
+def preference_data(policy: VLMPolicy, ex: Exhibits, kinds: Sequence[str] | None = None) -> list[tuple]:
+    """(chosen, rejected, kind) example pairs from the museum's preference pairs of every item."""
+    grid = policy.module.config.grid
+    out = []
+    for i, qa in ex.items:
+        for p in preference_pairs(ex.scenes[i], qa, grid):
+            if kinds is None or p.kind in kinds:
+                c, r = policy.pair(p.question, p.chosen, p.rejected, i)
+                out.append((c, r, p.kind))
+    if not out:
+        raise ValueError("no preference pairs of the requested kinds")
+    return out
+
+
+def _pair_batch(policy, pairs, idx, images):
+    return policy.collate([pairs[k][0] for k in idx] + [pairs[k][1] for k in idx], images)
+
+
+def train_reward_model(policy: VLMPolicy, pairs: list[tuple], images: torch.Tensor, steps: int,
+                       batch_size: int = 16, lr: float = 1e-3, seed: int = 0) -> tuple[RewardModel, list[dict]]:
+    """Bradley–Terry reward model on (chosen, rejected) pairs; the VLM body trains with the head. §6.3."""
+    rm = RewardModel(policy)
+    freeze_all_but(rm, ["head", "body.lm", "body.projector"])
+
+    def batch(step):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return _pair_batch(policy, pairs, torch.randint(len(pairs), (batch_size,), generator=g).tolist(), images)
+
+    def loss_fn(model, b, step):
+        s = model(b)
+        B = s.shape[0] // 2
+        return reward_loss(s[:B], s[B:]), {"acc": pairwise_accuracy(s[:B].detach(), s[B:].detach())}
+
+    groups = param_groups(rm, {"head": lr, "body.lm": lr, "body.projector": lr, "body.encoder": 0.0})
+    hist = fit_groups(rm, loss_fn, batch, LoopConfig(steps=steps, lr=lr, seed=seed, log_every=max(1, steps // 10)),
+                      groups, desc="reward")
+    return rm, hist
+
+
+@torch.no_grad()
+def reward_accuracy(rm: RewardModel, pairs: list[tuple], images: torch.Tensor, batch_size: int = 64) -> dict:
+    """Held-out pairwise accuracy (%) of a reward model, overall and per kind of flaw."""
+    rm.eval()
+    hits = defaultdict(list)
+    for s in range(0, len(pairs), batch_size):
+        idx = list(range(s, min(s + batch_size, len(pairs))))
+        sc = rm(_pair_batch(rm.policy, pairs, idx, images))
+        B = len(idx)
+        for k, ok in zip(idx, (sc[:B] > sc[B:]).tolist()):
+            hits["all"].append(ok)
+            hits[pairs[k][2]].append(ok)
+    return {k: _pct(v) for k, v in hits.items()}
+
+
+def train_dpo(policy: VLMPolicy, ref: VLMPolicy, pairs: list[tuple], images: torch.Tensor, steps: int,
+              beta: float = 0.1, batch_size: int = 16, lr: float = 3e-4, seed: int = 0) -> list[dict]:
+    """DPO against a frozen reference (same vocabulary) on (chosen, rejected) pairs. §6.4."""
+    policy.check_compatible(ref)
+    freeze(ref.module)
+    vlm = policy.module
+    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+
+    def batch(step):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return _pair_batch(policy, pairs, torch.randint(len(pairs), (batch_size,), generator=g).tolist(), images)
+
+    def loss_fn(model, b, step):
+        lp = policy.sequence_logprobs(b)
+        with torch.no_grad():
+            rl = ref.sequence_logprobs(b)
+        B = lp.shape[0] // 2
+        margin = ((lp[:B] - rl[:B]) - (lp[B:] - rl[B:])).detach()
+        return dpo_loss(lp[:B], lp[B:], rl[:B], rl[B:], beta), {"reward_acc": float((margin > 0).float().mean())}
+
+    return fit_groups(vlm, loss_fn, batch, LoopConfig(steps=steps, lr=lr, seed=seed, log_every=max(1, steps // 10)),
+                      groups, desc="dpo")
+
+
+@torch.no_grad()
+def kl_to_reference(policy: VLMPolicy, ref: VLMPolicy, examples: Sequence[Example], images: torch.Tensor) -> float:
+    """Mean per-token KL(π ‖ π_ref) over the answer positions of ``examples`` (teacher-forced)."""
+    policy.check_compatible(ref)
+    b = policy.collate(list(examples), images)
+    lp, labels = policy.logits(b)
+    lr_, _ = ref.logits(b)
+    m = labels != -100
+    p = lp.float().log_softmax(-1)
+    q = lr_.float().log_softmax(-1)
+    return float((p.exp() * (p - q)).sum(-1)[m].mean())
+
+
+# -- stage 3 ------------------------------------------------------------------------------------
+@torch.no_grad()
+def self_consistency_accuracy(policy: VLMPolicy, ex: Exhibits, ks: Sequence[int] = (1, 5, 9),
+                              temperature: float = 0.7, seed: int = 0) -> dict:
+    """Accuracy (%) of the majority vote over K sampled answers, for each K (the first K of max(ks) draws). §6.5."""
+    g = torch.Generator().manual_seed(seed)
+    draws = [answer_all(policy, ex, do_sample=True, temperature=temperature, generator=g) for _ in range(max(ks))]
+    out = {}
+    for k in ks:
+        votes = [majority_vote([draws[j][n] for j in range(k)])[0] for n in range(len(ex.items))]
+        out[k] = score_answers(votes, ex, policy.module.config.grid)["all"]["accuracy"]
+    return out
+
+
+# -- stage 4 ------------------------------------------------------------------------------------
+def int8_language_model(policy: VLMPolicy) -> tuple[VLMPolicy, dict]:
+    """A copy whose LM linear layers are int8 (per-channel); returns it and the sizes (bytes). §6.6."""
+    vlm = copy.deepcopy(policy.module)
+    before = linear_bytes(vlm.lm)
+    whole_before = model_bytes(vlm.lm)
+    vlm.lm, names = quantize_linear_layers(vlm.lm, inplace=True)
+    orig = dict(policy.module.lm.named_modules())
+    q_before = sum(model_bytes(orig[n]) for n in names)
+    q_after = sum(model_bytes(vlm.lm.get_submodule(n)) for n in names)
+    # the LM head tied to the embeddings is not quantised (see quantize_linear_layers), so the
+    # whole-LM ratio is lower than the ratio over the layers that were quantised
+    return VLMPolicy(vlm), {"lm_linear_bytes_fp32": before, "lm_linear_bytes_int8": linear_bytes(vlm.lm),
+                            "quantised_bytes_fp32": q_before, "quantised_bytes_int8": q_after,
+                            "lm_bytes_fp32": whole_before, "lm_bytes_int8": model_bytes(vlm.lm),
+                            "quantised_layers": len(names)}
+
+
+@torch.no_grad()
+def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, repeats: int = 5) -> dict:
+    """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.6."""
+    vlm = policy.module
+    q = torch.tensor([policy.encode(question) + [vlm.ids["assistant"]]])
+    img = image[None]
+    vlm.generate(img, q, max_new_tokens=1)
+    prefix = vlm.cache_prefix(img)
+    cold, warm = [], []
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        t0 = time.perf_counter()
+        vlm.generate(img, q, max_new_tokens=1)
+        cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        vlm.generate(img, q, max_new_tokens=1, prefix=prefix)
+        warm.append(time.perf_counter() - t0)
+    med = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"ttft_ms": round(med(cold), 3), "ttft_cached_ms": round(med(warm), 3), "repeats": repeats}
+
+
+# -- stage 2, online: PPO and the group-relative variant ----------------------------------------------
+def _answer_rewards(policy: VLMPolicy, ex: Exhibits, items: Sequence[tuple[int, QA]], answers: Sequence[str],
+                    precision_weight: float) -> torch.Tensor:
+    grid = policy.module.config.grid
+    out = []
+    for (i, qa), a in zip(items, answers):
+        text, cited = parse_citations(a)
+        ok = normalise_answer(text) == qa.answer.lower()
+        out.append(shaped_score(ok, [c for c in cited if c < grid * grid], support_patches(ex.scenes[i], qa, grid),
+                                precision_weight))
+    return torch.tensor(out)
+
+
+def ppo_step(policy: VLMPolicy, ref: VLMPolicy, value_head: ValueHead, opt: torch.optim.Optimizer, ex: Exhibits,
+             items: Sequence[tuple[int, QA]], kl_ctl, generator: torch.Generator, epochs: int = 2,
+             precision_weight: float = 0.5, vf_coef: float = 0.5, temperature: float = 1.0) -> dict:
+    """One PPO iteration: sample answers, score them, KL-shape, GAE, ``epochs`` clipped updates. §6.4."""
+    answers = answer_all(policy, ex, items, do_sample=True, temperature=temperature, generator=generator)
+    score = _answer_rewards(policy, ex, items, answers, precision_weight)
+    batch = policy.collate([policy.response(qa.question, a, i) for (i, qa), a in zip(items, answers)], ex.images)
+    with torch.no_grad():
+        old_lp, mask = policy.token_logprobs(batch)
+        ref_lp, _ = ref.token_logprobs(batch)
+        old_v = value_head(policy.hidden(batch)[:, :-1])
+        rewards, kl = shaped_rewards(score, old_lp, ref_lp, mask, kl_ctl.value)
+        adv, ret = gae(rewards, old_v, mask, gamma=1.0, lam=0.95)
+        adv = whiten(adv, mask)
+    policy.module.train()
+    stats = {}
+    for _ in range(epochs):
+        lp, _ = policy.token_logprobs(batch)
+        v = value_head(policy.hidden(batch)[:, :-1])
+        pl, stats = ppo_policy_loss(lp, old_lp, adv, mask)
+        loss = pl + vf_coef * ppo_value_loss(v, old_v, ret, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    policy.module.eval()
+    seq_kl = float((kl * mask).sum(1).mean())
+    kl_ctl.update(seq_kl, len(items))
+    return {"score": float(score.mean()), "kl": seq_kl, "beta": kl_ctl.value, **stats}
+
+
+def grpo_step(policy: VLMPolicy, ref: VLMPolicy, opt: torch.optim.Optimizer, ex: Exhibits,
+              items: Sequence[tuple[int, QA]], generator: torch.Generator, group: int = 4, beta: float = 0.04,
+              precision_weight: float = 0.5, temperature: float = 1.0) -> dict:
+    """One group-relative step (GRPO-style): G answers per question, advantages within the group, k3 KL. §6.4."""
+    rep = [it for it in items for _ in range(group)]
+    answers = answer_all(policy, ex, rep, do_sample=True, temperature=temperature, generator=generator)
+    score = _answer_rewards(policy, ex, rep, answers, precision_weight)
+    adv = group_relative_advantages(score.view(len(items), group)).reshape(-1)
+    batch = policy.collate([policy.response(qa.question, a, i) for (i, qa), a in zip(rep, answers)], ex.images)
+    with torch.no_grad():
+        old_lp, mask = policy.token_logprobs(batch)
+        ref_lp, _ = ref.token_logprobs(batch)
+    policy.module.train()
+    lp, _ = policy.token_logprobs(batch)
+    pl, stats = ppo_policy_loss(lp, old_lp, adv[:, None].expand_as(lp), mask)
+    kl = masked_mean(kl_penalty(lp, ref_lp, "k3"), mask)
+    loss = pl + beta * kl
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    policy.module.eval()
+    return {"score": float(score.mean()), "kl": float(kl.detach()), **stats}
+
+
+# -- stage 3: distillation -------------------------------------------------------------------------
+def half_size_student(teacher: VLMPolicy, seed: int = 0) -> VLMPolicy:
+    """A fresh VLM with half the teacher's LM layers (same tokenizer, so the logits are comparable). §6.5."""
+    from ..fusion.model import VisionLanguageModel
+
+    cfg = teacher.module.config.replace(layers=max(1, teacher.module.config.layers // 2), seed=seed)
+    student = VLMPolicy(VisionLanguageModel(cfg).eval())
+    teacher.check_compatible(student)
+    # the image side is not what distillation studies: start the student's from the teacher's
+    for name in ("encoder", "projector", "quantizer"):
+        t, s = getattr(teacher.module, name, None), getattr(student.module, name, None)
+        if t is not None and s is not None:
+            s.load_state_dict(t.state_dict())
+    return student
+
+
+def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example], images: torch.Tensor, steps: int,
+            temperature: float = 2.0, alpha: float = 0.5, batch_size: int = 32, lr: float = 1e-3,
+            seed: int = 0) -> list[dict]:
+    """Train ``student`` on ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at answer positions. §6.5."""
+    teacher.check_compatible(student)
+    freeze(teacher.module)
+    vlm = student.module
+    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+
+    def batch(step):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return student.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
+                               images)
+
+    def loss_fn(model, b, step):
+        logits, labels = student.logits(b)
+        with torch.no_grad():
+            t_logits, _ = teacher.logits(b)
+        m = labels != -100
+        kd = distill_loss(logits, t_logits, temperature, m)
+        return alpha * kd + (1 - alpha) * sft_loss(logits, labels), {"kd": float(kd.detach())}
+
+    return fit_groups(vlm, loss_fn, batch, LoopConfig(steps=steps, lr=lr, seed=seed, log_every=max(1, steps // 10)),
+                      groups, desc="distill")
