@@ -1,0 +1,14 @@
+"""Chapter 7 — Evaluation: one results schema, statistics that say when a difference is real,
+and an error taxonomy computed from the museum's ground truth."""
+from .adapter import EvalBatch, Prediction, load_model, model_info, parse_output, predict
+from .harness import (EXCLUDED_TYPES, evaluate_model, evaluate_to_file, lookup, majority_predictions, question_id,
+                      score_citations)
+from .schema import (COLUMNS, FIELDS, SCHEMA_VERSION, SchemaError, arrow_schema, concat, make_table,
+                     read_predictions, runs, select_run, validate, write_predictions)
+
+__all__ = [
+    "EvalBatch", "Prediction", "load_model", "model_info", "parse_output", "predict", "EXCLUDED_TYPES",
+    "evaluate_model", "evaluate_to_file", "lookup", "majority_predictions", "question_id", "score_citations",
+    "COLUMNS", "FIELDS", "SCHEMA_VERSION", "SchemaError", "arrow_schema", "concat", "make_table",
+    "read_predictions", "runs", "select_run", "validate", "write_predictions",
+]
