@@ -3,6 +3,7 @@ and an error taxonomy computed from the museum's ground truth."""
 from .adapter import EvalBatch, Prediction, load_model, model_info, parse_output, predict
 from .harness import (EXCLUDED_TYPES, evaluate_model, evaluate_to_file, lookup, majority_predictions, question_id,
                       score_citations)
+from .stats import bootstrap_ci, mcnemar_exact, mean_std, paired_bootstrap, summarize_seeds
 from .schema import (COLUMNS, FIELDS, SCHEMA_VERSION, SchemaError, arrow_schema, concat, make_table,
                      read_predictions, runs, select_run, validate, write_predictions)
 
@@ -10,5 +11,6 @@ __all__ = [
     "EvalBatch", "Prediction", "load_model", "model_info", "parse_output", "predict", "EXCLUDED_TYPES",
     "evaluate_model", "evaluate_to_file", "lookup", "majority_predictions", "question_id", "score_citations",
     "COLUMNS", "FIELDS", "SCHEMA_VERSION", "SchemaError", "arrow_schema", "concat", "make_table",
-    "read_predictions", "runs", "select_run", "validate", "write_predictions",
+    "read_predictions", "runs", "select_run", "validate", "write_predictions", "bootstrap_ci", "mcnemar_exact",
+    "mean_std", "paired_bootstrap", "summarize_seeds",
 ]
