@@ -14,3 +14,7 @@ __all__ = [
     "read_predictions", "runs", "select_run", "validate", "write_predictions", "bootstrap_ci", "mcnemar_exact",
     "mean_std", "paired_bootstrap", "summarize_seeds",
 ]
+
+from .taxonomy import CATEGORIES, answer_confusion, category_shares, classify_error, classify_table, error_counts
+
+__all__ += ["CATEGORIES", "answer_confusion", "category_shares", "classify_error", "classify_table", "error_counts"]
