@@ -18,3 +18,12 @@ __all__ = [
 from .taxonomy import CATEGORIES, answer_confusion, category_shares, classify_error, classify_table, error_counts
 
 __all__ += ["CATEGORIES", "answer_confusion", "category_shares", "classify_error", "classify_table", "error_counts"]
+
+
+def __getattr__(name: str):
+    # the datasets export needs the optional 'datasets' package: import it on first use only
+    if name in ("export_museum", "museum_dataset", "load_museum", "museum_records"):
+        from . import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
