@@ -176,3 +176,25 @@ def test_cli_eval(vlm, tmp_path, capsys):
     t = read_predictions(out)
     assert t.num_rows > 0 and set(t.column("model").to_pylist()) == {"m"}
     assert main(["eval", str(tmp_path / "nope/x"), "--out", str(out)]) == 2
+
+
+def test_jpeg_round_trip():
+    from vlmbook.data.museum import Museum
+    from vlmbook.eval.harness import jpeg_round_trip
+
+    img = Museum("test", size=72, length=1).tensors(0, 1)[0]
+    hi, lo = jpeg_round_trip(img, 95), jpeg_round_trip(img, 5)
+    assert hi.shape == img.shape and hi.dtype == torch.float32
+    err_hi, err_lo = float((hi - img).abs().mean()), float((lo - img).abs().mean())
+    assert 0 < err_hi < err_lo < 0.2
+    assert torch.equal(jpeg_round_trip(img, 50), jpeg_round_trip(img, 50))
+    with pytest.raises(ValueError, match="quality"):
+        jpeg_round_trip(img, 0)
+
+
+def test_evaluate_with_transform(vlm):
+    plain = evaluate_model(vlm, "test", n_scenes=1, timing=False)
+    same = evaluate_model(vlm, "test", n_scenes=1, timing=False, transform=lambda im: im.clone())
+    assert plain.equals(same)
+    with pytest.raises(ValueError, match="changed the image shape"):
+        evaluate_model(vlm, "test", n_scenes=1, timing=False, transform=lambda im: im[:, :64, :64])

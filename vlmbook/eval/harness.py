@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 import torch
@@ -70,8 +70,12 @@ def _row(run_id: str, model: str, info: dict, split: str, qid: str, qa: QA, outp
 
 def evaluate_model(model: Any, split: str = "test", n_scenes: int = 200, start: int = 0, museum_seed: int = 0,
                    run_id: str | None = None, name: str = "model", timing: bool = True,
-                   exclude: Sequence[str] = EXCLUDED_TYPES) -> pa.Table:
-    """Ask ``model`` every question of ``n_scenes`` exhibits; one validated prediction row each. §7.1."""
+                   exclude: Sequence[str] = EXCLUDED_TYPES,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> pa.Table:
+    """Ask ``model`` every question of ``n_scenes`` exhibits; one validated prediction row each. §7.1.
+
+    ``transform`` maps each (3, H, W) exhibit before the model sees it (for example a lossy
+    codec round trip, :func:`jpeg_round_trip`), so that two runs ask the same questions."""
     info = model_info(model)
     run_id = run_id or f"{name}-{info['config_hash'][:8]}-s{info['seed']}-{split}"
     museum = Museum(split, size=info["image_size"], seed=museum_seed, length=start + n_scenes)
@@ -81,6 +85,10 @@ def evaluate_model(model: Any, split: str = "test", n_scenes: int = 200, start: 
         if not qas:
             continue
         image = museum.tensors(i, 1)[0]
+        if transform is not None:
+            image = transform(image)
+            if image.shape != (3, info["image_size"], info["image_size"]):
+                raise ValueError(f"transform changed the image shape to {tuple(image.shape)}")
         preds = predict(model, EvalBatch(image, [qa.question for _, qa in qas]), timing=timing)
         for (k, qa), p in zip(qas, preds):
             rows.append(_row(run_id, name, info, split, question_id(split, museum_seed, i, k), qa, p.output, p.answer,
@@ -91,6 +99,22 @@ def evaluate_model(model: Any, split: str = "test", n_scenes: int = 200, start: 
     for r in rows:
         r.update(common)
     return make_table(rows)
+
+
+def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> the same image after JPEG at ``quality`` (1–95), via Pillow. §7.2."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if not 1 <= int(quality) <= 95:
+        raise ValueError(f"quality must lie in [1, 95], got {quality}")
+    arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return torch.from_numpy(out.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def majority_predictions(split: str = "test", n_scenes: int = 200, train_scenes: int = 2000, museum_seed: int = 0,
