@@ -7,6 +7,14 @@ point ``lmms_eval.models: vlmbook = vlmbook.eval.lmms:manifests`` registers the 
     pip install 'vlmbook[lmms]'
     python -c "from vlmbook.eval import export_museum; export_museum('museum_task')"
     lmms-eval --model vlmbook --model_args pretrained=vlm-tiny --include_path museum_task --tasks vlmbook_museum
+
+Status, checked on 2026-11-29 with lmms-eval 0.7.3: it *installs* beside the locked environment
+(``uv pip install --dry-run -r <every locked pin> lmms-eval`` resolves without changing a pin), but
+its evaluator imports ``filelock._api``, which filelock 4 removed, and the lock pins filelock
+4.3.1: ``lmms-eval`` then stops with ``ModuleNotFoundError: No module named 'filelock._api'``.
+With ``pip install 'filelock<4'`` (3.32.7 satisfies every other locked package) it runs; on the
+first 10 test exhibits (69 questions) it reported exact_match 0.536 for ``vlm-tiny``, the same
+as ``vlmbook.eval.evaluate_model`` on the same questions.
 """
 from __future__ import annotations
 
