@@ -69,7 +69,7 @@ RESULTS = Path("../bench/results")
 # %%
 # NBVAL_CHECK_OUTPUT
 for name, typ, nullable, meaning in ev.FIELDS:
-    print(f"{name:19s} {str(typ):12s} {'optional' if nullable else '        '}  {meaning}")
+    print(f"{name:19s} {str(typ):18s} {'optional' if nullable else '        '}  {meaning}")
 
 # %% [markdown]
 # The file below holds three runs on the same 200 test exhibits: the committed guide `vlm-tiny`

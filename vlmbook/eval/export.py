@@ -9,6 +9,7 @@ nothing is downloaded.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,8 @@ def _require_datasets():
         import datasets
     except ImportError as e:  # pragma: no cover - the test extra installs it
         raise ImportError("the museum export needs the 'datasets' package: pip install 'vlmbook[eval]'") from e
+    if os.environ.get("VLMBOOK_PROGRESS") == "0":  # chapters turn progress bars off (vlmbook.nb)
+        datasets.disable_progress_bars()
     return datasets
 
 
