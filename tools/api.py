@@ -16,6 +16,7 @@ GROUPS = [
     ("Chapter 4 — `vlmbook.vision` and `vlmbook.resample`", ["vlmbook.vision", "vlmbook.resample"]),
     ("Chapter 5 — `vlmbook.fusion`", ["vlmbook.fusion"]),
     ("Chapter 6 — `vlmbook.train`", ["vlmbook.train"]),
+    ("Chapter 7 — `vlmbook.eval`", ["vlmbook.eval"]),
     ("Benchmarks — `vlmbook.bench`", ["vlmbook.bench"]),
     ("Chapter figures — `vlmbook.plot`", ["vlmbook.plot.*"]),
 ]

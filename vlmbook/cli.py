@@ -7,7 +7,7 @@ import importlib
 import sys
 
 #: Modules that add subcommands with ``add_commands(subparsers)``; missing ones are skipped.
-PLUGINS = ("vlmbook.codec.cli",)
+PLUGINS = ("vlmbook.codec.cli", "vlmbook.eval.cli")
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import datetime
 import importlib
 import inspect
 import json
+import os
 import pkgutil
 import time
 from pathlib import Path
@@ -35,16 +36,28 @@ class BenchResult:
     def line(self) -> str:
         return f"{self.name}: {self.fmt.format(self.headline)} {self.unit}"
 
+    def metrics(self, quick: bool = False):
+        """The table in the long metrics schema (:mod:`vlmbook.eval.metrics`), headline first."""
+        from ..eval.metrics import metrics_table
+
+        return metrics_table(self.name, {"headline": {"value": self.headline, "unit": self.unit}, "table": self.table}, quick)
+
+
+#: Modules of this package that are not benchmarks (``all`` runs the others).
+NOT_BENCHMARKS = ("all",)
+
 
 def available() -> list[str]:
     """Names of the benchmark modules in this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if not m.name.startswith("_") and m.name not in NOT_BENCHMARKS)
 
 
 def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/results", **options: Any) -> BenchResult:
     """Run benchmark ``name``, write its JSON record, print its table and headline line.
 
-    ``options`` (such as ``seeds``) go to the module's ``run``; one it does not take is an error."""
+    ``options`` (such as ``seeds``) go to the module's ``run``; one it does not take is an error.
+    A ``run`` that takes ``out_dir`` is given it (to write result files beside the record)."""
     if name not in available():
         raise ValueError(f"unknown benchmark {name!r}; available: {available()}")
     module = importlib.import_module(f"{__name__}.{name}")
@@ -52,12 +65,13 @@ def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/r
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(f"benchmark {name!r} takes no option {unknown[0]!r}")
+    call = dict(options, out_dir=Path(out_dir)) if "out_dir" in params else options
+    load_before = _loadavg()
     t0 = time.perf_counter()
-    machine_before = describe_machine()
     # One thread unless VLMBOOK_THREADS says otherwise: figures must not depend on core count.
     with num_threads(default_threads()):
         threads = torch.get_num_threads()
-        result: BenchResult = module.run(quick=quick, **options)
+        result: BenchResult = module.run(quick=quick, **call)
     record = {
         "name": name,
         "quick": quick,
@@ -66,7 +80,7 @@ def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "bench/r
         "table": result.table,
         "machine": describe_machine(),
         "threads": threads,
-        "load_average_before": machine_before["load_average"],
+        "load_average": {"before": load_before, "after": _loadavg()},
         "seconds": round(time.perf_counter() - t0, 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -86,3 +100,19 @@ def _jsonable(x: Any) -> Any:
     if dataclasses.is_dataclass(x):
         return dataclasses.asdict(x)
     return str(x)
+
+
+def _loadavg() -> list[float] | None:
+    """1-, 5- and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def torch_threads() -> dict[str, Any]:
+    """torch's intra-op thread count and the thread variables of the environment."""
+    import torch
+
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "VLMBOOK_THREADS")}
+    return {"torch": torch.get_num_threads(), **env}

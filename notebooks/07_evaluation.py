@@ -1,0 +1,288 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Chapter 7 — Evaluation: when is a difference real?
+#
+# Every chapter so far ended with a number: a BD-rate, a speed ratio, an accuracy. This chapter
+# asks what those numbers are worth. A guide's accuracy on one set of exhibits is not its accuracy
+# on the next set, and a codec that beats its reference on one training seed may lose on the next.
+# We build the harness that turns "a number" into "a number with an error bar",
+# and that says *why* the guide is wrong when it is.
+#
+# **What you will build and measure**
+#
+# - one results schema: every answer of every model is a row (Parquet or CSV), versioned and
+#   validated when read, written by `vlmbook eval MODEL --split test --out FILE`;
+# - bootstrap confidence intervals on accuracy (percentile and BCa {cite:p}`efron1987bca`), and
+#   mean ± standard deviation over training seeds;
+# - paired comparisons of two models on the same questions: the exact McNemar test
+#   {cite:p}`mcnemar1947,dietterich1998` and the paired bootstrap {cite:p}`koehn2004`;
+# - an error taxonomy computed from the museum's ground truth: perception, localisation,
+#   reasoning, language;
+# - one report of every benchmark (`python -m vlmbook.bench all`), and the museum exported for
+#   the field's standard harness, lmms-eval {cite:p}`zhang2025lmmseval`.
+#
+# The guide's answers were computed once by `python -m vlmbook.bench eval` (a few minutes on one
+# core) and committed as `bench/results/eval.predictions.parquet`; this notebook reads them.
+
+# %%
+import inspect
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlmbook import eval as ev
+from vlmbook import nb
+from vlmbook.eval import metrics, stats, taxonomy
+from vlmbook.plot import show
+from vlmbook.plot import eval as eplot
+
+nb.start_chapter(7)
+RESULTS = Path("../bench/results")
+
+# %% [markdown]
+# ## 7.1 One row per answer
+#
+# A results file is a table with one row per (model, question). The row carries what is needed to
+# score the answer again (question id, reference, raw output, cited patches), to compare it with
+# another model on the *same* question, and to say where and how fast it ran (device, threads,
+# package versions, encode time, time to first token, tokens/s, peak memory).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, typ, nullable, meaning in ev.FIELDS:
+    print(f"{name:19s} {str(typ):18s} {'optional' if nullable else '        '}  {meaning}")
+
+# %% [markdown]
+# The file below holds three runs on the same 200 test exhibits: the committed guide `vlm-tiny`
+# (Chapter 5), the same guide shown JPEG-compressed exhibits (quality 10, Chapter 1's codec), and
+# the image-blind majority baseline (each question type's most common training answer).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+preds = ev.read_predictions(RESULTS / "eval.predictions.parquet")
+RUNS = ev.runs(preds)
+correct = {r: np.array(ev.select_run(preds, r).column("correct").to_pylist()) for r in RUNS}
+for r in RUNS:
+    print(f"{r:18s} {len(correct[r]):5d} questions")
+row = ev.select_run(preds, RUNS[0]).slice(0, 1).to_pylist()[0]
+print({k: row[k] for k in ("question_id", "qtype", "question", "reference", "output", "correct")})
+
+# %% [markdown]
+# Reading validates. A file with a column missing, a value of the wrong type, a row whose
+# `correct` disagrees with its answer, or rows from two schema versions is refused with an error
+# that says what is wrong — never silently misread:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+tmp = Path(tempfile.mkdtemp())
+mixed = preds.slice(0, 3).set_column(0, "schema_version", pa.array([1, 2, 1], pa.int32()))
+pq.write_table(mixed, tmp / "mixed.parquet")
+try:
+    ev.read_predictions(tmp / "mixed.parquet")
+except ev.SchemaError as e:
+    print("SchemaError:", str(e).split(": ", 1)[1])
+
+# %% [markdown]
+# The only code that knows how a model answers is one adapter, `vlmbook.eval.predict`: it encodes
+# the exhibit once, caches the image prefix, and asks every question about it.
+
+# %%
+print(inspect.getsource(ev.predict))
+
+# %% [markdown]
+# ## 7.2 How sure are we?
+#
+# Accuracy is the mean of a 0/1 vector over questions. Had the museum drawn other exhibits, the
+# number would differ; the **bootstrap** estimates by how much, by redrawing the questions with
+# replacement many times. The percentile interval takes the 2.5 % and 97.5 % quantiles of the
+# redrawn accuracies; **BCa** shifts those quantiles to correct for bias and skew (it matters near
+# 0 % or 100 %). Both are checked against `scipy.stats.bootstrap` in the tests.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+intervals = {}
+for r in RUNS:
+    c = correct[r]
+    p = stats.bootstrap_ci(c, method="percentile")
+    b = stats.bootstrap_ci(c, method="bca")
+    intervals[r] = (100 * c.mean(), 100 * b[0], 100 * b[1])
+    print(f"{r:18s} {100 * c.mean():5.1f} %   percentile [{100 * p[0]:.1f}, {100 * p[1]:.1f}]   "
+          f"BCa [{100 * b[0]:.1f}, {100 * b[1]:.1f}]")
+show(eplot.accuracy_intervals(intervals, title="accuracy with 95 % BCa intervals"))
+
+# %% [markdown]
+# Two models asked the **same** questions should be compared question by question. Only the
+# questions where exactly one of them is right carry information: if the models were equally good,
+# each such question would be a fair coin. That is McNemar's exact test. The paired bootstrap
+# redraws questions once for both models and gives an interval on the difference itself.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+guide, jpeg, base = RUNS[0], RUNS[1], RUNS[2]
+
+
+def compare(a: str, b: str, sel: np.ndarray | None = None) -> dict:
+    ca, cb = (correct[a], correct[b]) if sel is None else (correct[a][sel], correct[b][sel])
+    m, pb = stats.mcnemar_exact(ca, cb), stats.paired_bootstrap(ca, cb)
+    print(f"{a} vs {b} on {len(ca)} questions: difference {100 * pb['difference']:+.1f} points, "
+          f"95 % CI [{100 * pb['low']:+.1f}, {100 * pb['high']:+.1f}], only-{a} {m['only_a']}, "
+          f"only-{b} {m['only_b']}, McNemar p = {m['p_value']:.2g} -> "
+          f"{'significant' if m['p_value'] < 0.05 else 'not significant'} at 5 %")
+    return m
+
+
+m_base = compare(guide, base)
+m_jpeg = compare(guide, jpeg)
+overlap = intervals[jpeg][2] >= intervals[guide][1]
+print(f"the two separate 95 % intervals of {guide} and {jpeg} overlap: {overlap}")
+
+# %% [markdown]
+# The guide beats answering blind by a margin no resampling explains away. Whether JPEG at
+# quality 10 hurts it is a finer question. Two separate intervals are a blunt tool here: most
+# questions are answered the same way with and without compression, and the pairing removes that
+# shared variation, so the paired tests can resolve differences that overlapping intervals hide. Now
+# the trap: the same comparisons on the first ten exhibits only, as one would after a quick test.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+scene_of = np.array([int(q.split(":")[2]) for q in ev.select_run(preds, guide).column("question_id").to_pylist()])
+small = scene_of < 10
+m_small = compare(guide, jpeg, small)
+m_small_base = compare(guide, base, small)
+
+# %% [markdown]
+# On a handful of exhibits a difference of several points can come from which questions happened to
+# be asked; the tests say which of the two gaps survives at this sample size. **Seeds** are the other half of the uncertainty: a model trained again with
+# another seed is another model. Chapter 3's benchmark trained each codec with three seeds; here
+# is its BD-rate against CompressAI's, seed by seed:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+codec = json.loads((RESULTS / "codec.json").read_text())["table"]
+per_seed = {k: v for k, v in codec.get("bd_rate_percent_per_seed", {}).items() if k.startswith("ours_vs_compressai_seed")}
+mean, std = stats.mean_std(list(per_seed.values()))
+for k, v in per_seed.items():
+    print(f"{k:28s} {v:+6.1f} %")
+print(f"mean ± std over {len(per_seed)} seeds: {mean:+.1f} ± {std:.1f} %")
+
+# %% [markdown]
+# One seed alone would have reported only its own line; the standard deviation over seeds says how
+# far apart two runs of the *same* recipe land. A difference is real when it is larger than both kinds of noise: the questions' (the
+# bootstrap) and the seeds' (the standard deviation over training runs).
+
+# %% [markdown]
+# ## 7.3 Why is the guide wrong?
+#
+# The museum knows every scene, so every wrong answer can be explained. The rules are in
+# `vlmbook.eval.taxonomy` and are checked in this order:
+
+# %%
+print(taxonomy.__doc__.split("\n\n", 1)[1])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+counts = {r: taxonomy.error_counts(ev.select_run(preds, r)) for r in (guide, jpeg)}
+for r in (guide, jpeg):
+    shares = taxonomy.category_shares(counts[r])
+    print(f"{r:18s}", "  ".join(f"{k} {100 * v:4.1f} %" for k, v in shares.items()))
+show(eplot.error_heatmap(counts[guide], title=f"{guide}: wrong answers by cause"))
+
+# %% [markdown]
+# The per-type view shows where each cause lives; for colour questions, the confusion matrix shows
+# which colours the guide gives instead of the right one:
+
+# %%
+refs, answers, mat = taxonomy.answer_confusion(ev.select_run(preds, guide), "colour")
+show(eplot.confusion_heatmap(refs, answers, mat, title=f"{guide}: colour questions"))
+
+# %% [markdown]
+# ## 7.4 How fast, and where?
+#
+# The rows also carry the latency of each answer, measured on the thread count they record.
+
+# %%
+g = ev.select_run(preds, guide)
+for col in ("encode_ms", "ttft_ms", "tokens_per_s"):
+    v = np.array([x for x in g.column(col).to_pylist() if x is not None])
+    print(f"{col:13s} median {np.median(v):8.1f}   (threads {g.column('threads')[0].as_py()}, "
+          f"device {g.column('device')[0].as_py()})")
+
+# %% [markdown]
+# ## 7.5 Every benchmark, one format
+#
+# Each chapter's benchmark keeps its own nested table. `vlmbook.eval.metrics` flattens any of them
+# into rows `(benchmark, path, metric, value)`, and `python -m vlmbook.bench all --quick` runs
+# every benchmark into one Markdown report with the machine, the thread count, the load average
+# around each run, the package versions and every ratio of ours against a reference.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+t = metrics.metrics_table("codec", codec)
+bd = t.filter(pc.equal(t.column("path"), "bd_rate_percent"))
+for m_, v in zip(bd.column("metric").to_pylist(), bd.column("value").to_pylist()):
+    print(f"codec bd_rate_percent/{m_:20s} {v:+.1f}")
+
+# %% [markdown]
+# ## 7.6 The field's harness
+#
+# `vlmbook.eval.export_museum` writes the museum's test questions as a Hugging Face `datasets`
+# dataset (Parquet, images included) and an lmms-eval task file; the `vlmbook[lmms]` extra
+# registers the guide as `--model vlmbook`, so that
+# `lmms-eval --model vlmbook --model_args pretrained=vlm-tiny --include_path DIR --tasks vlmbook_museum`
+# scores it with the same harness that scores the field's models.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+task = ev.export_museum(tmp / "museum_task", "test", n_scenes=5)
+ds = ev.load_museum(tmp / "museum_task")
+print(ds)
+print({k: ds[0][k] for k in ("question_id", "question", "answer", "qtype", "support_patches")})
+print("\n".join(line for line in task.read_text().splitlines() if line.startswith(("task", "output_type"))))
+
+# %% [markdown]
+# ## Summary
+#
+# - One schema for every answer: a row per model and question, versioned, validated on read, in
+#   Parquet or CSV; everything else (tables, tests, figures) is computed from the rows.
+# - Accuracy comes with an interval: the bootstrap over questions (percentile or BCa) and the
+#   spread over training seeds are two different uncertainties, and both must be smaller than a
+#   difference before it is believed.
+# - Compare models on the same questions: McNemar's exact test and the paired bootstrap use the
+#   pairing and resolve smaller differences than two separate intervals.
+# - Ground truth explains errors: the guide's mistakes are counted as perception, localisation,
+#   reasoning or language from the scene itself, per question type.
+#
+# ## Exercises
+#
+# 1. Evaluate the guide on the `val` split (`vlmbook eval vlm-tiny --split val --out val.parquet`).
+#    Is the difference from the test split significant? Which test applies, and why not McNemar?
+# 2. Change `JPEG_QUALITY` in `vlmbook/bench/eval.py` to 5 and 30. At which quality does the loss
+#    become significant on 200 exhibits? How many exhibits would resolve a 2-point loss?
+# 3. Train Chapter 5's routes with three seeds each and report mean ± std and a paired test between
+#    the best two. Is the ranking stable across seeds?
+# 4. Add a rule to the taxonomy for `count` questions: off by one versus off by more. What share of
+#    the guide's counting errors is off by one?
+# 5. Run `python -m vlmbook.bench all --quick` and compare the load average and the speed ratios
+#    with the committed records; which ratios move with load?
+
+# %%
+nb.report_runtime()

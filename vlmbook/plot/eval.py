@@ -1,0 +1,50 @@
+"""Chapter 7 figures: error taxonomy per question type, answer confusion, accuracy with intervals."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import PALETTE, figure, heatmap
+
+
+def error_heatmap(counts: Mapping[str, Mapping[str, int]], title: str = "wrong answers by cause") -> Figure:
+    """Question types (rows) × error categories (columns), cells = number of wrong answers. §7.3."""
+    if not counts:
+        raise ValueError("error_heatmap needs counts for at least one question type")
+    types = list(counts)
+    cats = list(next(iter(counts.values())))
+    m = np.array([[counts[t].get(c, 0) for c in cats] for t in types], dtype=float)
+    return heatmap(m, xlabels=cats, ylabels=types, title=title, fmt="{:.0f}", cmap="Reds", vmin=0)
+
+
+def confusion_heatmap(refs: Sequence[str], answers: Sequence[str], matrix: np.ndarray, title: str = "") -> Figure:
+    """Reference answers (rows) × model answers (columns) for one question type. §7.3."""
+    m = np.asarray(matrix, dtype=float)
+    if m.shape != (len(refs), len(answers)):
+        raise ValueError(f"matrix shape {m.shape} does not match {len(refs)} × {len(answers)} labels")
+    fig = heatmap(m, xlabels=answers, ylabels=refs, title=title, fmt="{:.0f}", cmap="Blues", vmin=0)
+    ax = fig.axes[0]
+    ax.set_xlabel("model answer")
+    ax.set_ylabel("reference")
+    return fig
+
+
+def accuracy_intervals(results: Mapping[str, tuple[float, float, float]], xlabel: str = "accuracy (%)",
+                       title: str = "") -> Figure:
+    """One row per model: accuracy and its (low, high) interval, as ``{name: (acc, low, high)}`` in %. §7.2."""
+    if not results:
+        raise ValueError("accuracy_intervals needs at least one result")
+    fig, axes = figure(1, 1, width=6.0, height=0.5 * len(results) + 1.2)
+    ax = axes[0, 0]
+    for i, (name, (acc, lo, hi)) in enumerate(results.items()):
+        if not lo <= acc <= hi:
+            raise ValueError(f"{name}: accuracy {acc} lies outside its interval [{lo}, {hi}]")
+        ax.errorbar([acc], [i], xerr=[[acc - lo], [hi - acc]], fmt="o", color=PALETTE[i % len(PALETTE)], capsize=4)
+    ax.set_yticks(range(len(results)), list(results))
+    ax.set_ylim(-0.6, len(results) - 0.4)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return fig
