@@ -14,6 +14,7 @@ Chapter 4 §4.4; the per-layer formulas live in :mod:`vlmbook.rd.budget` (the on
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -57,6 +58,17 @@ def time_forward(module: nn.Module, x: torch.Tensor, repeats: int = 5, warmup: i
         return median_seconds(lambda: module(x), repeats, warmup)
 
 
+def fused_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose every :class:`Attention` uses PyTorch's fused SDPA kernel. §4.4."""
+    from .layers import Attention
+
+    out = copy.deepcopy(module)
+    for mod in out.modules():
+        if isinstance(mod, Attention):
+            mod.fused = True
+    return out
+
+
 def cost_table(ns: list[int], m: int = 16, d: int = 256, depth: int = 1, heads: int = 8, batch: int = 4,
                measure: bool = True, repeats: int = 5, seed: int = 0) -> list[dict[str, float]]:
     """Per N: FLOPs (formula and counted) and times of ``depth`` full self-attention layers over N
@@ -69,6 +81,7 @@ def cost_table(ns: list[int], m: int = 16, d: int = 256, depth: int = 1, heads: 
     full = nn.Sequential(*[Block(d, heads) for _ in range(depth)]).eval()
     res = PerceiverResampler(CompressorConfig(in_dim=d, dim=d, out_dim=d, num_tokens=m, depth=depth,
                                               heads=heads)).eval()
+    full_sdpa, res_sdpa = fused_copy(full), fused_copy(res)
     rows = []
     for n in ns:
         _check(n=n)
@@ -85,5 +98,9 @@ def cost_table(ns: list[int], m: int = 16, d: int = 256, depth: int = 1, heads: 
             row["full_ms"] = 1e3 * time_forward(full, x, repeats)
             row["resampler_ms"] = 1e3 * time_forward(res, x, repeats)
             row["time_ratio"] = row["full_ms"] / row["resampler_ms"]
+            # the same two layers with PyTorch's fused attention kernel (SDPA) on both sides
+            row["full_sdpa_ms"] = 1e3 * time_forward(full_sdpa, x, repeats)
+            row["resampler_sdpa_ms"] = 1e3 * time_forward(res_sdpa, x, repeats)
+            row["time_ratio_sdpa"] = row["full_sdpa_ms"] / row["resampler_sdpa_ms"]
         rows.append(row)
     return rows
