@@ -438,9 +438,10 @@ for k, v in record["curve"].items():
 # Three hundred steps were not enough for either probe. The resampler at M = 16 gains most from
 # longer training, {glue:text}`ch4-curve-perceiver-16-first:.3f` → {glue:text}`ch4-curve-perceiver-16-last:.3f`
 # at {glue:text}`ch4-curve-longest` steps, while the head on all 64 raw patch tokens goes only
-# {glue:text}`ch4-curve-all-64-first:.3f` → {glue:text}`ch4-curve-all-64-last:.3f`: with a
-# 4096-wide input and 3,000 training exhibits it fits its training set almost perfectly and
-# generalises worse, whereas the resampler's 16 learned summaries are a bottleneck that helps.
+# {glue:text}`ch4-curve-all-64-first:.3f` → {glue:text}`ch4-curve-all-64-last:.3f`. Its first
+# layer reads all 4096 raw numbers of an exhibit, so it has many more weights to fit 3,000
+# training exhibits with; the resampler's 16 learned summaries act as a bottleneck that
+# generalises better here.
 # So the answer to "are 16 tokens as good as 64?" is, on this probe, better than yes: at
 # {glue:text}`ch4-curve-longest` steps the 16 resampled tokens are
 # {glue:text}`ch4-curve-gap:+.1f` points from all 64 patch tokens (negative: *above* them). Neither
@@ -470,6 +471,7 @@ show(rplot.accuracy_vs_budget(results, curves, chance=base["accuracy"], full=ful
 # its attention over the 64 patches of a held-out exhibit:
 
 # %%
+probe16 = models["perceiver", 16]
 w = probe16.compressor.attention_weights(test.features[3:4])[0, :, :64]
 show(rplot.attention_maps(w.numpy(), 8, museum[3].image, title="resampler latents, M = 16"))
 
