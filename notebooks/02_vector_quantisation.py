@@ -46,6 +46,7 @@ from vlmbook import vq
 from vlmbook.data import Museum
 from vlmbook.plot import line_plot, show
 from vlmbook.plot import vq as vqplot
+from myst_nb import glue  # numbers quoted in the prose are inserted from the computations
 
 nb.start_chapter(2)
 torch.set_num_threads(2)
@@ -107,8 +108,9 @@ print("gradient reaching the encoder equals the upstream gradient:", torch.allcl
 # Every quantiser in `vlmbook.vq` returns the same `QuantizerOutput`: the quantised tensor, integer
 # codes, its loss, and two usage statistics. The *perplexity* is the exponential of the entropy of
 # the code-usage histogram, $\exp\!\big(-\sum_k p_k\ln p_k\big)$: it equals $K$ when all codes are
-# used equally and 1 when a single code does all the work. (Some tutorials print a garbled form of
-# this formula; this is the standard one.)
+# used equally and 1 when a single code does all the work. Note the minus sign and the natural
+# logarithm inside the exponential: $2^{H}$ with $H$ in bits is the same number, but mixing the two
+# (exponentiating a base-2 entropy with $e$) gives a value that is neither.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -236,6 +238,7 @@ print("trained here == committed artifact:", hub.state_digest(trained_here) == h
 metrics = vq.evaluate_tokenizer(tokenizer)
 print(f"tokens per image: {metrics['tokens_per_image']}, codebook size: {tokenizer.codebook_size}")
 print(f"PSNR on 256 held-out exhibits: {metrics['psnr']:.1f} dB")
+glue("ch2-tokenizer-psnr", float(metrics["psnr"]), display=False)
 print("codebook usage >= 95 %:", metrics["usage"] >= 0.95)
 
 # %% [markdown]
@@ -256,12 +259,22 @@ val = vq.eval_images(8, 64)
 show(vqplot.reconstructions(val, {"8×8 codes": tokenizer.reconstruct(val)}, n=8))
 
 # %% [markdown]
+# Look closely before trusting the {glue:text}`ch2-tokenizer-psnr:.1f` dB. The reconstructions
+# keep where each object is and, mostly, its colour, but not its shape: stars, diamonds, squares
+# and triangles all come back as soft blobs, dark objects drift towards the wall's colour, and the
+# plaques' digits are gone. PSNR averages over the wall, which is most of the picture and easy to
+# reproduce. A guide reading these tokens could say *where* something hangs but not reliably
+# *what* it is or what the plaque says — the motivation for the sharper losses of §2.7 and for
+# the richer continuous features of Chapter 4.
+
+# %% [markdown]
 # ## 2.7 VQ-GAN: sharper reconstructions from a discriminator and a perceptual loss
 #
 # Pixel MSE rewards blur: when the decoder is unsure where an edge lies, the average of the
 # possibilities minimises squared error. VQ-GAN {cite:p}`esser2021vqgan` adds two terms. A
 # *perceptual loss* compares feature maps of a fixed network instead of pixels — LPIPS
-# {cite:p}`zhang2018lpips` uses a pretrained VGG, which we cannot download, so the book trains its
+# {cite:p}`zhang2018lpips` uses a pretrained AlexNet by default (VQ-GAN uses its VGG-16 variant);
+# we cannot download either, so the book trains its
 # own `FeatureNet` to name the colour and shape in each cell of an exhibit's 3 × 3 grid, and compares its
 # channel-normalised features. A *PatchGAN* discriminator {cite:p}`isola2017pix2pix` scores
 # overlapping patches as real or reconstructed, trained with the hinge loss
@@ -314,7 +327,19 @@ show(vqplot.reconstructions(val64, {k: t.reconstruct(val64) for k, t in finetune
 # $\gamma(r)=\cos(\pi r/2)$, and the loss is cross-entropy on the masked positions. To sample, start
 # fully masked; at step $t$ of $T$ predict every masked code, keep the most confident, and re-mask
 # the $\gamma(t/T)$ fraction that the model is least sure of. $T=8$ steps replace the 64 sequential
-# steps of an autoregressive model.
+# steps of an autoregressive model. "Least sure" is measured on the log-probability of each
+# freshly sampled code plus Gumbel noise whose scale falls linearly to zero over the steps
+# (Chang et al.'s choice temperature, 4.5 here): early on the noise spreads the first picks over
+# the image instead of letting the blandest, most probable codes win everywhere. Codes kept at
+# one step stay fixed for the rest.
+#
+# One detail decides whether this works at all. A masked position's input is the `[MASK]`
+# embedding *plus its position embedding*, and nothing else tells two masked positions apart.
+# PyTorch's `nn.Embedding` starts at standard deviation 1 while the position table starts at
+# 0.02 (as in BERT and MaskGIT): left so, the position signal is fifty times weaker, every
+# masked position sees nearly the same input, and the model predicts one distribution for all
+# of them. Sampling more steps then only re-draws the most common codes. `MaskGIT` therefore
+# starts its token embedding at 0.02 too.
 
 # %%
 train_codes = tokenizer.encode(Museum("train", 64, length=4096).tensors(0, 4096))
@@ -338,20 +363,28 @@ for steps in (1, 2, 4, 8, 16):
     quality[steps] = vq.frechet_distance(features.embed(tokenizer.decode(codes_s)).detach(), real)
 print(f"floor (tokenizer reconstructions of other exhibits): {floor:.0f}")
 print("Fréchet distance of 128 samples, by decoding steps T:", {k: round(v) for k, v in quality.items()})
+best_t = min(quality, key=quality.get)
+for k in (1, 8):
+    glue(f"ch2-fd-t{k}", float(quality[k]), display=False)
+glue("ch2-fd-best-t", int(best_t), display=False)
+glue("ch2-fd-best", float(quality[best_t]), display=False)
+glue("ch2-fd-floor", float(floor), display=False)
 show(line_plot({"MaskGIT samples": (list(quality), list(quality.values())),
                 "reconstruction floor": (list(quality), [floor] * len(quality))},
                xlabel="decoding steps T", ylabel="Fréchet distance (FeatureNet)", logx=True,
                title="Sample quality vs decoding steps"))
 
 # %% [markdown]
-# Read this curve honestly. Our MaskGIT is tiny (the parameter count is printed above) and trained
-# for 300 steps on a CPU; its masked-token loss is still well above what a large model reaches. At
-# this scale the curve does not show the gains from more iterations that {cite:p}`chang2022maskgit`
-# report: past a couple of steps, *more* decoding steps give *worse* samples by this measure. A plausible reason: keeping
-# the most confident predictions first favours the commonest codes (plain wall), so long schedules
-# drift towards bland images, while one or two steps sample codes more independently and keep
-# more variety. Iterative decoding pays off once the model's confidence means something;
-# exercise 5 asks you to find where the curve turns.
+# More decoding steps help: the Fréchet distance falls from {glue:text}`ch2-fd-t1:.0f` with one
+# step (every code sampled at once, independently given nothing) to {glue:text}`ch2-fd-t8:.0f`
+# with eight, and is lowest, {glue:text}`ch2-fd-best:.0f`, at $T=${glue:text}`ch2-fd-best-t`.
+# The reconstruction floor ({glue:text}`ch2-fd-floor:.0f`) is still far below: our MaskGIT is tiny
+# (the parameter count is printed above) and trained for 300 steps on a CPU, its masked-token loss
+# well above what a large model reaches. Past the best $T$ the curve turns up again at this
+# scale: each extra step keeps the codes the model is most confident of, and a weak model is most
+# confident of plain wall, so very long schedules drift towards bland images. Chang et al. find
+# the optimum near 8–12 steps for a far stronger model; exercise 5 asks you to watch it move as
+# the model trains longer.
 #
 # Inpainting is the guide's use: keep the codes of the top half of an exhibit and let MaskGIT
 # fill in the bottom.
@@ -362,8 +395,8 @@ orig_codes = tokenizer.encode(originals)
 known = torch.zeros_like(orig_codes, dtype=torch.bool)
 known[:, :4] = True                       # keep the top half of every exhibit, inpaint the bottom
 inpainted = vq.decode(mg, steps=8, codes=orig_codes, known=known, generator=torch.Generator().manual_seed(2))
-samples = tokenizer.decode(vq.decode(mg, n=8, steps=1, generator=torch.Generator().manual_seed(1)))
-show(vqplot.image_rows({"samples (T=1)": samples, "original": originals,
+samples = tokenizer.decode(vq.decode(mg, n=8, steps=8, generator=torch.Generator().manual_seed(1)))
+show(vqplot.image_rows({"samples (T=8)": samples, "original": originals,
                         "bottom inpainted": tokenizer.decode(inpainted)}))
 
 # %% [markdown]
@@ -380,7 +413,9 @@ show(vqplot.image_rows({"samples (T=1)": samples, "original": originals,
 #   all behind the same `QuantizerOutput` interface.
 # - The book's tokenizer turns a 64-pixel exhibit into 64 nine-bit codes; VQ-GAN losses trade
 #   a little PSNR for sharper edges; MaskGIT generates and inpaints exhibits in a few parallel
-#   steps — though a model this small does not yet profit from many steps.
+#   steps, and more steps give better samples up to a point that grows with the model's quality
+#   (its token and position embeddings must start on the same scale, or it cannot tell masked
+#   positions apart).
 #
 # ## Exercises
 #
@@ -393,8 +428,9 @@ show(vqplot.image_rows({"samples (T=1)": samples, "original": originals,
 # 4. Show that the LFQ entropy loss is minimised when every code is equally likely over the batch
 #    and every vector's own code distribution is one-hot.
 # 5. Train MaskGIT for longer (or with `MaskGITConfig.base()` on a GPU) and re-measure the
-#    Fréchet distance against $T$. At what masked-token loss does iterative decoding start to beat
-#    $T=1$? Try `choice_temperature=0` as well.
+#    Fréchet distance against $T$. How do the best $T$ and the gap to the reconstruction floor move
+#    as the masked-token loss falls? Try `choice_temperature=0` (no noise on the confidences) and
+#    `nn.init.normal_(mg.tok.weight)` (the default scale) to see each choice's effect.
 
 # %%
 nb.report_runtime()

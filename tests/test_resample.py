@@ -457,3 +457,57 @@ def test_positions_option():
         comp(_x(n=15))
     with pytest.raises(ValueError, match="positions"):
         CompressorConfig(positions=1)
+
+
+def test_converged_steps_picks_the_first_plateau():
+    from vlmbook.resample.sweep import converged_steps
+
+    steps = [300, 600, 1200, 2400]
+    assert converged_steps({"a": [0.5, 0.6, 0.603, 0.604], "b": [0.4, 0.45, 0.452, 0.46]}, steps) == 600
+    assert converged_steps({"a": [0.5, 0.6, 0.7, 0.8]}, steps) == 2400  # never flat: the longest
+    assert converged_steps({"a": [0.5, 0.49, 0.6, 0.6]}, steps) == 300  # a dip counts as flat
+    with pytest.raises(ValueError):
+        converged_steps({"a": [0.5]}, steps)
+
+
+@pytest.mark.skipif(not __import__("vlmbook.resample.sweep", fromlist=["RECORD"]).RECORD.is_file(),
+                    reason="sweep record not committed")
+def test_committed_sweep_record_reproduces():
+    """Chapter 4 §4.6 reads the committed sweep; retraining its cheapest row gives the same accuracy."""
+    from vlmbook.resample import probe_features
+    from vlmbook.resample.sweep import CURVE_STEPS, load_sweep, reproduce_row
+    from vlmbook.vision import load_clip_tiny
+
+    rec = load_sweep()
+    assert rec["steps"] in CURVE_STEPS and rec["curve_steps"] == list(CURVE_STEPS)
+    assert set(rec["curve"]) == {"all-64", "perceiver-16"}
+    enc = load_clip_tiny()
+    tr = probe_features(enc, "train", rec["probe_config"]["n_train"])
+    te = probe_features(enc, "test", rec["probe_config"]["n_test"])
+    want = rec["rows"]["perceiver-16"][0]  # the cheapest point: 300 steps
+    got = reproduce_row(rec, "perceiver", 16, want["steps"], tr, te)
+    # float reductions differ a little between processors: allow two test exhibits' worth of answers
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=0.004), (got, want)
+
+
+def test_fused_sdpa_attention_equals_explicit_matmuls():
+    from vlmbook.resample import Attention, PerceiverResampler
+    from vlmbook.resample.cost import fused_copy
+
+    torch.manual_seed(0)
+    att = Attention(32, 4)
+    x, mask = torch.randn(2, 10, 32), torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    fused = fused_copy(att)
+    assert fused.fused and not att.fused
+    assert torch.allclose(fused(x, key_mask=mask), att(x, key_mask=mask), atol=1e-5)
+    res = PerceiverResampler(CompressorConfig(in_dim=32, dim=32, num_tokens=4, depth=2, heads=4)).eval()
+    assert torch.allclose(fused_copy(res)(x), res(x), atol=1e-5)
+
+
+def test_cost_table_reports_explicit_and_sdpa_times():
+    from vlmbook.resample import cost_table
+
+    rows = cost_table([32], m=4, d=32, heads=4, batch=1, repeats=1)
+    assert {"time_ratio", "time_ratio_sdpa", "full_sdpa_ms", "resampler_sdpa_ms"} <= set(rows[0])
+    assert rows[0]["full_sdpa_ms"] > 0 and rows[0]["resampler_sdpa_ms"] > 0

@@ -279,3 +279,33 @@ def test_bad_inputs_raise_value_error():
         QuantizerConfig(codebook_size=0)
     with pytest.raises(ValueError, match="ema"):
         QuantizerConfig(ema="yes")
+
+
+def test_ema_vq_matches_vector_quantize_pytorch():
+    """Same initial codebook, same batches: codes, outputs, losses and EMA state equal the library's."""
+    from vector_quantize_pytorch import VectorQuantize
+
+    d, k, decay = 8, 32, 0.9
+    ours = VectorQuantizer(_cfg(dim=d, codebook_size=k, ema=True, decay=decay, eps=1e-5, beta=0.25,
+                                kmeans_init=False, restart_threshold=0.0))
+    ref = VectorQuantize(dim=d, codebook_size=k, decay=decay, eps=1e-5, commitment_weight=0.25,
+                         kmeans_init=False, threshold_ema_dead_code=0)
+    g = torch.Generator().manual_seed(0)
+    e0 = torch.randn(k, d, generator=g)
+    ours.embed.copy_(e0)
+    ours.embed_sum.copy_(e0)
+    ref._codebook.embed.copy_(e0[None])
+    ref._codebook.embed_avg.copy_(e0[None])
+    ours.train()
+    ref.train()
+    centres = torch.randn(6, d, generator=g) * 2  # clustered data, so several codes go unused
+    for _ in range(8):
+        z = centres[torch.randint(0, 6, (4, 50), generator=g)] + 0.5 * torch.randn(4, 50, d, generator=g)
+        out = ours(z)
+        q_ref, codes_ref, loss_ref = ref(z)
+        assert torch.equal(out.codes, codes_ref)
+        assert torch.allclose(out.quantized, q_ref, atol=1e-5)
+        assert torch.allclose(out.loss, loss_ref.reshape(()), atol=1e-5)
+        assert torch.allclose(ours.cluster_size, ref._codebook.cluster_size[0], atol=1e-5)
+        assert torch.allclose(ours.embed, ref._codebook.embed[0], atol=1e-5)
+    assert (ours.cluster_size < decay ** 8 + 1e-6).any()  # some codes never used: Laplace smoothing exercised

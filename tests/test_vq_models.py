@@ -246,6 +246,31 @@ def test_maskgit_learns_a_constant_pattern(tmp_path):
     assert torch.equal(back(data[:2]), m(data[:2]))
 
 
+def test_maskgit_token_embedding_is_on_the_position_scale():
+    m = _small_maskgit()
+    # [MASK] tokens differ only by their position embedding: both must start on the same scale
+    assert m.tok.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    assert m.pos.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+@pytest.mark.skipif(not (REPO_ARTIFACTS / "vq-tokenizer-tiny-v1" / "model.safetensors").is_file(),
+                    reason="artifact not committed")
+def test_maskgit_samples_improve_from_one_to_eight_steps():
+    """Chapter 2 §2.8's recipe: Fréchet distance of 128 samples at T = 8 is below T = 1 (fixed seeds)."""
+    from vlmbook.data import Museum
+    from vlmbook.vq import eval_images, frechet_distance, load_feature_net, load_tiny_tokenizer
+
+    tok, feats = load_tiny_tokenizer(), load_feature_net()
+    codes = tok.encode(Museum("train", 64, length=4096).tensors(0, 4096))
+    torch.manual_seed(0)
+    mg = MaskGIT(MaskGITConfig(codebook_size=tok.codebook_size, grid=tok.grid))
+    train_maskgit(mg, codes, MaskGITTrainConfig(steps=300, batch_size=32), progress=False)
+    real = feats.embed(eval_images(128, 64)).detach()
+    fd = {t: frechet_distance(feats.embed(tok.decode(decode(mg, n=128, steps=t, generator=torch.Generator().manual_seed(0)))).detach(), real)
+          for t in (1, 8)}
+    assert fd[8] < 0.8 * fd[1], fd
+
+
 # -- the committed artifacts -------------------------------------------------------------------
 @pytest.mark.skipif(not (REPO_ARTIFACTS / "vq-tokenizer-tiny-v1" / "model.safetensors").is_file(),
                     reason="artifact not committed")

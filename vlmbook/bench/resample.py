@@ -1,7 +1,8 @@
 """Benchmark ``resample``: what compressing N patch tokens to M costs and what it loses (Chapter 4).
 
 1. Cost: FLOPs (formula, checked against PyTorch's counter) and measured CPU time of one full
-   self-attention layer over N tokens against a one-layer Perceiver Resampler to M = 16, across N.
+   self-attention layer over N tokens against a one-layer Perceiver Resampler to M = 16, across N,
+   timed twice: attention written with explicit matmuls, and PyTorch's fused SDPA kernel on both sides.
 2. Token budget: the museum probe (frozen ``clip-tiny`` features) across M for every compressor,
    with all N = 64 patch tokens as the reference, the fit Q(M) = a - b / (M + c) and M* for a
    context example.
@@ -38,7 +39,10 @@ def run(quick: bool = False) -> BenchResult:
         table["cost"] = rows
         at = next(r for r in rows if r["N"] == 256)
         table["N256_M16"] = {k: at[k] for k in ("full_flops", "resampler_flops", "flop_ratio", "full_ms",
-                                                "resampler_ms", "time_ratio")}
+                                                "resampler_ms", "time_ratio", "full_sdpa_ms", "resampler_sdpa_ms",
+                                                "time_ratio_sdpa")}
+        big = rows[-1]  # the largest N: explicit-matmul and SDPA time ratios side by side
+        table["largest_N"] = {k: big[k] for k in ("N", "flop_ratio", "time_ratio", "time_ratio_sdpa")}
 
         encoder = load_clip_tiny()
         pcfg = ProbeConfig.tiny().replace(steps=150, n_train=1500, n_test=300) if quick else ProbeConfig.tiny()

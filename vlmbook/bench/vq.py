@@ -7,27 +7,12 @@ training forward+backward (above 1 means ours is faster).
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 import torch
 
 from ..device import num_threads
+from ..util import median_seconds_pair
 from . import BenchResult
-
-
-def _time_pair(fa, fb, reps: int, warmup: int = 3) -> tuple[float, float]:
-    """Median seconds of ``fa`` and ``fb``, measured alternately so load changes hit both alike."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for _ in range(reps):
-        for fn, out in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def speed(batch: int = 16, tokens: int = 256, dim: int = 64, codebook_size: int = 512, reps: int = 20) -> dict:
@@ -59,7 +44,7 @@ def speed(batch: int = 16, tokens: int = 256, dim: int = 64, codebook_size: int 
         (q.square().mean() + loss.sum()).backward()
 
     with num_threads(2):
-        t_ours, t_theirs = _time_pair(step_ours, step_theirs, reps)
+        t_ours, t_theirs = median_seconds_pair(step_ours, step_theirs, reps, warmup=3)
     return {"shape": [batch, tokens, dim], "codebook_size": codebook_size, "ours_ms": round(t_ours * 1e3, 3),
             "vector_quantize_pytorch_ms": round(t_theirs * 1e3, 3), "ratio": round(t_theirs / t_ours, 3)}
 

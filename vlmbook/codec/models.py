@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import Config
 from ..hub import PretrainedMixin
+from ..rd.metrics import psnr
 from . import rans
 from .cdf import BitstreamError
 from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
@@ -302,12 +303,6 @@ def pad_to(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [0, 1]."""
-    mse = float(F.mse_loss(a.float(), b.float()))
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def build_q1(seed: int = 0) -> HyperpriorCodec:

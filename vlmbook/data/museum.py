@@ -263,6 +263,7 @@ _FONT = {  # 3×5 bitmap digits
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_mask(text: str, height: int) -> np.ndarray:
     """A binary mask of ``text`` in the 3×5 font, scaled to ``height`` pixels."""
     glyphs = [np.array(list(_FONT[c]), dtype=np.float32).reshape(5, 3) for c in text]
@@ -271,28 +272,35 @@ def _text_mask(text: str, height: int) -> np.ndarray:
         spaced += [g, np.zeros((5, 1), np.float32)]
     m = np.concatenate(spaced[:-1], axis=1)
     scale = max(1, height // 5)
-    return np.kron(m, np.ones((scale, scale), np.float32))
+    out = np.kron(m, np.ones((scale, scale), np.float32))
+    out.setflags(write=False)  # cached and shared
+    return out
 
 
 _OUTLINE = np.array([0.12, 0.1, 0.08], np.float32)
+_INK = np.array([0.1, 0.1, 0.1], np.float32)
 
 
 @functools.lru_cache(maxsize=8192)
 def _coloured_sprite(shape: str, diameter: int, colour: str) -> tuple[np.ndarray, np.ndarray]:
-    """Premultiplied RGB and alpha of a filled, outlined object: one paste per object."""
+    """Premultiplied RGB and transparency (1 − alpha) of a filled, outlined object: one paste per object."""
     fill, outline = _sprite(shape, diameter)
     rgb = fill[..., None] * np.asarray(COLOURS[colour], np.float32) + outline[..., None] * _OUTLINE
-    return rgb, (fill + outline)[..., None]
+    return rgb, 1 - (fill + outline)[..., None]  # cached, so a paste is one multiply and one add
 
 
-def _paste_premultiplied(canvas: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> None:
-    h, w = alpha.shape[:2]
+def _paste_premultiplied(canvas: np.ndarray, rgb: np.ndarray, transparency: np.ndarray, x0: int, y0: int) -> None:
+    h, w = transparency.shape[:2]
     H, W = canvas.shape[:2]
     xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
-    if xa < xb and ya < yb:
+    if xa == x0 and ya == y0 and xb == x0 + w and yb == y0 + h:  # the common case: fully inside
+        region = canvas[ya:yb, xa:xb]
+        region *= transparency
+        region += rgb
+    elif xa < xb and ya < yb:
         sl = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
         region = canvas[ya:yb, xa:xb]
-        region *= 1 - alpha[sl]
+        region *= transparency[sl]
         region += rgb[sl]
 
 
@@ -314,8 +322,8 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     canvas = _walls(size)[scene.wall][:, :, None] * np.asarray(scene.tint, np.float32)
     for o in scene.objects:
         d = max(3, int(round(2 * o.radius * size)))
-        rgb, alpha = _coloured_sprite(o.shape, d, o.colour)
-        _paste_premultiplied(canvas, rgb, alpha, int(round(o.cx * size - (d + 2) / 2)),
+        rgb, transparency = _coloured_sprite(o.shape, d, o.colour)
+        _paste_premultiplied(canvas, rgb, transparency, int(round(o.cx * size - (d + 2) / 2)),
                              int(round(o.cy * size - (d + 2) / 2)))
     if scene.plaque is not None:
         _draw_plaque(canvas, scene.plaque, size)
@@ -335,7 +343,7 @@ def _draw_plaque(canvas: np.ndarray, p: Plaque, size: int) -> None:
     th, tw = m.shape
     if tw <= x1 - x0 - 2 and th <= y1 - y0 - 2:
         tx, ty = (x0 + x1 - tw) // 2, (y0 + y1 - th) // 2
-        _paste(canvas, m, np.array([0.1, 0.1, 0.1], np.float32), tx, ty)
+        _paste(canvas, m, _INK, tx, ty)
 
 
 # ---------------------------------------------------------------------------------------

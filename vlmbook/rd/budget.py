@@ -1,10 +1,15 @@
-"""The token budget: context-window arithmetic and the cost of attention (Chapter 1 §1.1)."""
+"""The token budget: context-window arithmetic and the cost of attention (Chapter 1 §1.1).
+
+The one FLOP module: every per-layer formula (attention, MLP, whole layer) used by Chapters 1, 4
+and the benchmarks lives here; 1 multiply-add = 2 FLOPs, norms and softmax neglected.
+"""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
+
+from ..util import median_seconds
 
 
 def image_token_budget(context: int, text_tokens: int, reserve: int = 0) -> int:
@@ -30,6 +35,31 @@ def patch_tokens(height: int, width: int, patch: int, merge: int = 1) -> int:
     return gh * gw // (merge * merge)
 
 
+def _check(**kw: int) -> None:
+    for k, v in kw.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be a positive int, got {v!r}")
+
+
+def attention_flops(n_q: int, n_kv: int, d: int, d_kv: int | None = None) -> int:
+    """FLOPs of one attention: n_q queries over n_kv keys of width d (context width d_kv). Chapter 4 §4.4."""
+    d_kv = d if d_kv is None else d_kv
+    _check(n_q=n_q, n_kv=n_kv, d=d, d_kv=d_kv)
+    proj = 2 * n_q * d * d * 2 + 2 * n_kv * d_kv * d * 2  # Q and O on queries; K and V on the context
+    return proj + 4 * n_q * n_kv * d
+
+
+def ffn_flops(n: int, d: int, mult: int = 4) -> int:
+    """FLOPs of the two-layer MLP of width mult*d on n tokens: 4 * mult * n * d^2. Chapter 4 §4.4."""
+    _check(n=n, d=d, mult=mult)
+    return 4 * mult * n * d * d
+
+
+def self_attention_layer_flops(n: int, d: int, mlp_ratio: int = 4) -> int:
+    """One transformer layer over all n tokens: 8nd^2 + 4n^2 d + 16nd^2 (ratio 4). O(n^2). Chapter 4 §4.4."""
+    return attention_flops(n, n, d) + ffn_flops(n, d, mlp_ratio)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerFlops:
     """Forward FLOPs of one transformer layer (1 multiply-add = 2 FLOPs)."""
@@ -48,7 +78,8 @@ def layer_flops(n: int, d: int, d_ff: int | None = None) -> LayerFlops:
     if n < 1 or d < 1:
         raise ValueError(f"n and d must be >= 1, got {n}, {d}")
     d_ff = 4 * d if d_ff is None else d_ff
-    return LayerFlops(8 * n * d * d, 4 * n * n * d, 4 * n * d * d_ff)
+    scores = 4 * n * n * d
+    return LayerFlops(attention_flops(n, n, d) - scores, scores, 4 * n * d * d_ff)
 
 
 def prefill_flops(m_image: int, l_text: int, d: int, layers: int, d_ff: int | None = None) -> int:
@@ -63,11 +94,5 @@ def measure_layer_time(n: int, d: int = 256, heads: int = 4, repeats: int = 5, s
     torch.manual_seed(seed)
     layer = torch.nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True).eval()
     x = torch.randn(1, n, d)
-    times = []
     with torch.inference_mode():
-        layer(x)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        return median_seconds(lambda: layer(x), repeats, warmup=1)

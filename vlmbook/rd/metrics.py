@@ -103,7 +103,11 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     s1, s2 = np.atleast_2d(np.asarray(cov1, float)), np.atleast_2d(np.asarray(cov2, float))
     if m1.shape != m2.shape or s1.shape != s2.shape or s1.shape != (m1.size, m1.size):
         raise ValueError(f"shape mismatch: mu {m1.shape}/{m2.shape}, cov {s1.shape}/{s2.shape}")
-    covmean = sqrtm(s1 @ s2)
+    import warnings
+
+    with warnings.catch_warnings():  # near-singular covariances (few samples) still give a usable root
+        warnings.simplefilter("ignore")
+        covmean = sqrtm(s1 @ s2)
     if np.iscomplexobj(covmean):
         covmean = covmean.real  # tiny imaginary parts from numerical error
     return float(np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * covmean))

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import Config
 from ..data.museum import COLOUR_NAMES, LOCATIONS, SHAPES, Museum
 from ..loop import LoopConfig, fit
+from ..util import step_generator
 from .compressors import CompressorConfig, make_compressor
 
 #: The probe's question groups: attributes of each grid cell, a count, and relations between regions.
@@ -91,6 +92,11 @@ class ProbeConfig(Config):
     @classmethod
     def base(cls) -> "ProbeConfig":
         return cls(n_train=20000, n_test=2000, dim=128, hidden=512, steps=3000, batch_size=256, lr=1e-3)
+
+    def loop(self) -> LoopConfig:
+        """The :class:`LoopConfig` every probe trains with."""
+        return LoopConfig(steps=self.steps, lr=self.lr, warmup=min(20, self.steps // 10), seed=self.seed,
+                          log_every=50, weight_decay=0.01)
 
 
 @dataclasses.dataclass
@@ -193,16 +199,14 @@ def probe_accuracy(kind: str, m: int, train: ProbeData, test: ProbeData, cfg: Pr
     model = make_probe(kind, m, n, d, cfg)
 
     def batch_fn(step: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        g = step_generator(cfg.seed, step)
         idx = torch.randint(len(train), (cfg.batch_size,), generator=g)
         return {"feats": train.features[idx], "answers": train.answers[idx]}
 
     def loss_fn(mdl: nn.Module, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
         return probe_loss(mdl(b["feats"]), b["answers"])
 
-    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(20, cfg.steps // 10), seed=cfg.seed, log_every=50,
-                      weight_decay=0.01)
-    fit(model, loss_fn, batch_fn, loop, device="cpu", desc=f"probe {kind} M={m}")
+    fit(model, loss_fn, batch_fn, cfg.loop(), device="cpu", desc=f"probe {kind} M={m}")
     row = {"kind": kind, "M": m if kind != "all" else n, **evaluate_probe(model, test)}
     return (row, model) if return_model else row
 

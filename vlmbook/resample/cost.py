@@ -9,42 +9,20 @@ one self-attention layer costs
 
 and its MLP (width 4d) another 16 n d^2. The Perceiver Resampler's M latents attend to the
 n + M keys [features; latents], so the quadratic term becomes 4 M (n + M) d: linear in n.
-Chapter 4 §4.4; :func:`count_flops` checks every formula against PyTorch's FLOP counter.
+Chapter 4 §4.4; the per-layer formulas live in :mod:`vlmbook.rd.budget` (the one FLOP module);
+:func:`count_flops` checks every formula against PyTorch's FLOP counter.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def _check(**kw: int) -> None:
-    for k, v in kw.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{k} must be a positive int, got {v!r}")
-
-
-def attention_flops(n_q: int, n_kv: int, d: int, d_kv: int | None = None) -> int:
-    """FLOPs of one attention: n_q queries over n_kv keys of width d (context width d_kv). §4.4."""
-    d_kv = d if d_kv is None else d_kv
-    _check(n_q=n_q, n_kv=n_kv, d=d, d_kv=d_kv)
-    proj = 2 * n_q * d * d * 2 + 2 * n_kv * d_kv * d * 2  # Q and O on queries; K and V on the context
-    return proj + 4 * n_q * n_kv * d
-
-
-def ffn_flops(n: int, d: int, mult: int = 4) -> int:
-    """FLOPs of the two-layer MLP of width mult*d on n tokens: 4 * mult * n * d^2. §4.4."""
-    _check(n=n, d=d, mult=mult)
-    return 4 * mult * n * d * d
-
-
-def self_attention_layer_flops(n: int, d: int, mlp_ratio: int = 4) -> int:
-    """One transformer layer over all n tokens: 8nd^2 + 4n^2 d + 16nd^2 (ratio 4). O(n^2). §4.4."""
-    return attention_flops(n, n, d) + ffn_flops(n, d, mlp_ratio)
+from ..rd.budget import _check, attention_flops, ffn_flops, self_attention_layer_flops
+from ..util import median_seconds
 
 
 def perceiver_flops(n: int, m: int, d: int, depth: int = 1, ff_mult: int = 4, in_dim: int | None = None,
@@ -76,16 +54,19 @@ def count_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int:
 
 def time_forward(module: nn.Module, x: torch.Tensor, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall-clock seconds of ``module(x)`` under ``no_grad`` (timings vary by machine)."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    times = []
     with torch.no_grad():
-        for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            module(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return median_seconds(lambda: module(x), repeats, warmup)
+
+
+def fused_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose every :class:`Attention` uses PyTorch's fused SDPA kernel. §4.4."""
+    from .layers import Attention
+
+    out = copy.deepcopy(module)
+    for mod in out.modules():
+        if isinstance(mod, Attention):
+            mod.fused = True
+    return out
 
 
 def cost_table(ns: list[int], m: int = 16, d: int = 256, depth: int = 1, heads: int = 8, batch: int = 4,
@@ -100,6 +81,7 @@ def cost_table(ns: list[int], m: int = 16, d: int = 256, depth: int = 1, heads: 
     full = nn.Sequential(*[Block(d, heads) for _ in range(depth)]).eval()
     res = PerceiverResampler(CompressorConfig(in_dim=d, dim=d, out_dim=d, num_tokens=m, depth=depth,
                                               heads=heads)).eval()
+    full_sdpa, res_sdpa = fused_copy(full), fused_copy(res)
     rows = []
     for n in ns:
         _check(n=n)
@@ -116,5 +98,9 @@ def cost_table(ns: list[int], m: int = 16, d: int = 256, depth: int = 1, heads: 
             row["full_ms"] = 1e3 * time_forward(full, x, repeats)
             row["resampler_ms"] = 1e3 * time_forward(res, x, repeats)
             row["time_ratio"] = row["full_ms"] / row["resampler_ms"]
+            # the same two layers with PyTorch's fused attention kernel (SDPA) on both sides
+            row["full_sdpa_ms"] = 1e3 * time_forward(full_sdpa, x, repeats)
+            row["resampler_sdpa_ms"] = 1e3 * time_forward(res_sdpa, x, repeats)
+            row["time_ratio_sdpa"] = row["full_sdpa_ms"] / row["resampler_sdpa_ms"]
         rows.append(row)
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,6 +55,9 @@ class Attention(nn.Module):
         self.k = nn.Linear(kv, dim)
         self.v = nn.Linear(kv, dim)
         self.o = nn.Linear(dim, dim)
+        # fused=True computes the same attention with PyTorch's fused SDPA kernel (used to time
+        # the field's fast path; the FLOP counter and the weights need the explicit matmuls)
+        self.fused = False
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, return_weights: bool = False):
@@ -65,6 +69,10 @@ class Attention(nn.Module):
         q = self.q(x).view(b, nq, h, dh).transpose(1, 2)
         k = self.k(ctx).view(b, nk, h, dh).transpose(1, 2)
         v = self.v(ctx).view(b, nk, h, dh).transpose(1, 2)
+        if self.fused and not return_weights:
+            m = None if key_mask is None else key_mask[:, None, None, :]
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+            return self.o(att.transpose(1, 2).reshape(b, nq, h * dh))
         scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(dh))
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)

@@ -12,6 +12,7 @@ from torch import nn
 from ..config import Config
 from ..hub import PretrainedMixin
 from ..loop import LoopConfig, fit
+from ..util import step_generator
 
 
 @dataclasses.dataclass
@@ -71,6 +72,10 @@ class MaskGIT(nn.Module, PretrainedMixin):
         self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, k)
+        # Token and position embeddings on the same small scale (BERT / MaskGIT use std 0.02 for
+        # both): with PyTorch's default N(0, 1) token embedding the position signal is 50x weaker,
+        # every [MASK] looks alike, and the model predicts the same distribution at every position.
+        nn.init.normal_(self.tok.weight, std=0.02)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         n = self.config.grid ** 2
@@ -121,6 +126,11 @@ class MaskGITTrainConfig(Config):
     def base(cls) -> "MaskGITTrainConfig":
         return cls(steps=20000, batch_size=128, lr=3e-4)
 
+    def loop(self, progress: bool = True) -> LoopConfig:
+        """The :class:`LoopConfig` this recipe trains with."""
+        return LoopConfig(steps=self.steps, lr=self.lr, seed=self.seed, log_every=max(1, self.steps // 10),
+                          warmup=self.steps // 10, weight_decay=0.01, progress=progress)
+
 
 def train_maskgit(model: MaskGIT, codes: torch.Tensor, cfg: MaskGITTrainConfig | None = None,
                   progress: bool = True) -> list[dict[str, float]]:
@@ -133,13 +143,11 @@ def train_maskgit(model: MaskGIT, codes: torch.Tensor, cfg: MaskGITTrainConfig |
 
     def batch_fn(step: int) -> torch.Tensor:
         epoch, pos = divmod(step * cfg.batch_size, m)
-        perm = torch.randperm(m, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        perm = torch.randperm(m, generator=step_generator(cfg.seed, epoch))
         idx = perm[torch.arange(pos, pos + cfg.batch_size) % m]
         return codes[idx]
 
-    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=max(1, cfg.steps // 10),
-                      warmup=cfg.steps // 10, weight_decay=0.01, progress=progress)
-    return fit(model, masked_token_loss, batch_fn, loop, desc="maskgit")
+    return fit(model, masked_token_loss, batch_fn, cfg.loop(progress), desc="maskgit")
 
 
 @torch.no_grad()

@@ -20,6 +20,8 @@ from ..config import Config
 from ..device import num_threads
 from ..hub import ArtifactSpec, PretrainedMixin, register_artifact
 from ..loop import LoopConfig, fit
+from ..rd.metrics import psnr
+from ..util import step_seed
 from .quantizers import KINDS, QuantizerConfig, QuantizerOutput, make_quantizer
 
 
@@ -210,14 +212,6 @@ class VQTokenizer(nn.Module, PretrainedMixin):
 # ---------------------------------------------------------------------------------------
 # Data, metrics, training
 # ---------------------------------------------------------------------------------------
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between images in [0, 1] (mean over the batch's pixels). §2.6."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    mse = F.mse_loss(a.float().clamp(0, 1), b.float().clamp(0, 1)).item()
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def training_batch(step: int, batch_size: int, size: int = 64, photo_fraction: float = 0.25, seed: int = 0) -> torch.Tensor:
     """(batch_size, 3, size, size) images for step ``step``: museum exhibits plus photo crops. §2.6."""
     from ..data import Museum, random_crops
@@ -230,7 +224,7 @@ def training_batch(step: int, batch_size: int, size: int = 64, photo_fraction: f
     if n_museum:
         parts.append(Museum("train", size, seed=seed, length=2**39).tensors(step * n_museum, n_museum))
     if n_photo:
-        parts.append(random_crops(n_photo, size, seed=seed * 1_000_003 + step))
+        parts.append(random_crops(n_photo, size, seed=step_seed(seed, step)))
     return torch.cat(parts)
 
 
@@ -266,6 +260,11 @@ class TokenizerTrainConfig(Config):
     def base(cls) -> "TokenizerTrainConfig":
         return cls(steps=6000, batch_size=64, lr=1e-3)
 
+    def loop(self, progress: bool = True) -> LoopConfig:
+        """The :class:`LoopConfig` this recipe trains with."""
+        return LoopConfig(steps=self.steps, lr=self.lr, seed=self.seed, log_every=max(1, self.steps // 20),
+                          warmup=min(50, self.steps // 10), progress=progress)
+
 
 def tokenizer_loss(model: VQTokenizer, batch: torch.Tensor, step: int):
     """The VQ-VAE objective: MSE + quantiser loss; logs PSNR and usage. §2.6."""
@@ -280,10 +279,8 @@ def train_tokenizer(model: VQTokenizer, cfg: TokenizerTrainConfig | None = None,
     """Train with :func:`vlmbook.loop.fit` on museum + photo batches; returns the history. §2.6."""
     cfg = cfg or TokenizerTrainConfig()
     size = model.config.image_size
-    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=max(1, cfg.steps // 20),
-                      warmup=min(50, cfg.steps // 10), progress=progress)
     return fit(model, tokenizer_loss, lambda s: training_batch(s, cfg.batch_size, size, cfg.photo_fraction, cfg.seed),
-               loop, ckpt_dir=ckpt_dir, device=device, desc="vq-tokenizer")
+               cfg.loop(progress), ckpt_dir=ckpt_dir, device=device, desc="vq-tokenizer")
 
 
 @torch.no_grad()

@@ -266,6 +266,11 @@ class VQGANConfig(Config):
     def base(cls) -> "VQGANConfig":
         return cls(steps=5000, batch_size=32, lr=2e-4, disc_start=1000)
 
+    def loop(self, progress: bool = True) -> LoopConfig:
+        """The :class:`LoopConfig` this recipe trains with."""
+        return LoopConfig(steps=self.steps, lr=self.lr, seed=self.seed, log_every=max(1, self.steps // 10),
+                          progress=progress)
+
 
 class VQGAN(nn.Module):
     """A tokenizer, its discriminator and a frozen perceptual loss, trained as one module. §2.7."""
@@ -301,9 +306,8 @@ def train_vqgan(model: VQGAN, cfg: VQGANConfig | None = None, progress: bool = T
     """Fine-tune or train ``model.tokenizer`` with the VQ-GAN objective via :func:`vlmbook.loop.fit`. §2.7."""
     cfg = cfg or VQGANConfig()
     size = model.tokenizer.config.image_size
-    loop = LoopConfig(steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, log_every=max(1, cfg.steps // 10), progress=progress)
     return fit(model, lambda m, b, s: vqgan_loss(m, b, s, cfg),
-               lambda s: training_batch(s + 10_000_000, cfg.batch_size, size, 0.25, cfg.seed), loop, desc="vqgan")
+               lambda s: training_batch(s + 10_000_000, cfg.batch_size, size, 0.25, cfg.seed), cfg.loop(progress), desc="vqgan")
 
 
 def sharpness(images: torch.Tensor) -> float:
@@ -318,17 +322,9 @@ def sharpness(images: torch.Tensor) -> float:
 @torch.no_grad()
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (n, C) feature sets (FID's formula). §2.8."""
-    from scipy import linalg
+    from ..rd.metrics import frechet_distance as gaussian_frechet
 
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"frechet_distance needs (n, C) and (m, C) with n, m >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
     a64, b64 = a.double().numpy(), b.double().numpy()
-    mu1, mu2 = a64.mean(0), b64.mean(0)
-    s1, s2 = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
-    import warnings
-
-    with warnings.catch_warnings():  # near-singular covariances (few samples) still give a usable root
-        warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(s1 @ s2)
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return gaussian_frechet(a64.mean(0), np.cov(a64, rowvar=False), b64.mean(0), np.cov(b64, rowvar=False))

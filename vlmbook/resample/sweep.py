@@ -1,0 +1,91 @@
+"""How long the token-budget probe of Chapter 4 §4.6 must train: a measured curve, stored as a small record.
+
+Training probes until their accuracy stops rising takes longer than a chapter may run on a CPU,
+so the measured record is committed (``vlmbook/artifacts/probe-sweep-v1/sweep.json``)
+and rebuilt by one command::
+
+    python -m vlmbook.resample.sweep            # writes the record (about 4 min on one quiet core)
+
+The record holds the training curve — probe accuracy (per question group too) against training
+steps for the reference (all patch tokens) and the resampler at M = 16 — and the step count
+chosen from it: the first at which doubling the steps adds less than ``tol`` accuracy for both
+(or the longest run, when none does). ``tests/test_resample.py`` retrains one point and checks it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..device import num_threads
+from .budget import ProbeConfig, ProbeData, probe_accuracy, probe_features
+
+VERSION = 1
+RECORD = Path(__file__).resolve().parents[1] / "artifacts" / f"probe-sweep-v{VERSION}" / "sweep.json"
+CURVE_STEPS = (300, 600, 1200)
+CURVE_KINDS = (("all", 64), ("perceiver", 16))
+
+
+def converged_steps(curve: dict[str, list[float]], steps: Sequence[int], tol: float = 0.005) -> int:
+    """The first step count after which doubling adds < ``tol`` accuracy for every curve (else the last). §4.6."""
+    if any(len(v) != len(steps) for v in curve.values()):
+        raise ValueError("every curve needs one accuracy per step count")
+    for i in range(len(steps) - 1):
+        if all(v[i + 1] - v[i] < tol for v in curve.values()):
+            return int(steps[i])
+    return int(steps[-1])
+
+
+def build_sweep(encoder=None, cfg: ProbeConfig | None = None, curve_steps: Sequence[int] = CURVE_STEPS,
+                kinds: Sequence[tuple[str, int]] = CURVE_KINDS, tol: float = 0.005, progress: bool = True) -> dict:
+    """Probe accuracy against training steps for each (kind, M); the converged step count. §4.6."""
+    from ..vision import load_clip_tiny
+
+    encoder = encoder or load_clip_tiny()
+    cfg = cfg or ProbeConfig.tiny()
+    t0 = time.perf_counter()
+    with num_threads(1):
+        train = probe_features(encoder, "train", cfg.n_train)
+        test = probe_features(encoder, "test", cfg.n_test)
+        rows: dict[str, list[dict]] = {}
+        for kind, m in kinds:
+            key = f"{kind}-{m}"
+            rows[key] = [{"steps": int(s), **_row(probe_accuracy(kind, m, train, test, cfg.replace(steps=s)))}
+                         for s in curve_steps]
+            if progress:
+                print(key, [r["accuracy"] for r in rows[key]], flush=True)
+    curve = {k: [r["accuracy"] for r in v] for k, v in rows.items()}
+    steps = converged_steps(curve, curve_steps, tol)
+    return {"version": VERSION, "probe_config": cfg.to_dict(), "curve_steps": [int(s) for s in curve_steps],
+            "curve": curve, "rows": rows, "tolerance": tol, "steps": steps,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _row(r: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
+def load_sweep(path: str | Path = RECORD) -> dict:
+    """The committed sweep record (see :func:`build_sweep`). §4.6."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep record at {path}; build it with `python -m vlmbook.resample.sweep`")
+    return json.loads(path.read_text())
+
+
+def reproduce_row(record: dict, kind: str, m: int, steps: int, train: ProbeData, test: ProbeData) -> dict:
+    """Retrain the ``steps``-step point of ``record``'s (kind, M) curve with its stored probe config. §4.6."""
+    cfg = ProbeConfig(**record["probe_config"]).replace(steps=steps)
+    return {"steps": int(steps), **_row(probe_accuracy(kind, m, train, test, cfg))}
+
+
+def main() -> None:
+    rec = build_sweep()
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"written {RECORD} ({rec['seconds']} s); converged at {rec['steps']} steps")
+
+
+if __name__ == "__main__":
+    main()

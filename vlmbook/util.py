@@ -1,0 +1,61 @@
+"""Small shared helpers: the one median timer and the one step-seeded generator.
+
+Every chapter that times code or draws a step's random batch calls these, so timings are measured
+the same way everywhere and a step's data is a pure function of ``(seed, step)`` (exact resume).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+# Mixes a run's seed with a step index: seeds 0, 1, 2 … give disjoint streams for the first million steps.
+SEED_STRIDE = 1_000_003
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The integer seed of step ``step`` of a run seeded ``seed``: ``seed · SEED_STRIDE + step``."""
+    for name, v in (("seed", seed), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    return seed * SEED_STRIDE + step
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`step_seed` (batch ``step`` of a seeded run)."""
+    return torch.Generator().manual_seed(step_seed(seed, step))
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def median_seconds_pair(fa: Callable[[], Any], fb: Callable[[], Any], repeats: int = 5,
+                        warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of ``fa`` and ``fb`` timed alternately, so load changes hit both alike."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, out in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
