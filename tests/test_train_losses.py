@@ -207,13 +207,13 @@ def test_group_relative_advantages():
 
 # -- self-consistency ------------------------------------------------------------------------
 def test_majority_vote_and_weighting():
-    votes = ["red [CITE:<v_3>]", "blue", "Red", "blue", " red "]
+    votes = ["red [CITE:<p_3>]", "blue", "Red", "blue", " red "]
     ans, share = majority_vote(votes)
-    assert ans == "red [CITE:<v_3>]" and share == 0.6
+    assert ans == "red [CITE:<p_3>]" and share == 0.6
     ans, share = majority_vote(votes, weights=[0.1, 2.0, 0.1, 2.0, 0.1])
     assert ans == "blue" and abs(share - 4.0 / 4.3) < 1e-9
     assert majority_vote(["a", "b"])[0] == "a"  # ties go to the first seen
-    assert normalise_answer("[THOUGHT] the red circle [ANSWER] Yes [CITE:<v_1>]") == "yes"
+    assert normalise_answer("[THOUGHT] the red circle [ANSWER] Yes [CITE:<p_1>]") == "yes"
     rng = iter(["no", "yes", "yes"])
     assert self_consistency(lambda i: next(rng), 3)[0] == "yes"
     for bad in ([], ):
