@@ -103,7 +103,9 @@ def test_concat_and_runs():
 
 
 def test_parse_output_and_lookup():
-    assert parse_output("red [CITE:<v_3>] [CITE:<p_4>]") == ("red", [3, 4])
+    assert parse_output("red [CITE:<p_3>] [CITE:<p_4>]") == ("red", [3, 4])
+    assert parse_output("[CITE:<p_3><p_4>] red") == ("red", [3, 4])  # cite-first, as vlm-tiny v2 answers
+    assert parse_output("red [CITE:<v_3>]") == ("red [CITE:<v_3>]", [])  # <v_k> is a codebook word, not a patch
     assert parse_output("red [CITE:<v_") == ("red [CITE:<v_", [])
     with pytest.raises(TypeError):
         parse_output(3)
@@ -141,7 +143,8 @@ def vlm():
 
 def test_predict_matches_generate(vlm):
     torch.manual_seed(0)
-    img = torch.rand(3, 72, 72)
+    s = vlm.config.image_size  # 64 px: the clip-tiny encoder of VLMConfig.tiny
+    img = torch.rand(3, s, s)
     qs = ["What colour is the star?", "Where is the red ring?"]
     preds = predict(vlm, EvalBatch(img, qs), max_new_tokens=5)
     assert len(preds) == 2
@@ -197,4 +200,21 @@ def test_evaluate_with_transform(vlm):
     same = evaluate_model(vlm, "test", n_scenes=1, timing=False, transform=lambda im: im.clone())
     assert plain.equals(same)
     with pytest.raises(ValueError, match="changed the image shape"):
-        evaluate_model(vlm, "test", n_scenes=1, timing=False, transform=lambda im: im[:, :64, :64])
+        evaluate_model(vlm, "test", n_scenes=1, timing=False, transform=lambda im: im[:, :-8, :-8])
+
+
+def test_predict_with_a_cached_prefix_matches_generate(vlm):
+    """An image-first model reuses its image prefix across questions; the answers do not change."""
+    from vlmbook.eval.adapter import can_cache_prefix
+    from vlmbook.fusion import VisionLanguageModel, VLMConfig
+
+    torch.manual_seed(0)
+    m = VisionLanguageModel(VLMConfig(route="continuous", hidden=32, intermediate=64, enc_channels=8, layers=1,
+                                      corpus_scenes=50, bpe_vocab=300, image_size=48, grid=3)).eval()
+    assert can_cache_prefix(m) and not can_cache_prefix(vlm)  # vlm: question first, like VLMConfig.tiny
+    img = torch.rand(3, 48, 48)
+    qs = ["What colour is the star?", "Where is the red ring?"]
+    preds = predict(m, EvalBatch(img, qs), max_new_tokens=5)
+    for q, p in zip(qs, preds):
+        assert p.output == m.ask(img, q, max_new_tokens=5)
+        assert p.ttft_ms > 0 and p.encode_ms > 0

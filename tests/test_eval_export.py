@@ -62,7 +62,8 @@ def test_hooks():
     assert doc_to_visual(doc)[0].mode == "RGB"
     cites = " ".join(f"[CITE:<p_{k}>]" for k in doc["support_patches"])
     assert process_results(doc, [f"{doc['answer']} {cites}"]) == {"exact_match": 1.0, "citation_precision": 1.0}
-    wrong = process_results(doc, ["nonsense [CITE:<v_99>]"])
+    other = next(k for k in range(9) if k not in doc["support_patches"])  # a patch that proves nothing
+    wrong = process_results(doc, [f"[CITE:<p_{other}>] nonsense"])
     assert wrong == {"exact_match": 0.0, "citation_precision": 0.0}
 
 

@@ -94,7 +94,7 @@ def test_curriculum_widens_and_is_a_pure_function_of_the_step():
 # -- the adapter's tensors ----------------------------------------------------------------------
 def test_sequence_logprobs_equal_the_models_own_logits_and_ignore_padding(policy, images):
     ex = [policy.response("What colour is the star?", "red", 0),
-          policy.response("How many objects are in the exhibit?", "3 [CITE:<v_1>]", 1)]
+          policy.response("How many objects are in the exhibit?", "[CITE:<p_1>] 3", 1)]
     batch = policy.collate(ex, images)
     assert batch["input_ids"].shape[0] == 2 and batch["images"].shape == (2, 3, 48, 48)
     lp = policy.sequence_logprobs(batch)
@@ -255,3 +255,40 @@ def test_dpo_on_the_vlm_moves_toward_the_chosen_answer(images):
     with torch.no_grad():
         lp = policy.sequence_logprobs(batch)
     assert float((lp[0] - ref_lp[0]) - (lp[1] - ref_lp[1])) > 0
+
+
+def test_policy_follows_the_guides_layout_and_cite_first_answers(images):
+    """A question-first, cite-first model (the recipe of VLMConfig.tiny): examples are its own prompt_ids."""
+    from vlmbook.fusion.model import RECIPE
+    from vlmbook.train.stages import prompt_cache_ttft
+
+    vlm = _vlm(**RECIPE)
+    p = VLMPolicy(vlm)
+    q = "What colour is the star?"
+    ex = p.response(q, "[CITE:<p_3><p_4>] red", 0)
+    assert ex.ids == vlm.prompt_ids(q, "red", [3, 4])
+    assert ex.ids.index(vlm.ids["image"]) > ex.ids.index(vlm.encode_text(q)[0])  # question before image
+    learned = [x for x in ex.labels if x != IGNORE]
+    assert learned == vlm.answer_ids("red", [3, 4])
+    # a citation written after the answer is the same answer
+    assert p.response(q, "red [CITE:<p_3>] [CITE:<p_4>]", 0).ids == ex.ids
+    # the decoded text of what the model would write round-trips to the same example
+    assert p.response(q, vlm.decode_answer(vlm.answer_ids("red", [3, 4])), 0).ids == ex.ids
+    # the adapter's labels line up with the model's own answer_logprobs (which, like generate, leave
+    # out the padding rows of the vocabulary; the adapter's log-probs are over every logit)
+    batch = p.collate([ex], images)
+    ids = batch["input_ids"]
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    n = len(learned)
+    targets[0, len(ex.ids) - n - 1:len(ex.ids) - 1] = True
+    ref = vlm.answer_logprobs(ids, targets, images=images[:1])
+    with torch.no_grad():
+        logits, labels = p.logits(batch)
+        logits = logits.float().clone()
+        logits[..., len(vlm.tokenizer):] = float("-inf")
+        assert torch.allclose(sequence_logprobs(logits, labels), ref, atol=1e-5)
+        assert float(p.sequence_logprobs(batch)) <= float(ref) + 1e-5
+    out = p.sample(images[:2], [q, "Is there a blue cube?"], max_new_tokens=3, do_sample=False)
+    assert out == [vlm.ask(images[i], s, max_new_tokens=3) for i, s in enumerate([q, "Is there a blue cube?"])]
+    t = prompt_cache_ttft(p, images[0], q, repeats=1)
+    assert t["ttft_ms"] > 0 and t["ttft_cached_ms"] is None and t["cacheable"] is False

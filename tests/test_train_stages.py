@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vlmbook.fusion import VisionLanguageModel, VLMConfig
+from vlmbook.fusion.grounding import format_citation
 from vlmbook.train.policy import VLMPolicy
 from vlmbook.train.stages import (align_projector, answer_all, evaluate, exhibits, int8_language_model,
                                   kl_to_reference, preference_data, prompt_cache_ttft, reward_accuracy, score_answers,
@@ -29,8 +30,7 @@ def test_exhibits_and_scoring(ex):
     assert all(qa.qtype != "plaque" for _, qa in ex.items)
     from vlmbook.data import support_patches
 
-    perfect = [" ".join([qa.answer] + [f"[CITE:<v_{k}>]" for k in support_patches(ex.scenes[i], qa, 3)])
-               for i, qa in ex.items]
+    perfect = [f"{format_citation(support_patches(ex.scenes[i], qa, 3))} {qa.answer}" for i, qa in ex.items]
     s = score_answers(perfect, ex, 3)
     assert s["all"]["accuracy"] == 100.0 and s["all"]["citation_precision"] == 100.0
     bare = score_answers([qa.answer for _, qa in ex.items], ex, 3)

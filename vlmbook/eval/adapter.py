@@ -9,15 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-#: A citation names a patch ``k`` as ``<v_k>`` (Chapter 5 today) or ``<p_k>`` (patch-position tokens).
-CITATION = re.compile(r"\[CITE:\s*<[vp]_(\d+)>\s*\]")
+from ..fusion.grounding import parse_citations
 
 
 @dataclasses.dataclass
@@ -41,11 +39,11 @@ class EvalBatch:
 
 
 def parse_output(text: str) -> tuple[str, list[int]]:
-    """``'red [CITE:<p_3>]'`` -> ``('red', [3])``; citations in either token family. §7.1."""
+    """``'[CITE:<p_3><p_4>] red'`` -> ``('red', [3, 4])``: Chapter 5's :func:`~vlmbook.fusion.grounding.parse_citations`
+    (``<p_k>`` patch tokens, anywhere in the text). §7.1."""
     if not isinstance(text, str):
         raise TypeError(f"parse_output needs a string, got {type(text).__name__}")
-    cited = [int(k) for k in CITATION.findall(text)]
-    return " ".join(CITATION.sub(" ", text).split()), cited
+    return parse_citations(text)
 
 
 def load_model(source: str | Path, device: str = "cpu") -> Any:
@@ -82,12 +80,20 @@ def _now() -> float:
     return time.perf_counter()
 
 
+def can_cache_prefix(model: Any) -> bool:
+    """Whether the model can reuse one image prefix across questions (image-first layout, and a mask
+    that keeps the image from seeing the question). §5.6."""
+    return model.config.layout == "image_first" and model.config.mask != "full_prefix"
+
+
 @torch.no_grad()
 def predict(model: Any, batch: EvalBatch, max_new_tokens: int = 24, timing: bool = True) -> list[Prediction]:
-    """Greedy answers to every question about one image, with encode / first-token / decoding times. §7.1.
+    """Greedy answers to every question about one (3, H, W) image, with encode / first-token / decoding times. §7.1.
 
-    The image prefix is computed once and reused for every question (prompt caching); the time
-    to first token of a question is that prefix time plus the question's first decoding step.
+    An image-first model computes its image prefix once and reuses it for every question (prompt
+    caching); the time to first token is then that prefix time plus the question's first decoding
+    step. A question-first model (``VLMConfig.tiny``) cannot: each question runs the whole prompt,
+    image included, and its first decoding step is its time to first token.
     """
     if not isinstance(batch, EvalBatch) or batch.image.ndim != 3:
         raise ValueError("predict needs an EvalBatch holding one (3, H, W) image")
@@ -103,20 +109,22 @@ def predict(model: Any, batch: EvalBatch, max_new_tokens: int = 24, timing: bool
         else:
             model.image_features(img)
         encode_ms = 1000 * (_now() - t0)
-    t0 = _now()
-    prefix = model.cache_prefix(img)
-    prefix_ms = 1000 * (_now() - t0)
+    prefix, prefix_ms = None, 0.0
+    if can_cache_prefix(model):
+        t0 = _now()
+        prefix = model.cache_prefix(img)
+        prefix_ms = 1000 * (_now() - t0)
     out = []
     for question in batch.questions:
         q = torch.tensor([model.encode_text(question) + [model.ids["assistant"]]], device=dev)
         ttft = tps = None
         if timing:
             t0 = _now()
-            model.generate(None, q, max_new_tokens=1, prefix=prefix)
+            model.generate(img, q, max_new_tokens=1, prefix=prefix)
             first = _now() - t0
             ttft = prefix_ms + 1000 * first
         t0 = _now()
-        ids = model.generate(None, q, max_new_tokens=max_new_tokens, prefix=prefix)[0].tolist()
+        ids = model.generate(img, q, max_new_tokens=max_new_tokens, prefix=prefix)[0].tolist()
         total = _now() - t0
         text = model.decode_answer(ids)
         n = len(ids) if model.ids["end"] not in ids else ids.index(model.ids["end"]) + 1

@@ -1,7 +1,7 @@
 """Self-consistency: sample K answers, vote (Chapter 6 §6.5, Wang et al., 2023).
 
 Answers are compared after ``normalise`` (by default: the text before the first citation,
-lower-cased, whitespace collapsed), so that ``'red [CITE:<v_3>]'`` and ``'Red'`` vote together.
+lower-cased, whitespace collapsed), so that ``'[CITE:<p_3>] red'`` and ``'Red'`` vote together.
 With ``weights`` (e.g. a reward model's scores) each vote counts its weight.
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..fusion.grounding import parse_citations
 from ..fusion.model import VisionLanguageModel
 from .losses import IGNORE, sequence_logprobs, token_logprobs
 from .sft import ChatTemplate, LoRAHandle, Turn, apply_lora
@@ -85,18 +86,32 @@ class VLMPolicy:
     def decode(self, ids: Sequence[int]) -> str:
         return self.module.decode_answer(ids)
 
-    def chat(self, question: str, segments: Sequence[tuple[str, bool]], image: int) -> Example:
-        """``<bos><|user|>`` image question ``<|assistant|>`` segments ``<|end|>``; learned segments only. §6.2."""
-        prefix = self.module.prefix_ids()  # <bos><|user|> image slots </image>
-        image_part = prefix[2:]
-        user = Turn("user", ((tuple(image_part) + tuple(self.encode(question)), False),))
-        asst = Turn("assistant", tuple((tuple(self.encode(t)), learn) for t, learn in segments))
+    def chat(self, question: str, segments: Sequence[tuple[str | Sequence[int], bool]], image: int) -> Example:
+        """The turn in the model's ``config.layout`` with the assistant's segments (text or ids), learned
+        where flagged: ``<bos><|user|>`` question + image (or image + question) ``<|assistant|>`` … ``<|end|>``. §6.2."""
+        vlm = self.module
+        q, image_part = self.encode(question), vlm.image_block()
+        user_ids = q + image_part if vlm.config.layout == "question_first" else image_part + q
+        user = Turn("user", ((tuple(user_ids), False),))
+        asst = Turn("assistant", tuple((tuple(self.encode(t) if isinstance(t, str) else t), learn)
+                                       for t, learn in segments))
         ids, labels = self.template.render([user, asst])
-        return Example([prefix[0]] + ids, [IGNORE] + labels, image)
+        return Example([vlm.ids["bos"]] + ids, [IGNORE] + labels, image)
+
+    def answer_tokens(self, answer: str) -> list[int]:
+        """Answer text, citations ``[CITE:<p_k>]`` anywhere in it, -> the answer's ids as the model
+        writes them (no ``<|end|>``): cite-first for a citing model (Chapter 5 §5.7–5.8)."""
+        vlm = self.module
+        text, patches = parse_citations(answer)
+        if vlm.config.cite:
+            return vlm.answer_ids(text, patches)[:-1]
+        ids = vlm.answer_ids(text)[:-1]
+        return vlm.citation_ids(patches) + ids if patches else ids
 
     def response(self, question: str, answer: str, image: int) -> Example:
-        """The museum layout with the answer (leading space added) learned: what Chapter 5 trains. §6.2."""
-        return self.chat(question, [(" " + answer, True)], image)
+        """The model's own prompt layout with the answer learned: exactly ``prompt_ids(question, answer,
+        patches)``, what Chapter 5 trains (citations parsed from the text). §6.2."""
+        return self.chat(question, [(self.answer_tokens(answer), True)], image)
 
     def pair(self, question: str, chosen: str, rejected: str, image: int) -> tuple[Example, Example]:
         """A preference pair as two examples; equal answers are an error (nothing to prefer). §6.3."""

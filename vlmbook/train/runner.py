@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..hub import _dedupe_shared, _is_tied
 from ..device import autocast, get_device, seed_everything
-from ..loop import LoopConfig, LossFn, cosine_schedule, load_checkpoint, save_checkpoint, to_device
+from ..loop import CKPT_NAME, LoopConfig, LossFn, cosine_schedule, load_checkpoint, save_checkpoint, to_device
 
 
 class _Untied:
@@ -55,8 +55,9 @@ def fit_groups(model: torch.nn.Module, loss_fn: LossFn, batch_fn: Callable[[int]
         raise ValueError("fit_groups() got no trainable parameters")
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
-    if ckpt_dir is not None and (Path(ckpt_dir) / "trainer.json").is_file():
-        start, history = load_checkpoint(ckpt_dir, _Untied(model), opt)  # type: ignore[arg-type]
+    # the checkpoint file is loop's (one atomic trainer.safetensors; was trainer.json + weights)
+    if ckpt_dir is not None and (Path(ckpt_dir) / CKPT_NAME).is_file():
+        start, history = load_checkpoint(ckpt_dir, _Untied(model), opt, total_steps=cfg.steps)  # type: ignore[arg-type]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, cfg.steps, cfg.warmup),
                                               last_epoch=start - 1)
     show = cfg.progress and os.environ.get("VLMBOOK_PROGRESS", "1") != "0"
@@ -82,7 +83,8 @@ def fit_groups(model: torch.nn.Module, loss_fn: LossFn, batch_fn: Callable[[int]
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         done = step + 1
         if ckpt_dir is not None and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps):
-            save_checkpoint(ckpt_dir, _Untied(model), opt, done, history)  # type: ignore[arg-type]
+            save_checkpoint(ckpt_dir, _Untied(model), opt, done, history,  # type: ignore[arg-type]
+                            total_steps=cfg.steps)
     bar.close()
     model.eval()
     return history

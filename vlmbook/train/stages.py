@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import time
 from collections import defaultdict
 from typing import Sequence
@@ -15,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..data.museum import Museum, QA, Scene, preference_pairs, questions, support_patches
-from ..fusion.grounding import parse_citations
+from ..fusion.grounding import format_citation, parse_citations
 from ..loop import LoopConfig
 from .consistency import majority_vote, normalise_answer
 from .losses import distill_loss, dpo_loss, pairwise_accuracy, reward_loss, sft_loss
@@ -117,7 +118,7 @@ def sft_examples(policy: VLMPolicy, ex: Exhibits, cite: bool = True, citation_no
         if patches and float(torch.rand(1, generator=g)) < citation_noise:
             patches = [] if float(torch.rand(1, generator=g)) < 0.5 else \
                 sorted(torch.randperm(grid * grid, generator=g)[:len(patches)].tolist())
-        ans = " ".join([qa.answer] + [f"[CITE:<v_{k}>]" for k in patches])
+        ans = f"{format_citation(patches)} {qa.answer}" if patches else qa.answer
         out.append(policy.response(qa.question, ans, i))
     return out
 
@@ -159,11 +160,23 @@ def preference_data(policy: VLMPolicy, ex: Exhibits, kinds: Sequence[str] | None
     for i, qa in ex.items:
         for p in preference_pairs(ex.scenes[i], qa, grid):
             if kinds is None or p.kind in kinds:
-                c, r = policy.pair(p.question, p.chosen, p.rejected, i)
+                c, r = policy.pair(p.question, patch_citations(p.chosen), patch_citations(p.rejected), i)
                 out.append((c, r, p.kind))
     if not out:
         raise ValueError("no preference pairs of the requested kinds")
     return out
+
+
+_LEGACY_CITE = re.compile(r"\[CITE:\s*<v_(\d+)>\s*\]")
+
+
+def patch_citations(text: str) -> str:
+    """``'red [CITE:<v_3>] [CITE:<v_4>]'`` (the museum's preference texts) -> ``'red [CITE:<p_3>] [CITE:<p_4>]'``.
+
+    :func:`vlmbook.data.museum.cite` still writes a cited patch as ``<v_k>``; Chapter 5 names
+    patches ``<p_k>`` (``<v_k>`` is a codebook word), so the pairs are rewritten before tokenising.
+    """
+    return _LEGACY_CITE.sub(lambda m: f"[CITE:<p_{m.group(1)}>]", text)
 
 
 def _pair_batch(policy, pairs, idx, images):
@@ -277,22 +290,29 @@ def int8_language_model(policy: VLMPolicy) -> tuple[VLMPolicy, dict]:
 
 @torch.no_grad()
 def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, repeats: int = 5) -> dict:
-    """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.6."""
+    """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.6.
+
+    Only an image-first model (mask other than ``full_prefix``) can reuse its image prefix across
+    questions; for any other ``ttft_cached_ms`` is ``None`` (``cacheable`` says which).
+    """
     vlm = policy.module
     q = torch.tensor([policy.encode(question) + [vlm.ids["assistant"]]])
-    img = image[None]
+    img = image[None].to(policy.device)
     vlm.generate(img, q, max_new_tokens=1)
-    prefix = vlm.cache_prefix(img)
+    cacheable = vlm.config.layout == "image_first" and vlm.config.mask != "full_prefix"
+    prefix = vlm.cache_prefix(img) if cacheable else None
     cold, warm = [], []
     for _ in range(repeats):  # interleaved, so both see the same machine load
         t0 = time.perf_counter()
         vlm.generate(img, q, max_new_tokens=1)
         cold.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        vlm.generate(img, q, max_new_tokens=1, prefix=prefix)
-        warm.append(time.perf_counter() - t0)
+        if prefix is not None:
+            t0 = time.perf_counter()
+            vlm.generate(img, q, max_new_tokens=1, prefix=prefix)
+            warm.append(time.perf_counter() - t0)
     med = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {"ttft_ms": round(med(cold), 3), "ttft_cached_ms": round(med(warm), 3), "repeats": repeats}
+    return {"ttft_ms": round(med(cold), 3), "ttft_cached_ms": round(med(warm), 3) if warm else None,
+            "cacheable": cacheable, "repeats": repeats}
 
 
 # -- stage 2, online: PPO and the group-relative variant ----------------------------------------------
