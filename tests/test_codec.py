@@ -9,7 +9,7 @@ import torch
 
 from vlmbook.codec import (GDN, BitstreamError, CdfTables, CodecConfig, EntropyBottleneck, GaussianConditional,
                            HyperpriorCodec, discretized_likelihood, quantize, quantize_pmf, rate_gradients)
-from vlmbook.codec import rangecoder, rans, storage
+from vlmbook.codec import fastcoder, rangecoder, rans, storage
 from vlmbook.codec.context import ContextModel, MaskedConv2d, parallel_params, sequential_params
 from vlmbook.codec.integer import IntegerSynthesis
 from vlmbook.codec.metrics import bd_rate, pillow_rd
@@ -61,7 +61,59 @@ def test_cdf_tables_validation():
 # ---------------------------------------------------------------------------------------
 # Coders
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("coder", [rangecoder, rans])
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 333, 4095, 4096, 20_000])
+def test_fast_coder_writes_the_readable_coders_bytes(n):
+    tables, vals, idx = sample(n, seed=10 + n)
+    if n > 7:
+        vals[:4] = [70, -2**29, 31, 2**30]  # escapes, including the longest payloads
+    data = fastcoder.encode(vals, idx, tables)
+    assert data == rangecoder.encode(vals, idx, tables)  # the same algorithm, compiled: the same bytes
+    assert np.array_equal(fastcoder.decode(data, idx, tables), vals)
+    assert np.array_equal(rangecoder.decode(data, idx, tables), vals)
+
+
+def test_fast_coder_golden_and_close_to_ideal():
+    tables, vals, idx = sample(20_000, seed=4)
+    data = fastcoder.encode(vals, idx, tables)
+    assert len(data) == 6614  # as the readable coder (test_coders_golden_sizes)
+    ideal = tables.ideal_bits(vals, idx) / 8
+    assert ideal <= len(data) <= ideal + 2  # the flush and the padding: at most 2 bytes
+    other = tables.offsets[idx] - 1  # every value escapes just below its table
+    assert np.array_equal(fastcoder.decode(fastcoder.encode(other, idx, tables), idx, tables), other)
+
+
+def test_fast_and_readable_decoders_reject_the_same_corruptions():
+    tables, vals, idx = sample(1500, seed=7)
+    data = fastcoder.encode(vals, idx, tables)
+    rng = np.random.default_rng(1)
+    raised = 0
+    for trial in range(120):
+        b = bytearray(data)
+        if trial % 3 == 0:
+            b = b[: rng.integers(0, len(b))]
+        elif trial % 3 == 1:
+            b = b + bytes([int(rng.integers(256))])
+        else:
+            b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+        results = []
+        for coder in (fastcoder, rangecoder):
+            try:
+                results.append(coder.decode(bytes(b), idx, tables))
+            except BitstreamError as e:
+                results.append(str(e))
+        if isinstance(results[0], str):
+            raised += 1
+            assert results[0] == results[1]
+        else:
+            assert np.array_equal(results[0], results[1])
+    assert raised >= 80  # length and padding checks catch every truncation and extension
+    with pytest.raises(ValueError):
+        fastcoder.encode(vals, idx + 100, tables)
+    with pytest.raises(ValueError):
+        fastcoder.encode(np.array([2**40]), np.array([0]), tables)
+
+@pytest.mark.parametrize("coder", [rangecoder, rans, fastcoder])
 def test_round_trip_with_escapes(coder):
     tables, vals, idx = sample(5000, seed=1)
     vals[:6] = [10_000, -10_000, 1, -2**30, 2**30, 0]  # far outside every table: escapes
@@ -133,7 +185,7 @@ def test_decoders_reject_corruption():
     assert raised >= 250  # the final-state check catches nearly every corruption
     with pytest.raises(BitstreamError):
         rans.decode(b"\x00", idx, tables)
-    with pytest.raises(BitstreamError):  # the range coder cannot tell garbage apart, but never overruns
+    with pytest.raises(BitstreamError):  # the symbols end after more bits than the stream holds
         rangecoder.decode(b"", idx, tables)
 
 

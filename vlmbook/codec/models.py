@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import Config
 from ..hub import PretrainedMixin
-from . import rans
+from . import fastcoder, rans
 from .cdf import BitstreamError
 from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
 from .integer import ACT_BITS, IntegerSynthesis, scale_indexes
@@ -120,8 +120,8 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         return idx, means
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, lanes: int | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size). §3.6."""
+    def stream_symbols(self, x: torch.Tensor) -> tuple[list[tuple[np.ndarray, np.ndarray, Any]], tuple[int, int]]:
+        """(1, 3, H, W) padded image -> ([(values, table indexes, tables) of y, of z], z size). §3.6."""
         if x.ndim != 4 or x.shape[0] != 1:
             raise ValueError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
         dev = next(self.parameters()).device
@@ -129,13 +129,18 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         z = self.h_a(y.abs() if self.config.model == "hyperprior" else y)
         eb = self.entropy_bottleneck
         z_vals, z_idx = eb.symbols(z)
-        z_stream = rans.encode(z_vals, z_idx, eb.tables(), lanes=lanes)
         z_hat = eb.dequantize(z_vals, tuple(z.shape))
         idx, means = self.integer_params(z_hat)
         y = y.cpu()
         y_vals = torch.round(y - means if means is not None else y).long().numpy().reshape(-1)
-        y_stream = rans.encode(y_vals, idx.reshape(-1), self.gaussian_conditional.tables(), lanes=lanes)
-        return [y_stream, z_stream], (int(z.shape[2]), int(z.shape[3]))
+        streams = [(y_vals, idx.reshape(-1), self.gaussian_conditional.tables()), (z_vals, z_idx, eb.tables())]
+        return streams, (int(z.shape[2]), int(z.shape[3]))
+
+    def compress(self, x: torch.Tensor) -> tuple[list[bytes], tuple[int, int]]:
+        """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size), both range coded
+        by the compiled coder (:mod:`.fastcoder`). §3.6."""
+        streams, z_size = self.stream_symbols(x)
+        return [fastcoder.encode(v, i, t) for v, i, t in streams], z_size
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes], z_size: tuple[int, int]) -> torch.Tensor:
@@ -146,9 +151,9 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         eb = self.entropy_bottleneck
         z_shape = (1, self.config.N, h, w)
         _, z_idx = eb.symbols(torch.zeros(z_shape))
-        z_hat = eb.dequantize(rans.decode(streams[1], z_idx, eb.tables()), z_shape)
+        z_hat = eb.dequantize(fastcoder.decode(streams[1], z_idx, eb.tables()), z_shape)
         idx, means = self.integer_params(z_hat)
-        y_vals = rans.decode(streams[0], idx.reshape(-1), self.gaussian_conditional.tables())
+        y_vals = fastcoder.decode(streams[0], idx.reshape(-1), self.gaussian_conditional.tables())
         y_hat = torch.from_numpy(y_vals.astype(np.float32).reshape(idx.shape))
         if means is not None:
             y_hat = y_hat + means
@@ -278,6 +283,84 @@ def build_tiny(quality: int, seed: int = 0, spec: TrainSpec | None = None,
     _train_one_thread(model, model.config.lmbda, spec or TrainSpec.finetune().replace(seed=seed), f"codec-q{quality}")
     model.update()
     return model
+
+
+#: Rate points of the mean-scale series (CompressAI's lambda convention), chosen so the tiny
+#: codec's curve spans about 0.1 to 1 bpp on 256-px photos (Chapter 3 §3.9).
+MS_LAMBDAS: tuple[float, ...] = (0.0008, 0.0025, 0.008, 0.025, 0.08)
+#: Rate point of the mean-scale start that every ``codec-ms-q<k>`` is fine-tuned from.
+MS_BASE_LAMBDA = 0.008
+
+
+def ms_spec(stage: str, seed: int = 0) -> TrainSpec:
+    """Training of the mean-scale series, sized for one shared CPU core: ``"base"`` converts
+    ``codec-base`` (400 steps), ``"q"`` fine-tunes to one rate point (400 steps); four 128-px
+    crops a step. A GPU recipe is :meth:`TrainSpec.base`. §3.9."""
+    if stage == "base":
+        return TrainSpec(steps=400, batch=4, lr=5e-4, seed=seed)
+    if stage == "q":
+        return TrainSpec(steps=400, batch=4, lr=5e-4, seed=seed)
+    raise ValueError(f"stage must be 'base' or 'q', got {stage!r}")
+
+
+def meanscale_from(base: HyperpriorCodec) -> HyperpriorCodec:
+    """A mean-scale codec initialised from a trained scale hyperprior: same transforms and
+    bottleneck; the hyper-synthesis's last layer predicts the scales as before and means of 0."""
+    if base.config.model != "hyperprior":
+        raise ValueError("meanscale_from expects a scale-only hyperprior")
+    model = HyperpriorCodec(base.config.replace(model="meanscale"))
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("h_s.4.")}
+    model.load_state_dict(state, strict=False)
+    last, src = model.h_s[4], base.h_s[4]
+    M = base.config.M
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[M:] = src.weight
+        last.bias[M:] = src.bias
+    return model
+
+
+def build_ms_base(seed: int = 0, spec: TrainSpec | None = None) -> HyperpriorCodec:
+    """Artifact ``codec-ms-base``: ``codec-base`` turned into a mean-scale hyperprior and trained
+    at ``MS_BASE_LAMBDA`` (``ms_spec("base")``). §3.9."""
+    from ..hub import load_artifact
+
+    torch.manual_seed(seed)
+    model = meanscale_from(load_artifact("codec-base", HyperpriorCodec))
+    model.config = model.config.replace(lmbda=MS_BASE_LAMBDA)
+    _train_one_thread(model, MS_BASE_LAMBDA, spec or ms_spec("base", seed), "codec-ms-base")
+    model.update()
+    return model
+
+
+def build_ms(quality: int, seed: int = 0, spec: TrainSpec | None = None,
+             base: HyperpriorCodec | None = None) -> HyperpriorCodec:
+    """Artifact builder: ``codec-ms-base`` fine-tuned to ``MS_LAMBDAS[quality - 1]``. §3.9."""
+    if not 1 <= quality <= len(MS_LAMBDAS):
+        raise ValueError(f"quality must lie in [1, {len(MS_LAMBDAS)}], got {quality}")
+    if base is None:
+        from ..hub import load_artifact
+
+        base = load_artifact("codec-ms-base", HyperpriorCodec)
+    torch.manual_seed(seed)
+    model = warm_start(base, HyperpriorCodec(base.config.replace(lmbda=MS_LAMBDAS[quality - 1])))
+    _train_one_thread(model, model.config.lmbda, spec or ms_spec("q", seed), f"codec-ms-q{quality}")
+    model.update()
+    return model
+
+
+def _ms_builder(q: int):
+    def build(seed: int = 0) -> HyperpriorCodec:
+        return build_ms(q, seed)
+
+    build.__name__ = build.__qualname__ = f"build_ms_q{q}"
+    build.__doc__ = f"Artifact ``codec-ms-q{q}`` (lambda = {MS_LAMBDAS[q - 1]})."
+    return build
+
+
+for _q in range(1, len(MS_LAMBDAS) + 1):
+    globals()[f"build_ms_q{_q}"] = _ms_builder(_q)
 
 
 def pad_to(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
