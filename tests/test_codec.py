@@ -356,6 +356,32 @@ def test_masked_conv_is_causal_and_sequential_equals_parallel():
 # ---------------------------------------------------------------------------------------
 # BD-rate and anchors
 # ---------------------------------------------------------------------------------------
+def test_context_model_starts_as_the_hyperprior_and_training_lowers_its_rate():
+    from vlmbook.codec.context import fit_context
+
+    from vlmbook.hub import load_artifact
+
+    torch.manual_seed(0)
+    codec = load_artifact("codec-q3", HyperpriorCodec).eval()
+    y = torch.round(torch.randn(2, 32, 4, 4) * 3)
+    s = torch.rand(2, 32, 4, 4) * 3 + 0.2
+    ctx = ContextModel(32)
+    hyper = discretized_likelihood(y, s.clamp_min(0.11)).clamp_min(1e-9)
+    assert torch.allclose(ctx(y, s), hyper)  # zero-initialised last layer: exactly the hyperprior
+    _, hist = fit_context(codec, steps=30, crops=8, size=128, batch=8, lr=3e-3)
+    assert hist[-1]["bpp_y"] < hist[0]["bpp_y"]
+
+
+def test_bd_rate_near_uses_local_anchor_points():
+    from vlmbook.codec.metrics import bd_rate_near
+
+    anchor = {"bpp": [0.2, 0.3, 0.4, 0.6, 0.9, 1.4, 2.0], "psnr": [24, 26, 27, 29, 31, 33, 35]}
+    bd, lo, hi = bd_rate_near(anchor, [0.22, 0.33, 0.44, 0.66], [24, 26, 27, 29])
+    assert bd == pytest.approx(10.0, abs=0.5) and (lo, hi) == (24, 29)
+    with pytest.raises(ValueError):
+        bd_rate_near(anchor, [0.1, 0.11, 0.12, 0.13], [10, 11, 12, 13])
+
+
 def test_bd_rate_known_curves():
     psnr = np.array([28.0, 31.0, 34.0, 37.0])
     rate = np.exp(0.15 * psnr) / 100
