@@ -1,7 +1,7 @@
 """Chapter 3 — Learned codecs: GDN, entropy models, the scale hyperprior, range coding and real files.
 
 Public API (see each module): ``GDN``, ``EntropyBottleneck``, ``GaussianConditional``,
-``HyperpriorCodec`` / ``CodecConfig``, the coders ``rangecoder`` (readable) and ``rans`` (fast),
+``HyperpriorCodec`` / ``CodecConfig``, the coders ``rangecoder`` (readable), ``fastcoder`` (the same, compiled: what codecs use) and ``rans`` (interleaved, NumPy),
 ``encode_image`` / ``decode_image`` (the ``.vlmb`` file format, :mod:`.fileformat`), ``bd_rate``
 (:mod:`.metrics`), the context model (:mod:`.context`) and token storage (:mod:`.storage`).
 """
