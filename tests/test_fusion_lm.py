@@ -516,3 +516,12 @@ def test_reload_for_training_keeps_only_lora_trainable(tokenizer, tmp_path):
     assert not any(p.requires_grad for p in frozen.parameters())
     names = [n for n, p in train.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
+
+
+@pytest.mark.parametrize("arch", ("gemma", "llama"))
+def test_embed_scale(arch, tokenizer):
+    lm = build(arch, tokenizer)
+    ids = rand_ids(lm)
+    assert lm.embed_scale == (D ** 0.5 if arch == "gemma" else 1.0)
+    w = lm.hf.get_input_embeddings().weight
+    torch.testing.assert_close(lm.embed(ids), w[ids] * lm.embed_scale, rtol=1e-6, atol=1e-6)
