@@ -1,4 +1,5 @@
-"""Chapter 3: the committed codec artifacts (codec-base, codec-q1..q4) and their reproducibility.
+"""Chapter 3: the committed codec artifacts (codec-base, codec-q1..q4, codec-ms-base, codec-ms-q1..q5)
+and their reproducibility.
 
 ``vlmbook artifacts build codec-base`` (``vlmbook.codec.models.build_base``) trains the tiny scale
 hyperprior at ``BASE_LAMBDA`` for ``TrainSpec.tiny()`` = 8,000 steps of eight random 128-px photo
@@ -21,8 +22,8 @@ from vlmbook.data import eval_images
 from vlmbook.hub import REPO_ARTIFACTS, artifact_specs, load_artifact
 
 #: Real-file bpp and PSNR of each committed artifact on the first eval photo (256 px).
-#: Measured with the fixed-point transforms of vlmbook.codec.exact (the float ones gave q3 0.427124 bpp).
-RECORDED = {1: {'bpp': 0.293091, 'psnr': 23.607149}, 2: {'bpp': 0.36145, 'psnr': 23.99519}, 3: {'bpp': 0.427612, 'psnr': 24.196987}, 4: {'bpp': 0.479736, 'psnr': 24.274726}}
+#: Measured with the fixed-point transforms of vlmbook.codec.exact and the range coder (.vlmb v2).
+RECORDED = {1: {'bpp': 0.288696, 'psnr': 23.607149}, 2: {'bpp': 0.357056, 'psnr': 23.99519}, 3: {'bpp': 0.423218, 'psnr': 24.196987}, 4: {'bpp': 0.474976, 'psnr': 24.274726}}
 
 
 def test_artifacts_registered_and_committed():
@@ -54,3 +55,51 @@ def test_retraining_reproduces_artifact_metrics():
     p = codec_point(build_q1(0).eval(), eval_images(256)[:1])
     assert p["bpp"] == pytest.approx(RECORDED[1]["bpp"], rel=0.02)
     assert p["psnr"] == pytest.approx(RECORDED[1]["psnr"], abs=0.1)
+
+
+#: Real-file bpp and PSNR of the committed mean-scale series on the first eval photo (256 px).
+RECORDED_MS = {1: {'bpp': 0.256592, 'psnr': 22.794344}, 2: {'bpp': 0.362915, 'psnr': 23.737799}, 3: {'bpp': 0.435181, 'psnr': 23.964548}, 4: {'bpp': 0.468506, 'psnr': 24.000102}, 5: {'bpp': 0.485229, 'psnr': 24.002004}}
+
+
+def test_meanscale_artifacts_registered_and_committed():
+    from vlmbook.codec.models import MS_LAMBDAS
+
+    specs = artifact_specs()
+    assert specs["codec-ms-base"].builder == "vlmbook.codec.models:build_ms_base"
+    assert (REPO_ARTIFACTS / specs["codec-ms-base"].key / "model.safetensors").is_file()
+    for q in range(1, len(MS_LAMBDAS) + 1):
+        spec = specs[f"codec-ms-q{q}"]
+        assert spec.builder == f"vlmbook.codec.models:build_ms_q{q}" and spec.seed == 0
+        model = load_artifact(f"codec-ms-q{q}", HyperpriorCodec)
+        assert model.config.model == "meanscale" and model.config.lmbda == MS_LAMBDAS[q - 1]
+
+
+@pytest.mark.parametrize("q", sorted(RECORDED_MS))
+def test_committed_meanscale_metrics(q):
+    p = codec_point(load_artifact(f"codec-ms-q{q}", HyperpriorCodec), eval_images(256)[:1])
+    assert p["bpp"] == pytest.approx(RECORDED_MS[q]["bpp"], abs=2e-6)
+    assert p["psnr"] == pytest.approx(RECORDED_MS[q]["psnr"], abs=1e-3)
+
+
+@pytest.mark.skipif(os.environ.get("VLMBOOK_SLOW") != "1", reason="retrains a codec (minutes); set VLMBOOK_SLOW=1")
+def test_retraining_reproduces_meanscale_artifact():
+    from vlmbook.codec.models import build_ms
+
+    p = codec_point(build_ms(1, 0).eval(), eval_images(256)[:1])
+    assert p["bpp"] == pytest.approx(RECORDED_MS[1]["bpp"], rel=0.02)
+    assert p["psnr"] == pytest.approx(RECORDED_MS[1]["psnr"], abs=0.1)
+
+
+def test_gpu_recipe_smoke():
+    import torch
+
+    from vlmbook.codec.models import TrainSpec, build_gpu, gpu_recipe
+
+    cfg, spec = gpu_recipe(3)
+    assert (cfg.model, cfg.N, cfg.M) == ("meanscale", 128, 192) and spec.crop == 256 and spec.steps >= 100_000
+    with pytest.raises(ValueError):
+        gpu_recipe(0)
+    model = build_gpu(3, spec=TrainSpec(steps=1, batch=1, crop=64))  # one CPU step of the real sizes
+    x = torch.rand(1, 3, 64, 64)
+    streams, zs = model.compress(x)
+    assert model.decompress(streams, zs).shape == (1, 3, 64, 64)

@@ -201,3 +201,6 @@ def test_float_mismatch_demo(model):
         m.h_s[-2].bias.fill_(2.0)  # an untrained model predicts tiny scales; move them into the table
     r = float_decode_mismatch(m, to_tensor(_img(64, 64)), rel_noise=0.05)
     assert r["indexes_changed"] > 0 and (r["decode_raised"] or r["wrong_symbols"] > 0)
+    # the remedy: the integer network, channels summed in another order, picks the same tables
+    assert r["reordered_integer_indexes_changed"] == 0 and r["reordered_integer_decode_exact"]
+    assert 0 < r["nearest_boundary_relative"] < 1

@@ -516,3 +516,29 @@ def test_reload_for_training_keeps_only_lora_trainable(tokenizer, tmp_path):
     assert not any(p.requires_grad for p in frozen.parameters())
     names = [n for n, p in train.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
+
+
+@pytest.mark.parametrize("arch", ("gemma", "llama"))
+def test_embed_scale(arch, tokenizer):
+    lm = build(arch, tokenizer)
+    ids = rand_ids(lm)
+    assert lm.embed_scale == (D ** 0.5 if arch == "gemma" else 1.0)
+    w = lm.hf.get_input_embeddings().weight
+    torch.testing.assert_close(lm.embed(ids), w[ids] * lm.embed_scale, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "opt", "qwen3"))
+def test_prefix_cache_reused_across_questions(arch, tokenizer):
+    """Prompt caching: run the image prefix once, deep-copy its cache for each question."""
+    lm = build(arch, tokenizer)
+    prefix, q1, q2 = rand_ids(lm, T=6, seed=7), rand_ids(lm, T=4, seed=8), rand_ids(lm, T=3, seed=9)
+    with torch.no_grad():
+        m = prefix_mask(6, 1, 5)
+        _, shared = lm.decode(lm.embed(prefix), m, cache=lm.new_cache())
+        for q in (q1, q2):
+            T = 6 + q.shape[1]
+            full_mask = prefix_mask(T, 1, 5)
+            ref = lm.decode(lm.embed(torch.cat([prefix, q], 1)), full_mask)[0][:, 6:]
+            h, _ = lm.decode(lm.embed(q), full_mask[:, :, 6:], cache=copy.deepcopy(shared))
+            torch.testing.assert_close(h, ref, rtol=0, atol=1e-5)
+    assert shared.get_seq_length() == 6  # the shared prefix cache was not extended

@@ -37,20 +37,32 @@ class MaskedConv2d(nn.Conv2d):
 
 
 class ContextModel(nn.Module):
-    """Entropy parameters (means, scales) from the hyperprior's scales and a causal context."""
+    """Entropy parameters (means, scales) from the hyperprior's scales and a causal context. §3.8.
 
-    def __init__(self, M: int, k: int = 5) -> None:
+    As in Minnen et al. (2018): a 5x5 masked convolution reads the decoded neighbours, and an
+    *entropy parameters* network of 1x1 convolutions mixes that context with the hyperprior's
+    output. Here it predicts a mean and a correction of the hyperprior's log-scale; its last layer
+    starts at zero, so before training it is exactly the hyperprior, and training can only move
+    it to fewer bits.
+    """
+
+    def __init__(self, M: int, k: int = 5, scales: bool = True) -> None:
         super().__init__()
-        self.M = M
+        self.M, self.adjust_scales = M, scales
         self.context = MaskedConv2d(M, 2 * M, k)
         self.entropy_parameters = nn.Sequential(
             nn.Conv2d(3 * M, 2 * M, 1), nn.ReLU(), nn.Conv2d(2 * M, 2 * M, 1), nn.ReLU(), nn.Conv2d(2 * M, 2 * M, 1))
+        nn.init.zeros_(self.entropy_parameters[-1].weight)
+        nn.init.zeros_(self.entropy_parameters[-1].bias)
 
     def params(self, hyper_scales: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, M, H, W) hyper scales, (B, 2M, H, W) context -> (means, scales)."""
-        out = self.entropy_parameters(torch.cat([hyper_scales, ctx], dim=1))
-        means, scales = out.chunk(2, dim=1)
-        return means, lower_bound(scales, 0.11)
+        """(B, M, H, W) hyper scales, (B, 2M, H, W) context -> (means, scales), each (B, M, H, W)."""
+        log_s = torch.log(hyper_scales)
+        out = self.entropy_parameters(torch.cat([log_s, ctx], dim=1))
+        means, d = out.chunk(2, dim=1)
+        if not self.adjust_scales:
+            return means, hyper_scales
+        return means, lower_bound(torch.exp(log_s + d), 0.11)
 
     def forward(self, y_hat: torch.Tensor, hyper_scales: torch.Tensor) -> torch.Tensor:
         """Likelihood of the integer latents y_hat (B, M, H, W), all positions in parallel."""
@@ -65,21 +77,21 @@ def latents(codec: HyperpriorCodec, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return out["y_hat"], out["scales"].clamp_min(0.11), out["likelihoods"]["z"]
 
 
-def fit_context(codec: HyperpriorCodec, steps: int = 150, crops: int = 64, size: int = 128,
-                seed: int = 0, lr: float = 3e-3) -> tuple[ContextModel, list[dict[str, float]]]:
-    """Train a :class:`ContextModel` on the frozen codec's latents of photo crops (loop.fit)."""
+def fit_context(codec: HyperpriorCodec, steps: int = 150, crops: int = 32, size: int = 256,
+                seed: int = 0, lr: float = 2e-3, batch: int = 8, scales: bool = True) -> tuple[ContextModel, list[dict[str, float]]]:
+    """Train a :class:`ContextModel` on the frozen codec's latents of photo crops (loop.fit). §3.8."""
     from ..data import random_crops
     from ..loop import LoopConfig, fit
 
     codec.eval()
     y, s, _ = latents(codec, random_crops(crops, size, seed=seed + 7))
     torch.manual_seed(seed)
-    ctx = ContextModel(codec.config.M)
-    batch = 8
+    ctx = ContextModel(codec.config.M, scales=scales)
 
     def batch_fn(step: int):
-        i = (step * batch) % crops
-        return y[i:i + batch], s[i:i + batch]
+        g = torch.Generator().manual_seed(seed * 100003 + step)
+        i = torch.randint(crops, (batch,), generator=g)
+        return y[i], s[i]
 
     def loss_fn(m: ContextModel, b, step: int):
         lik = m(b[0], b[1])

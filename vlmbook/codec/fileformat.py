@@ -4,7 +4,7 @@ Layout (little endian)::
 
     offset  size  field
     0       4     magic b"VLMB"
-    4       1     format version (1)
+    4       1     format version (2: streams range coded, Chapter 3 §3.6; 1 was rANS)
     5       1     model id (1 = tiny scale hyperprior)
     6       1     quality (1..4, selects the artifact codec-q<quality>)
     7       1     image mode (1 = L, 2 = LA, 3 = RGB, 4 = RGBA)
@@ -38,7 +38,7 @@ import torch
 from .cdf import BitstreamError
 
 MAGIC = b"VLMB"
-VERSION = 1
+VERSION = 2
 MODEL_IDS = {1: "tiny scale hyperprior"}
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 #: Caps checked before any allocation: a side of at most 16,384 px and 2**22 (4.2 M) pixels, which

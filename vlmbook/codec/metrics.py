@@ -65,6 +65,30 @@ def pillow_rd(images: Sequence[np.ndarray], fmt: str = "JPEG",
 LOW_RATE_QUALITIES: tuple[int, ...] = (3, 4, 5, 6, 8, 10, 15, 20)
 
 
+#: A sweep from the lowest qualities Pillow allows to high quality: about 0.2 to 2.5 bpp for
+#: JPEG and WebP on the 256-px eval photos (the RD plots of Chapter 3 §3.9).
+WIDE_QUALITIES: tuple[int, ...] = (0, 1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 75, 90)
+
+
+def bd_rate_near(anchor: dict[str, list[float]], rate: Sequence[float], psnr: Sequence[float],
+                 margin_db: float = 1.5) -> tuple[float, float, float]:
+    """BD-rate (%) of a curve against an anchor sweep, fitting the anchor only near the curve. §3.9.
+
+    A cubic through a whole 0.2-2.5 bpp sweep fits the low-rate end badly, so the anchor's points
+    within ``margin_db`` of the curve's PSNR range are used (at least the 4 nearest). Returns
+    (BD-rate, low and high PSNR of the overlap); raises ValueError when the curves do not overlap.
+    """
+    ap, ar = np.asarray(anchor["psnr"], np.float64), np.asarray(anchor["bpp"], np.float64)
+    lo, hi = float(min(psnr)), float(max(psnr))
+    dist = np.maximum(lo - ap, 0) + np.maximum(ap - hi, 0)
+    keep = dist <= margin_db
+    if keep.sum() < 4:
+        keep = np.zeros_like(keep)
+        keep[np.argsort(dist, kind="stable")[:4]] = True
+    bd = bd_rate(ar[keep], ap[keep], rate, psnr)
+    return bd, max(lo, float(ap[keep].min())), min(hi, float(ap[keep].max()))
+
+
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
     return torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1)[None].float().div(255)

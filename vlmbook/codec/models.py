@@ -13,7 +13,7 @@ from torch import nn
 from ..config import Config
 from ..hub import PretrainedMixin
 from ..rd.metrics import psnr
-from . import rans
+from . import fastcoder, rans
 from .cdf import BitstreamError
 from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
 from .exact import exact_forward
@@ -139,8 +139,8 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         return idx, means
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, lanes: int | None = None) -> tuple[list[bytes], tuple[int, int]]:
-        """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size). §3.6."""
+    def stream_symbols(self, x: torch.Tensor) -> tuple[list[tuple[np.ndarray, np.ndarray, Any]], tuple[int, int]]:
+        """(1, 3, H, W) padded image -> ([(values, table indexes, tables) of y, of z], z size). §3.6."""
         if x.ndim != 4 or x.shape[0] != 1:
             raise ValueError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
         # Fixed-point transforms: the same bytes whatever the thread count or CPU kernel (§3.7).
@@ -148,13 +148,18 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         z = exact_forward(self.h_a, y.abs() if self.config.model == "hyperprior" else y)
         eb = self.entropy_bottleneck
         z_vals, z_idx = eb.symbols(z)
-        z_stream = rans.encode(z_vals, z_idx, eb.tables(), lanes=lanes)
         z_hat = eb.dequantize(z_vals, tuple(z.shape))
         idx, means = self.integer_params(z_hat)
         y = y.cpu()
         y_vals = torch.round(y - means if means is not None else y).long().numpy().reshape(-1)
-        y_stream = rans.encode(y_vals, idx.reshape(-1), self.gaussian_conditional.tables(), lanes=lanes)
-        return [y_stream, z_stream], (int(z.shape[2]), int(z.shape[3]))
+        streams = [(y_vals, idx.reshape(-1), self.gaussian_conditional.tables()), (z_vals, z_idx, eb.tables())]
+        return streams, (int(z.shape[2]), int(z.shape[3]))
+
+    def compress(self, x: torch.Tensor) -> tuple[list[bytes], tuple[int, int]]:
+        """(1, 3, H, W) padded image -> ([y stream, z stream], z spatial size), both range coded
+        by the compiled coder (:mod:`.fastcoder`). §3.6."""
+        streams, z_size = self.stream_symbols(x)
+        return [fastcoder.encode(v, i, t) for v, i, t in streams], z_size
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes], z_size: tuple[int, int]) -> torch.Tensor:
@@ -165,9 +170,9 @@ class HyperpriorCodec(nn.Module, PretrainedMixin):
         eb = self.entropy_bottleneck
         z_shape = (1, self.config.N, h, w)
         _, z_idx = eb.symbols(torch.zeros(z_shape))
-        z_hat = eb.dequantize(rans.decode(streams[1], z_idx, eb.tables()), z_shape)
+        z_hat = eb.dequantize(fastcoder.decode(streams[1], z_idx, eb.tables()), z_shape)
         idx, means = self.integer_params(z_hat)
-        y_vals = rans.decode(streams[0], idx.reshape(-1), self.gaussian_conditional.tables())
+        y_vals = fastcoder.decode(streams[0], idx.reshape(-1), self.gaussian_conditional.tables())
         y_hat = torch.from_numpy(y_vals.astype(np.float32).reshape(idx.shape))
         if means is not None:
             y_hat = y_hat + means
@@ -298,6 +303,105 @@ def build_tiny(quality: int, seed: int = 0, spec: TrainSpec | None = None,
     return model
 
 
+#: Rate points of the mean-scale series (CompressAI's lambda convention), chosen so the tiny
+#: codec's curve spans about 0.1 to 1 bpp on 256-px photos (Chapter 3 §3.9).
+MS_LAMBDAS: tuple[float, ...] = (0.0008, 0.0025, 0.008, 0.025, 0.08)
+#: Rate point of the mean-scale start that every ``codec-ms-q<k>`` is fine-tuned from.
+MS_BASE_LAMBDA = 0.008
+
+
+def ms_spec(stage: str, seed: int = 0) -> TrainSpec:
+    """Training of the mean-scale series, sized for one shared CPU core: ``"base"`` converts
+    ``codec-base`` (400 steps), ``"q"`` fine-tunes to one rate point (400 steps); four 128-px
+    crops a step. A GPU recipe is :meth:`TrainSpec.base`. §3.9."""
+    if stage == "base":
+        return TrainSpec(steps=400, batch=4, lr=5e-4, seed=seed)
+    if stage == "q":
+        return TrainSpec(steps=400, batch=4, lr=5e-4, seed=seed)
+    raise ValueError(f"stage must be 'base' or 'q', got {stage!r}")
+
+
+def meanscale_from(base: HyperpriorCodec) -> HyperpriorCodec:
+    """A mean-scale codec initialised from a trained scale hyperprior: same transforms and
+    bottleneck; the hyper-synthesis's last layer predicts the scales as before and means of 0."""
+    if base.config.model != "hyperprior":
+        raise ValueError("meanscale_from expects a scale-only hyperprior")
+    model = HyperpriorCodec(base.config.replace(model="meanscale"))
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("h_s.4.")}
+    model.load_state_dict(state, strict=False)
+    last, src = model.h_s[4], base.h_s[4]
+    M = base.config.M
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[M:] = src.weight
+        last.bias[M:] = src.bias
+    return model
+
+
+def build_ms_base(seed: int = 0, spec: TrainSpec | None = None) -> HyperpriorCodec:
+    """Artifact ``codec-ms-base``: ``codec-base`` turned into a mean-scale hyperprior and trained
+    at ``MS_BASE_LAMBDA`` (``ms_spec("base")``). §3.9."""
+    from ..hub import load_artifact
+
+    torch.manual_seed(seed)
+    model = meanscale_from(load_artifact("codec-base", HyperpriorCodec))
+    model.config = model.config.replace(lmbda=MS_BASE_LAMBDA)
+    _train_one_thread(model, MS_BASE_LAMBDA, spec or ms_spec("base", seed), "codec-ms-base")
+    model.update()
+    return model
+
+
+def build_ms(quality: int, seed: int = 0, spec: TrainSpec | None = None,
+             base: HyperpriorCodec | None = None) -> HyperpriorCodec:
+    """Artifact builder: ``codec-ms-base`` fine-tuned to ``MS_LAMBDAS[quality - 1]``. §3.9."""
+    if not 1 <= quality <= len(MS_LAMBDAS):
+        raise ValueError(f"quality must lie in [1, {len(MS_LAMBDAS)}], got {quality}")
+    if base is None:
+        from ..hub import load_artifact
+
+        base = load_artifact("codec-ms-base", HyperpriorCodec)
+    torch.manual_seed(seed)
+    model = warm_start(base, HyperpriorCodec(base.config.replace(lmbda=MS_LAMBDAS[quality - 1])))
+    _train_one_thread(model, model.config.lmbda, spec or ms_spec("q", seed), f"codec-ms-q{quality}")
+    model.update()
+    return model
+
+
+def gpu_recipe(quality: int) -> tuple[CodecConfig, TrainSpec]:
+    """The ``base`` recipe for one GPU, aiming to beat WebP: the mean-scale hyperprior at the
+    ``base`` sizes (N=128, M=192) trained from scratch at ``MS_LAMBDAS[quality - 1]`` for 200,000
+    steps of sixteen 256-px crops (CompressAI's schedule scale). Not run for the book. §3.9."""
+    if not 1 <= quality <= len(MS_LAMBDAS):
+        raise ValueError(f"quality must lie in [1, {len(MS_LAMBDAS)}], got {quality}")
+    cfg = CodecConfig.base().replace(model="meanscale", lmbda=MS_LAMBDAS[quality - 1])
+    return cfg, TrainSpec.base().replace(steps=200_000, batch=16)
+
+
+def build_gpu(quality: int, seed: int = 0, spec: TrainSpec | None = None,
+              ckpt_dir: str | None = None) -> HyperpriorCodec:
+    """Train :func:`gpu_recipe` (``spec`` overrides it, e.g. for a smoke test); resumable from ``ckpt_dir``."""
+    cfg, recipe = gpu_recipe(quality)
+    torch.manual_seed(seed)
+    model = HyperpriorCodec(cfg)
+    train_codec(model, cfg.lmbda, spec or recipe.replace(seed=seed), ckpt_dir=ckpt_dir, desc=f"gpu-ms-q{quality}")
+    model.update()
+    return model
+
+
+def _ms_builder(q: int):
+    def build(seed: int = 0) -> HyperpriorCodec:
+        return build_ms(q, seed)
+
+    build.__name__ = build.__qualname__ = f"build_ms_q{q}"
+    build.__doc__ = f"Artifact ``codec-ms-q{q}`` (lambda = {MS_LAMBDAS[q - 1]})."
+    return build
+
+
+for _q in range(1, len(MS_LAMBDAS) + 1):
+    globals()[f"build_ms_q{_q}"] = _ms_builder(_q)
+
+
 def pad_to(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
     """Replicate-pad (B, C, H, W) on the bottom/right to multiples of ``multiple``."""
     h, w = x.shape[-2:]
@@ -327,39 +431,68 @@ def build_q4(seed: int = 0) -> HyperpriorCodec:
 
 @torch.no_grad()
 def float_decode_mismatch(model: HyperpriorCodec, x: torch.Tensor, rel_noise: float = 1e-6,
-                          seed: int = 0) -> dict[str, float]:
-    """What goes wrong without the integer hyper-synthesis (Chapter 3 §3.7).
+                          seed: int = 0) -> dict[str, Any]:
+    """What goes wrong without the integer hyper-synthesis, and that the remedy holds (Chapter 3 §3.7).
 
     The encoder codes y with table indexes from the *float* scales; a "second machine" computes
     the same scales with relative errors of ``rel_noise`` (as a GPU kernel or another BLAS may)
-    and decodes with its own indexes. Returns how many indexes differ, how many decoded symbols
-    are wrong, and the PSNR of both decodes (or of the best-effort decode when it fails).
+    and decodes with its own indexes. Returns how close the nearest scale sits to a table
+    boundary (relative), how many indexes differ, whether the decoder raised (and why), how many
+    decoded symbols are wrong when it did not, and the PSNR of both decodes (None when the second
+    machine got no picture). Then the remedy: the integer hyper-synthesis run with the channels
+    summed in another order (``reordered_*``) gives identical indexes, and its stream decodes.
     """
+    from . import fastcoder
+    from .integer import IntegerSynthesis, scale_indexes
+
     if model.config.model != "hyperprior":
         raise ValueError("the demonstration uses the scale-only hyperprior")
     x = pad_to(x)
     y = model.g_a(x)
-    z_hat = torch.round(model.h_a(y.abs()) - model.entropy_bottleneck.medians().view(1, -1, 1, 1)) \
-        + model.entropy_bottleneck.medians().view(1, -1, 1, 1)
+    med = model.entropy_bottleneck.medians().view(1, -1, 1, 1)
+    z_hat = torch.round(model.h_a(y.abs()) - med) + med
     scales = model.h_s(z_hat)
     g = torch.Generator().manual_seed(seed)
     other = scales * (1 + rel_noise * torch.randn(scales.shape, generator=g, dtype=scales.dtype))
     gc = model.gaussian_conditional
+    table = gc.scale_table.double()
+    s = scales.double().clamp_min(gc.scale_bound).reshape(-1)
+    inside = (s > table[0]) & (s < table[-1])  # scales clamped to the table's ends cannot flip
+    nearest = ((s[:, None] - table[None]).abs() / s[:, None]).min(dim=1).values
     idx_a, idx_b = gc.build_indexes(scales), gc.build_indexes(other)
     vals = torch.round(y).long().numpy().reshape(-1)
-    stream = rans.encode(vals, idx_a.numpy().reshape(-1), gc.tables())
-    failed = False
+    stream = fastcoder.encode(vals, idx_a.numpy().reshape(-1), gc.tables())
+    error, dec = None, None
     try:
-        dec = rans.decode(stream, idx_b.numpy().reshape(-1), gc.tables())
-    except BitstreamError:
-        failed = True
-        dec = np.zeros_like(vals)
-    y_b = torch.from_numpy(dec.astype(np.float32).reshape(y.shape))
+        dec = fastcoder.decode(stream, idx_b.numpy().reshape(-1), gc.tables())
+    except BitstreamError as e:
+        error = str(e)
+    changed = (idx_a != idx_b).reshape(-1)
+    first = int(torch.nonzero(changed)[0]) if bool(changed.any()) else None
+    # the remedy: integer hyper-synthesis, channels summed in the opposite order on "machine B"
+    ints = IntegerSynthesis(model.h_s)
+    rev = IntegerSynthesis(model.h_s)
+    kind, w, b, st, pad = rev.layers[0]
+    rev.layers[0] = (kind, np.ascontiguousarray(w[:, ::-1]), b, st, pad)
+    table_np = table.numpy()
+    i_a = scale_indexes(ints(z_hat), table_np, gc.scale_bound)
+    i_b = scale_indexes(rev(z_hat.flip(1)), table_np, gc.scale_bound)
+    fl_b = model.h_s[1:](F.conv_transpose2d(z_hat.flip(1), model.h_s[0].weight.flip(0), model.h_s[0].bias,
+                                            stride=2, padding=2, output_padding=1))
+    int_stream = fastcoder.encode(vals, i_a.reshape(-1), gc.tables())
+    int_ok = bool(np.array_equal(fastcoder.decode(int_stream, i_b.reshape(-1), gc.tables()), vals))
     return {
-        "indexes_changed": int((idx_a != idx_b).sum()),
         "symbols": int(vals.size),
-        "wrong_symbols": int((dec != vals).sum()),
-        "decode_raised": failed,
+        "nearest_boundary_relative": float(nearest[inside].min()) if bool(inside.any()) else float("nan"),
+        "indexes_changed": int(changed.sum()),
+        "first_changed_position": first,
+        "decode_raised": error is not None,
+        "decode_error": error,
+        "wrong_symbols": None if dec is None else int((dec != vals).sum()),
         "psnr_same_machine": psnr(model.g_s(torch.round(y)).clamp(0, 1), x),
-        "psnr_other_machine": psnr(model.g_s(y_b).clamp(0, 1), x),
+        "psnr_other_machine": None if dec is None else psnr(
+            model.g_s(torch.from_numpy(dec.astype(np.float32).reshape(y.shape))).clamp(0, 1), x),
+        "reordered_float_max_relative_difference": float(((fl_b - scales).abs() / scales.abs().clamp_min(1e-6)).max()),
+        "reordered_integer_indexes_changed": int((i_a != i_b).sum()),
+        "reordered_integer_decode_exact": int_ok,
     }

@@ -20,6 +20,9 @@ BITS = 32
 TOP = (1 << BITS) - 1
 HALF = 1 << (BITS - 1)
 QUARTER = 1 << (BITS - 2)
+#: Bits the decoder reads beyond the encoder's last bit: it starts 32 bits ahead, and the flush
+#: writes 2 bits that it never shifts in.
+LOOKAHEAD = BITS - 2
 #: The uniform binary table used for escape payload (bypass) bits.
 _BIT_CDF = (0, 1 << 15, 1 << 16)
 
@@ -144,4 +147,15 @@ def decode(data: bytes, indexes: np.ndarray, tables: CdfTables) -> np.ndarray:
         if s == n:
             s = read_escape(lambda: dec.decode(_BIT_CDF), n)
         out[i] = s + tables.offsets[t]
+    check_end(np.frombuffer(data, np.uint8), dec.pos)
     return out
+
+
+def check_end(buf: np.ndarray, pos: int) -> None:
+    """The decoder read ``pos`` bits, so the encoder wrote ``pos - LOOKAHEAD`` bits, zero-padded
+    to a byte: any other length or padding is a corrupt stream (BitstreamError)."""
+    written = pos - LOOKAHEAD
+    if (written + 7) // 8 != buf.size:
+        raise BitstreamError(f"range-coded stream is {buf.size} bytes, its symbols end after {written} bits")
+    if written % 8 and int(buf[-1]) & ((1 << (8 - written % 8)) - 1):
+        raise BitstreamError("non-zero padding after the range-coded stream")

@@ -165,6 +165,11 @@ class CausalLM(nn.Module):
         return self.hf.get_input_embeddings().num_embeddings
 
     @property
+    def embed_scale(self) -> float:
+        """Factor the embedding module applies to its rows (sqrt(D) for Gemma, else 1.0)."""
+        return float(getattr(self.hf.get_input_embeddings(), "scalar_embed_scale", 1.0))
+
+    @property
     def device(self) -> torch.device:
         return self.hf.get_input_embeddings().weight.device
 
@@ -240,10 +245,11 @@ class CausalLM(nn.Module):
 
     # -- the three calls a VLM makes --------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) input embeddings (before any scaling the model applies). §5.2.
+        """(B, T) ids -> (B, T, D) input embeddings, as the model's own embedding module gives them. §5.2.
 
-        Gemma multiplies ``inputs_embeds`` by sqrt(D) inside :meth:`decode`, so image features
-        scattered into these embeddings are scaled with them (a projector learns the scale).
+        Gemma's embedding module already multiplies by sqrt(D) (:attr:`embed_scale`); image
+        features scattered in place of placeholders are not scaled, so a projector must learn
+        (or be initialised to) that scale.
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
