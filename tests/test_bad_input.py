@@ -230,21 +230,40 @@ def test_bytes_after_the_alpha_stream_are_rejected():
     assert np.array_equal(decode_image(data)[..., 3], img[..., 3])
 
 
-def test_rans_lane_count_must_be_the_encoders():
+def test_decoder_work_is_bounded_by_the_file():
+    # Version 1 files held rANS streams whose lane count the decoder had to trust (a hand-made
+    # lanes=1 file took 12-18 s to fail); version 2 streams are range coded, and a v1 file is
+    # refused from its header. A v2 stream must be exactly as long as the encoder writes it.
+    import time
+
     from vlmbook.codec import BitstreamError
-    from vlmbook.codec.fileformat import _HEAD, MODES, decode_image, encode_image
-    from vlmbook.codec.metrics import to_tensor
-    from vlmbook.codec.models import HyperpriorCodec, pad_to
+    from vlmbook.codec.fileformat import _HEAD, decode_image, encode_image
+    from vlmbook.codec.models import HyperpriorCodec
 
     model = HyperpriorCodec.from_pretrained(CODEC).eval()
     img = np.random.default_rng(2).integers(0, 255, (300, 200, 3), dtype=np.uint8)
-    assert decode_image(encode_image(img, 3, model), model).shape == img.shape
-    streams, _ = model.compress(pad_to(to_tensor(img)), lanes=3)  # a valid stream, but not the canonical one
-    head = _HEAD.pack(b"VLMB", 1, 1, 3, 3, 300, 200, 2) + struct.pack("<2I", *[len(x) for x in streams])
-    payload = b"".join(streams)
-    forged = head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)) & 0xFFFFFFFF) + payload
-    with pytest.raises(BitstreamError, match="declares 3 rANS lanes"):
-        decode_image(forged, model)
+    good = encode_image(img, 3, model)
+    assert decode_image(good, model).shape == img.shape
+    fields = list(_HEAD.unpack_from(good, 0))
+    ns = fields[-1]
+    lengths = list(struct.unpack_from(f"<{ns}I", good, _HEAD.size))
+    payload = good[_HEAD.size + 4 * ns + 4:]
+    streams = [payload[sum(lengths[:i]):sum(lengths[:i + 1])] for i in range(ns)]
+
+    def forge(version: int, streams: list[bytes]) -> bytes:
+        head = _HEAD.pack(*fields[:1], version, *fields[2:-1], len(streams))
+        head += struct.pack(f"<{len(streams)}I", *[len(x) for x in streams])
+        body = b"".join(streams)
+        return head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head)) & 0xFFFFFFFF) + body
+
+    assert decode_image(forge(2, streams), model).shape == img.shape  # the forger is faithful
+    t0 = time.perf_counter()
+    with pytest.raises(BitstreamError, match="version 1"):
+        decode_image(forge(1, streams), model)
+    assert time.perf_counter() - t0 < 1.0
+    for bad in ([streams[0] + b"\x00", streams[1]], [streams[0][:-1], streams[1]], [streams[0], streams[1] + b"\xff"]):
+        with pytest.raises(BitstreamError):
+            decode_image(forge(2, bad), model)
 
 
 # -- arguments of the wrong type -------------------------------------------------------------

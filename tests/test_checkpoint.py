@@ -95,7 +95,7 @@ def test_sigkill_at_random_instants_resumes_bit_exactly(tmp_path, victim, refere
     codes = []
     for _ in range(8):
         pid = victim.start(ckpt, out, VLMBOOK_CKPT_SLEEP="0.01")
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.02, 0.3))
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

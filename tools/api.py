@@ -15,7 +15,7 @@ GROUPS = [
     ("Chapter 3 — `vlmbook.codec`", ["vlmbook.codec"]),
     ("Chapter 4 — `vlmbook.vision` and `vlmbook.resample`", ["vlmbook.vision", "vlmbook.resample"]),
     ("Chapter 5 — `vlmbook.fusion`", ["vlmbook.fusion"]),
-    ("Chapter 6 — `vlmbook.train`", ["vlmbook.train"]),
+    ("Training stages — `vlmbook.train` (for the planned Chapter 6)", ["vlmbook.train"]),
     ("Chapter 7 — `vlmbook.eval`", ["vlmbook.eval"]),
     ("Benchmarks — `vlmbook.bench`", ["vlmbook.bench"]),
     ("Chapter figures — `vlmbook.plot`", ["vlmbook.plot.*"]),

@@ -154,25 +154,6 @@ def parse_header(data: bytes) -> dict:
             "height": h, "width": w, "streams": streams}
 
 
-def _check_lanes(streams: list[bytes], model, zs: tuple[int, int]) -> None:
-    # One canonical file per image, and decoding work bounded by the file: each rANS stream must
-    # use the lane count the encoder picks for its number of symbols (a hand-made file with one
-    # lane for thousands of symbols would otherwise take seconds to reject).
-    from . import rans
-
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(cfg, "N") or not hasattr(cfg, "M"):
-        return
-    counts = {"y": cfg.M * 16 * zs[0] * zs[1], "z": cfg.N * zs[0] * zs[1]}
-    for name, stream in zip(("y", "z"), streams[:2]):
-        if len(stream) < 2:
-            raise BitstreamError(f"{name} stream is too short")
-        (lanes,) = struct.unpack_from("<H", stream, 0)
-        want = rans.default_lanes(counts[name])
-        if lanes != want:
-            raise BitstreamError(f"{name} stream declares {lanes} rANS lanes; {counts[name]} symbols are coded with {want}")
-
-
 def decode_image(data: bytes, model=None, model_for: Callable[[int], object] | None = None) -> np.ndarray:
     """``.vlmb`` bytes -> (H, W, C) uint8 array (C = 1, 2, 3 or 4 by the stored mode).
 
@@ -185,8 +166,6 @@ def decode_image(data: bytes, model=None, model_for: Callable[[int], object] | N
     h, w = info["height"], info["width"]
     model = model or (model_for or _default_model)(info["quality"])
     zs = (-(-h // STRIDE), -(-w // STRIDE))
-    if info["version"] == 1:
-        _check_lanes(info["streams"], model, zs)
     try:
         x_hat = model.decompress(info["streams"][:2], zs)
     except BitstreamError:
