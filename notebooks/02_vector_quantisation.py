@@ -243,8 +243,11 @@ print("codebook usage >= 95 %:", metrics["usage"] >= 0.95)
 
 # %% [markdown]
 # For the guide, each code is a token and each token is a patch: code $(r, c)$ covers pixels
-# $8r\ldots8r+7$, $8c\ldots8c+7$. An answer can cite `<v_k>` tokens by position, and Chapter 5 adds
-# the 512 `<v_k>` words to a language model's vocabulary.
+# $8r\ldots8r+7$, $8c\ldots8c+7$. Written as words, the codes are `<v_k>` tokens, one per codebook
+# entry. A citation needs the other half, *where*: Chapter 5's guide cites patch positions with a
+# separate token family, `<p_k>`, so that a codebook entry and a place in the image are never
+# confused. (Chapter 5's discrete route does not read this tokenizer yet; it quantises encoder
+# features with its own k-means codebook.)
 
 # %%
 exhibit = Museum("val", 64)[3]

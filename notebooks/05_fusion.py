@@ -90,9 +90,10 @@ print(type(lm).__name__, lm.config.num_hidden_layers, "layers, width", lm.config
 #
 # An image tokenizer turns an image into integer codes `(B, h, w)` from a codebook of size $K$.
 # The discrete route adds $K$ new words `<v_0> … <v_{K-1}>` to the vocabulary (the embedding
-# table grows by $K$ rows) and writes code $k$ as word `<v_k>`. Chapter 2's VQ tokenizer plugs in
-# here; this chapter's default is deliberately simple and fixed — k-means over the colour of each
-# patch's sub-blocks — so that all learning happens in the language model.
+# table grows by $K$ rows) and writes code $k$ as word `<v_k>`. Chapter 2's VQ tokenizer makes codes
+# of this kind (8 × 8, $K = 512$), but this chapter does not use it yet: its default is deliberately
+# simple and fixed — k-means over the colour of each patch's sub-blocks — so that all learning
+# happens in the language model.
 
 # %%
 # NBVAL_CHECK_OUTPUT
