@@ -12,13 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _check(name: str, *xs: torch.Tensor) -> None:
-    shapes = {tuple(x.shape) for x in xs}
-    if len(shapes) != 1:
-        raise ValueError(f"{name}: inputs must share one shape, got {[tuple(x.shape) for x in xs]}")
-    if xs[0].numel() == 0:
-        raise ValueError(f"{name}: empty batch")
+from .losses import _check_batch as _check
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
