@@ -11,6 +11,12 @@ Three routes share one class and one prompt layout
 ``mask="prefix"`` makes each image block bidirectional (prefix-LM); ``"causal"`` keeps the LM's
 plain causal mask. ``generate`` decodes greedily or by sampling, with a KV cache, and can reuse
 a cached image prefix across questions (prompt caching).
+
+The language model is the book's tiny Llama, or a reader's own: any local Hugging Face causal-LM
+checkpoint (:meth:`VisionLanguageModel.from_lm`, or ``VLMConfig.lm_path``), reached through the
+:class:`~vlmbook.fusion.lm.CausalLM` adapter; ``vlm.apply_lora`` puts LoRA on it. Such a model
+saves its LM's HF config and tokenizer beside its weights, so it reloads without the original
+checkpoint (§5.1).
 """
 from __future__ import annotations
 
@@ -24,11 +30,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from ..config import Config
-from ..hub import PretrainedMixin
-from transformers import PreTrainedTokenizerBase
+from ..hub import CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, _dedupe_shared, _read_json
+from transformers import PreTrainedTokenizerBase, PretrainedConfig
 
 from ..resample.positions import sincos_2d
 from ..vision.clip import CLIPConfig
@@ -36,10 +43,10 @@ from ..vision.vit import VisionEncoder
 from .continuous import PatchEncoder, Projector, merge_image_features
 from .discrete import PatchQuantizer, codes_to_token_ids
 from .gated import GatedAdapter
-from .lm import CausalLM
+from .lm import ADAPTER_DIR, CausalLM, _base_state_dict, _is_peft, quiet_peft
 from .masks import media_mask, to_4d
-from .text import (ASSISTANT, BOS, CITE_CLOSE, CITE_OPEN, END, IMAGE, IMAGE_END, USER, LMConfig, build_lm,
-                   museum_tokenizer, patch_token, visual_token)
+from .text import (ASSISTANT, BOS, CITE_CLOSE, CITE_OPEN, END, IMAGE, IMAGE_END, PAD, SPECIAL_TOKENS, USER, LMConfig,
+                   add_answer_tokens, build_lm, museum_answers, museum_tokenizer, patch_token, visual_token)
 
 ROUTES = ("discrete", "continuous", "gated")
 MASKS = ("causal", "prefix", "full_prefix")
@@ -80,6 +87,18 @@ class VLMConfig(Config):
     max_positions: int = 256
     attn_implementation: str = "sdpa"
     seed: int = 0
+    #: "" = the book's tiny Llama (``hidden``, ``layers``, ``heads``, ... build it); otherwise a
+    #: reader's own Hugging Face causal LM, loaded from this local checkpoint folder when the model
+    #: is built (``hidden`` must equal its width; ``heads`` sizes the gated cross-attention). A
+    #: saved model keeps the LM's config and tokenizer and never reads this folder again (§5.1).
+    lm_path: str = ""
+
+    @classmethod
+    def from_dict(cls, data, require_all: bool = False) -> "VLMConfig":
+        """:meth:`Config.from_dict`; a model saved before ``lm_path`` existed is on the book's Llama."""
+        if isinstance(data, dict) and "lm_path" not in data:
+            data = {**data, "lm_path": ""}
+        return super().from_dict(data, require_all)
 
     def validate(self) -> None:
         super().validate()
@@ -102,7 +121,13 @@ class VLMConfig(Config):
                             "bpe_vocab", "corpus_scenes")
         if self.route == "discrete" and self.image_size % (self.grid * self.quant_sub):
             self._fail("image_size", f"must be divisible by grid * quant_sub = {self.grid * self.quant_sub}")
-        self.lm_config()  # validates the LM fields
+        if self.lm_path:
+            # a reader's LM brings its own shape: only the width and the cross-attention heads matter
+            self.check_positive("hidden", "heads")
+            self.check_divisible("hidden", self.heads, "heads")
+            self.check_choice("attn_implementation", ("eager", "sdpa"))
+        else:
+            self.lm_config()  # validates the LM fields
 
     @classmethod
     def tiny(cls) -> "VLMConfig":
@@ -137,25 +162,45 @@ class PrefixCache:
 
 
 class VisionLanguageModel(nn.Module, PretrainedMixin):
-    """A small vision-language model; see the module docstring. Chapter 5 §5.6."""
+    """A small vision-language model; see the module docstring. Chapter 5 §5.6.
+
+    ``VisionLanguageModel(config)`` builds the book's tiny Llama and museum tokenizer; with
+    ``config.lm_path`` set it loads that checkpoint instead (:meth:`from_lm` does this for you).
+    ``lm`` hands over the language model directly: a ``transformers`` causal LM, a
+    :class:`~vlmbook.fusion.lm.CausalLM`, or an HF ``PretrainedConfig`` (an untrained LM of that
+    architecture: how :meth:`from_pretrained` rebuilds one before loading its weights).
+
+    ``vlm.lm`` is always the ``*ForCausalLM`` module; a peft wrapper around it (``vlm.apply_lora``,
+    or ``vlm.lm = get_peft_model(vlm.lm, cfg)``) is kept in ``vlm.text.model``.
+    """
 
     config_class = VLMConfig
 
-    def __init__(self, config: VLMConfig, tokenizer: PreTrainedTokenizerBase | None = None):
+    def __init__(self, config: VLMConfig, tokenizer: PreTrainedTokenizerBase | None = None,
+                 lm: nn.Module | PretrainedConfig | None = None):
         super().__init__()
         if not isinstance(config, VLMConfig):
             raise ValueError(f"VisionLanguageModel needs a VLMConfig, got {type(config).__name__}")
         self.config = c = config
         M = c.image_tokens
-        # a saved model brings its own tokenizer: loading never retrains it
-        self.tokenizer = tokenizer if tokenizer is not None else museum_tokenizer(
-            c.bpe_vocab, c.codebook_size, c.corpus_scenes, patch_tokens=M, closed_answers=c.closed_answers)
-        vocab = -(-len(self.tokenizer) // 64) * 64
-        self.lm = build_lm(c.lm_config(vocab), seed=c.seed)
+        if c.lm_path:
+            self.tokenizer, model = bring_lm(c, tokenizer, lm)
+        else:
+            if lm is not None:
+                raise ValueError("lm= is for a reader's own language model: set VLMConfig.lm_path too, "
+                                 "or use VisionLanguageModel.from_lm")
+            # a saved model brings its own tokenizer: loading never retrains it
+            self.tokenizer = tokenizer if tokenizer is not None else museum_tokenizer(
+                c.bpe_vocab, c.codebook_size, c.corpus_scenes, patch_tokens=M, closed_answers=c.closed_answers)
+            vocab = -(-len(self.tokenizer) // 64) * 64
+            model = build_lm(c.lm_config(vocab), seed=c.seed)
         # every call into the LM goes through Chapter 5's CausalLM adapter (embed, decode with a 4-D
         # mask and a KV cache, head, decoder layers); kept out of the module tree so that the
         # weights keep their names (``lm.*``) in the state dict
-        object.__setattr__(self, "text", CausalLM(self.lm, self.tokenizer))
+        object.__setattr__(self, "text", CausalLM(model, self.tokenizer))
+        self.lm = model
+        if c.lm_path:
+            check_width(c, self.text)
         feat = c.feature_dim or (CLIPConfig.tiny().vision_dim if c.image_side == "clip" else c.hidden)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed + 1)
@@ -177,7 +222,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                 self.cell_embed = None
         t = self.tokenizer
         self.ids = {name: t.convert_tokens_to_ids(tok) for name, tok in
-                    (("bos", BOS), ("user", USER), ("image", IMAGE), ("image_end", IMAGE_END),
+                    (("bos", t.bos_token or BOS), ("user", USER), ("image", IMAGE), ("image_end", IMAGE_END),
                      ("assistant", ASSISTANT), ("end", END), ("pad", t.pad_token), ("v0", visual_token(0)),
                      ("p0", patch_token(0)), ("cite_open", CITE_OPEN), ("cite_close", CITE_CLOSE))}
         if self.ids["v0"] == t.unk_token_id or (c.cite and self.ids["p0"] == t.unk_token_id):
@@ -185,6 +230,15 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         self.visual_range = (self.ids["v0"], self.ids["v0"] + c.codebook_size)
         # a tokenizer saved before patch tokens existed (vlm-tiny v1) has no <p_k>: it cannot cite
         self.patch_range = (self.ids["p0"], self.ids["p0"] + M) if self.ids["p0"] != t.unk_token_id else None
+
+    def __setattr__(self, name: str, value) -> None:
+        # ``vlm.lm = get_peft_model(vlm.lm, cfg)`` (or any replacement LM): the adapter that every
+        # forward goes through follows, and ``vlm.lm`` stays the HF model (state-dict names ``lm.*``)
+        if name == "lm" and "text" in self.__dict__:
+            self.text.model = value
+            if _is_peft(value):
+                value = value.get_base_model()
+        super().__setattr__(name, value)
 
     @property
     def device(self) -> torch.device:
@@ -506,33 +560,200 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         text = self.tokenizer.decode(ids).strip()
         return f"{cite} {text}".strip()
 
+    # -- a reader's own language model, LoRA ---------------------------------------------
+    @classmethod
+    def from_lm(cls, lm: str | os.PathLike | nn.Module, tokenizer: PreTrainedTokenizerBase | None = None,
+                **fields) -> "VisionLanguageModel":
+        """A VLM on a reader's own causal LM: a local HF checkpoint folder (``config.json``, weights,
+        tokenizer files), a loaded ``*ForCausalLM`` with its ``tokenizer``, or a ``CausalLM``. §5.1.
+
+        ``fields`` are any other :class:`VLMConfig` fields (route, mask, image_side, ...). The LM's
+        width sets ``hidden`` (projector, gated blocks, cell embeddings); the tokenizer (a copy)
+        gains the book's tokens — ``<image>``, ``</image>``, roles, ``[CITE:``, ``]``,
+        ``<v_0..K-1>``, ``<p_0..M-1>``, closed answers if asked, ``<bos>``/``<pad>`` if it has
+        none — and the embeddings grow to match. A model object is used in place, not copied.
+
+        Example::
+
+            vlm = VisionLanguageModel.from_lm("checkpoints/my-gpt2", route="continuous")
+            vlm.apply_lora(r=8)                      # LoRA on the LM; projector trains in full
+            vlm.save_pretrained("runs/guide")        # LM config + tokenizer + adapter travel along
+            guide = VisionLanguageModel.from_pretrained("runs/guide")   # no checkpoint needed
+        """
+        if "lm_path" in fields:
+            raise ValueError("from_lm sets lm_path itself; pass the checkpoint as its first argument")
+        attn = fields.get("attn_implementation", "sdpa")
+        if isinstance(lm, (str, os.PathLike)):
+            model, tok = load_hf_lm(lm, attn)
+            tokenizer = tokenizer if tokenizer is not None else tok
+            name = str(lm)
+        else:
+            if isinstance(lm, CausalLM):
+                tokenizer = tokenizer if tokenizer is not None else lm.tokenizer
+                lm = lm.model
+            if not isinstance(lm, nn.Module):
+                raise TypeError(f"from_lm takes a checkpoint folder, a transformers causal LM or a CausalLM, "
+                                f"got {type(lm).__name__}")
+            model = lm
+            hf = model.get_base_model() if _is_peft(model) else model
+            name = getattr(getattr(hf, "config", None), "_name_or_path", "") or f"<{type(hf).__name__} in memory>"
+        if _is_peft(model):
+            raise ValueError("from_lm needs the LM without a peft adapter (the image tokens resize its "
+                             "embeddings): build the VLM first, then call vlm.apply_lora()")
+        width = CausalLM(model).hidden_size
+        if "hidden" in fields and fields["hidden"] != width:
+            raise ValueError(f"hidden={fields['hidden']} conflicts with the language model's hidden size {width}; "
+                             "leave hidden out (from_lm takes it from the LM)")
+        config = VLMConfig(**{**fields, "hidden": width, "lm_path": name})
+        return cls(config, tokenizer=tokenizer, lm=model)
+
+    def apply_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=None,
+                   modules_to_save: Sequence[str] | None = None) -> "VisionLanguageModel":
+        """LoRA on the language model only (``peft.get_peft_model``, see :meth:`CausalLM.apply_lora`);
+        returns self. The image side, projector and gated blocks keep training in full. §5.8."""
+        self.text.apply_lora(r, alpha, dropout, target_modules, modules_to_save)
+        self.lm = self.text.model
+        return self
+
+    def merge_lora(self) -> "VisionLanguageModel":
+        """Fold the LM's LoRA weights into it (``merge_and_unload``); returns self."""
+        self.text.merge_lora()
+        self.lm = self.text.model
+        return self
+
     # -- saving -------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """config.json + model.safetensors (PretrainedMixin) + the HF tokenizer files in ``tokenizer/``."""
+        """config.json + model.safetensors (PretrainedMixin) + the HF tokenizer files in ``tokenizer/``.
+
+        A reader's LM adds its HF config in ``lm/config.json``; an unmerged LoRA adapter is saved
+        by peft in ``adapter/`` and the weights file keeps the LM's original (base) weights.
+        """
         out = PretrainedMixin.save_pretrained(self, path)
         self.tokenizer.save_pretrained(out / "tokenizer")
+        if self.config.lm_path:
+            self.text.config.save_pretrained(out / "lm")
+        if self.text.is_peft:
+            # the weights under their plain names (a reloaded model is built without LoRA), the
+            # adapter beside them, as peft saves it
+            state = {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+            state.update({"lm." + k: v for k, v in _base_state_dict(self.lm).items()})
+            save_file(_dedupe_shared({k: v.detach().contiguous().cpu() for k, v in state.items()}),
+                      str(out / WEIGHTS_NAME))
+            self.text.model.save_pretrained(out / ADAPTER_DIR)
         return out
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "VisionLanguageModel":
-        """Rebuild a saved model, tokenizer included, without training anything."""
-        from transformers import AutoTokenizer
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        is_trainable: bool = False) -> "VisionLanguageModel":
+        """Rebuild a saved model, tokenizer (and a reader's LM, LoRA adapter) included, without training
+        anything or reading the original LM checkpoint. ``is_trainable`` keeps a reloaded adapter trainable."""
+        from transformers import AutoConfig, AutoTokenizer
 
-        tok_dir = Path(path) / "tokenizer"
+        path = Path(path)
+        tok_dir = path / "tokenizer"
         if not tok_dir.is_dir():
             raise FileNotFoundError(f"{path} has no tokenizer/ folder")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        lm_config = None
+        meta = _read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
+        saved = meta.get("config") if isinstance(meta, dict) else None
+        if isinstance(saved, dict) and saved.get("lm_path"):
+            if not (path / "lm" / "config.json").is_file():
+                raise ValueError(f"{path} holds a VLM on a reader's language model ({saved['lm_path']}) "
+                                 "but no lm/config.json to rebuild it from")
+            lm_config = AutoConfig.from_pretrained(path / "lm", local_files_only=True)
         original = cls.__init__
 
         def init(self, config):
-            original(self, config, tokenizer=tokenizer)
+            original(self, config, tokenizer=tokenizer, lm=lm_config)
 
-        # PretrainedMixin builds cls(config); hand it the saved tokenizer instead of a new one
+        # PretrainedMixin builds cls(config); hand it the saved tokenizer (and LM config) instead of new ones
         sub = type(cls.__name__, (cls,), {"__init__": init, "__module__": cls.__module__,
                                           "__qualname__": cls.__qualname__})
         model = PretrainedMixin.from_pretrained.__func__(sub, path, device)
         model.__class__ = cls
+        if (path / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            with quiet_peft():
+                model.lm = PeftModel.from_pretrained(model.lm, path / ADAPTER_DIR, is_trainable=is_trainable)
         return model
+
+
+def load_hf_lm(path: str | os.PathLike, attn_implementation: str = "sdpa"):
+    """``(model, tokenizer or None)`` from a local HF causal-LM checkpoint folder, in float32. §5.1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{p} is not a Hugging Face checkpoint folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=torch.float32,
+                                                 attn_implementation=attn_implementation)
+    has_tok = (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True) if has_tok else None
+    return model.eval(), tokenizer
+
+
+def bring_lm(c: VLMConfig, tokenizer: PreTrainedTokenizerBase | None, lm) -> tuple[PreTrainedTokenizerBase, nn.Module]:
+    """The tokenizer (a copy, with the VLM's tokens) and LM of a reader's own language model. §5.1.
+
+    ``lm`` None loads ``c.lm_path``; an HF ``PretrainedConfig`` builds an untrained model of it
+    (seeded; :meth:`VisionLanguageModel.from_pretrained` then loads the saved weights).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if lm is None:
+        model, tok = load_hf_lm(c.lm_path, c.attn_implementation)
+        tokenizer = tokenizer if tokenizer is not None else tok
+    elif isinstance(lm, PretrainedConfig):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            model = AutoModelForCausalLM.from_config(lm, dtype=torch.float32,
+                                                     attn_implementation=c.attn_implementation).eval()
+    elif isinstance(lm, CausalLM):
+        model = lm.model
+        tokenizer = tokenizer if tokenizer is not None else lm.tokenizer
+    else:
+        model = lm
+    if tokenizer is None:
+        raise ValueError(f"the language model ({c.lm_path}) comes without a tokenizer: pass tokenizer=")
+    if _is_peft(model):
+        raise ValueError("the language model carries a peft adapter: build the VLM first, then call vlm.apply_lora()")
+    text = CausalLM(model, copy.deepcopy(tokenizer))
+    add_vlm_tokens(text, c)
+    return text.tokenizer, model.eval()
+
+
+def add_vlm_tokens(text: CausalLM, c: VLMConfig) -> None:
+    """Give a reader's tokenizer the book's tokens (idempotent) and grow the LM's embeddings to fit. §5.2.
+
+    ``<bos>``/``<pad>`` only where the tokenizer has no bos/pad token; the special tokens, the
+    codebook words ``<v_k>`` and patch positions ``<p_k>`` (contiguous), closed answers if asked.
+    """
+    t = text.tokenizer
+    for role, tok in (("bos_token", BOS), ("pad_token", PAD)):
+        if getattr(t, role) is None:
+            t.add_special_tokens({role: tok})
+    text.add_tokens(list(SPECIAL_TOKENS))
+    text.add_image_tokens(codebook_size=c.codebook_size, patches=c.image_tokens, extra=())
+    if c.closed_answers:
+        add_answer_tokens(t, museum_answers())
+    if len(t) > text.vocab_size:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(len(t))  # new rows are sampled around the old ones: keep it reproducible
+            text.hf.resize_token_embeddings(len(t))
+
+
+def check_width(c: VLMConfig, text: CausalLM) -> None:
+    """Raise ``ValueError`` unless ``c.hidden`` is the LM's width (and, gated, its decoder width). §5.1."""
+    name = type(text.hf).__name__
+    if c.hidden != text.hidden_size:
+        raise ValueError(f"VLMConfig.hidden={c.hidden} conflicts with the hidden size {text.hidden_size} of the "
+                         f"language model ({name} from {c.lm_path}); set hidden={text.hidden_size} "
+                         "(VisionLanguageModel.from_lm does)")
+    if c.route == "gated" and text.layer_hidden_size != text.hidden_size:
+        raise ValueError(f"{name} embeds at width {text.hidden_size} but its decoder runs at "
+                         f"{text.layer_hidden_size}: the gated route needs one width (use a prefix route)")
 
 
 def build_image_side(c: VLMConfig, feat: int) -> nn.Module | None:
