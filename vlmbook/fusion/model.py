@@ -639,7 +639,8 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             state.update({"lm." + k: v for k, v in _base_state_dict(self.lm).items()})
             save_file(_dedupe_shared({k: v.detach().contiguous().cpu() for k, v in state.items()}),
                       str(out / WEIGHTS_NAME))
-            self.text.model.save_pretrained(out / ADAPTER_DIR)
+            # the embeddings (new image-token rows included) are in the weights file already
+            self.text.model.save_pretrained(out / ADAPTER_DIR, save_embedding_layers=False)
         return out
 
     @classmethod
