@@ -356,3 +356,26 @@ def test_the_books_own_model_is_unchanged():
     assert type(m.lm).__name__ == "LlamaForCausalLM" and m.tokenizer.bos_token == BOS
     with pytest.raises(ValueError, match="heads"):
         VLMConfig(lm_path="x", hidden=30, heads=4)
+
+
+def test_lora_with_trained_image_token_rows(checkpoints, tmp_path):
+    """The discrete route's new ``<v_k>`` rows train through ``modules_to_save`` and travel with the adapter."""
+    m = build(checkpoints["qwen2"][0], "discrete")  # untied embeddings and head
+    ids = torch.tensor([m.prompt_ids(QUESTION, "red")] * 2)
+    img = image_inputs(m)
+    with torch.no_grad():
+        base = m(ids, **img)
+    m.apply_lora(r=2, modules_to_save=["embed_tokens", "lm_head"])
+    lo, hi = m.visual_range
+    with torch.no_grad():
+        m.lm.get_input_embeddings().weight[lo:hi].normal_(0, 1, generator=torch.Generator().manual_seed(3))
+        tuned = m(ids, **img)
+    assert (tuned - base).abs().amax() > 1e-3
+    m.save_pretrained(tmp_path / "m")
+    back = VisionLanguageModel.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(back(ids, **img), tuned)
+        back.text.model.disable_adapter_layers()
+        torch.testing.assert_close(back(ids, **img), base, rtol=0, atol=0)
+        back.text.model.enable_adapter_layers()
+        torch.testing.assert_close(back.merge_lora()(ids, **img), tuned, rtol=0, atol=1e-5)
