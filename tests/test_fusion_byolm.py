@@ -298,6 +298,21 @@ def test_model_object_config_path_and_from_lm_agree(checkpoints):
     assert in_memory.lm is model  # a model object is used in place
 
 
+def test_a_causallm_folder_and_a_bf16_model(checkpoints, tmp_path):
+    """A folder written by ``CausalLM.save_pretrained`` (tokenizer in ``tokenizer/``) loads; bf16 becomes float32."""
+    lm = CausalLM.from_pretrained(checkpoints["gpt_neox"][0])
+    lm.save_pretrained(tmp_path / "lm")
+    assert (tmp_path / "lm" / "tokenizer").is_dir() and not (tmp_path / "lm" / "tokenizer.json").exists()
+    ref = build(checkpoints["gpt_neox"][0], "gated")
+    m = build(tmp_path / "lm", "gated")
+    ids = torch.tensor([m.prompt_ids(QUESTION, "red")])
+    with torch.no_grad():
+        assert torch.equal(m(ids, **image_inputs(m, B=1)), ref(ids, **image_inputs(ref, B=1)))
+    half = CausalLM.from_pretrained(checkpoints["gpt_neox"][0]).hf.to(torch.bfloat16)
+    m16 = VisionLanguageModel.from_lm(half, family_tokenizer("gpt_neox"), route="gated", image_side="features", **FIELDS)
+    assert m16.text.dtype == torch.float32 and m16(ids, **image_inputs(m16, B=1)).isfinite().all()
+
+
 def test_closed_answers_and_citations_on_a_foreign_tokenizer(checkpoints):
     m = build(checkpoints["opt"][0], "continuous", cite=True, closed_answers=True)
     ans = m.answer_ids("red star", patches=[1, 3])
@@ -330,6 +345,9 @@ def test_clear_errors(checkpoints, tmp_path):
         wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="apply_lora"):
         VisionLanguageModel.from_lm(wrapped, family_tokenizer("llama"))
+    CausalLM.from_pretrained(path).apply_lora(r=2).save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match="unmerged LoRA adapter"):
+        VisionLanguageModel.from_lm(tmp_path / "lora")
     with pytest.raises(TypeError, match="checkpoint folder"):
         VisionLanguageModel.from_lm(42)
     # OPT-350m style: embeddings narrower than the decoder cannot feed gated blocks of one width

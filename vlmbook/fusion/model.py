@@ -43,7 +43,7 @@ from ..vision.vit import VisionEncoder
 from .continuous import PatchEncoder, Projector, merge_image_features
 from .discrete import PatchQuantizer, codes_to_token_ids
 from .gated import GatedAdapter
-from .lm import ADAPTER_DIR, CausalLM, _base_state_dict, _is_peft, quiet_peft
+from .lm import ADAPTER_DIR, TOKENIZER_DIR, CausalLM, _base_state_dict, _is_peft, quiet_peft
 from .masks import media_mask, to_4d
 from .text import (ASSISTANT, BOS, CITE_CLOSE, CITE_OPEN, END, IMAGE, IMAGE_END, PAD, SPECIAL_TOKENS, USER, LMConfig,
                    add_answer_tokens, build_lm, museum_answers, museum_tokenizer, patch_token, visual_token)
@@ -94,7 +94,7 @@ class VLMConfig(Config):
     lm_path: str = ""
 
     @classmethod
-    def from_dict(cls, data, require_all: bool = False) -> "VLMConfig":
+    def from_dict(cls, data: dict, require_all: bool = False) -> "VLMConfig":
         """:meth:`Config.from_dict`; a model saved before ``lm_path`` existed is on the book's Llama."""
         if isinstance(data, dict) and "lm_path" not in data:
             data = {**data, "lm_path": ""}
@@ -571,7 +571,8 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         width sets ``hidden`` (projector, gated blocks, cell embeddings); the tokenizer (a copy)
         gains the book's tokens — ``<image>``, ``</image>``, roles, ``[CITE:``, ``]``,
         ``<v_0..K-1>``, ``<p_0..M-1>``, closed answers if asked, ``<bos>``/``<pad>`` if it has
-        none — and the embeddings grow to match. A model object is used in place, not copied.
+        none — and the embeddings grow to match. The LM runs in float32; a model object is used
+        in place (not copied).
 
         Example::
 
@@ -688,10 +689,14 @@ def load_hf_lm(path: str | os.PathLike, attn_implementation: str = "sdpa"):
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ValueError(f"{p} is not a Hugging Face checkpoint folder (no config.json)")
+    if (p / ADAPTER_DIR).is_dir():  # loading the base weights alone would silently drop the adapter
+        raise ValueError(f"{p} holds an unmerged LoRA adapter: load it with CausalLM.from_pretrained, "
+                         "call merge_lora() and pass that CausalLM")
     model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=torch.float32,
                                                  attn_implementation=attn_implementation)
-    has_tok = (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True) if has_tok else None
+    tok_dir = p / TOKENIZER_DIR if (p / TOKENIZER_DIR).is_dir() else p  # CausalLM.save_pretrained's layout
+    has_tok = (tok_dir / "tokenizer.json").is_file() or (tok_dir / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True) if has_tok else None
     return model.eval(), tokenizer
 
 
@@ -720,9 +725,11 @@ def bring_lm(c: VLMConfig, tokenizer: PreTrainedTokenizerBase | None, lm) -> tup
         raise ValueError(f"the language model ({c.lm_path}) comes without a tokenizer: pass tokenizer=")
     if _is_peft(model):
         raise ValueError("the language model carries a peft adapter: build the VLM first, then call vlm.apply_lora()")
+    # float32 like the rest of the VLM (mixed precision is loop.fit's autocast, not stored weights)
+    model = model.float().eval()
     text = CausalLM(model, copy.deepcopy(tokenizer))
     add_vlm_tokens(text, c)
-    return text.tokenizer, model.eval()
+    return text.tokenizer, model
 
 
 def add_vlm_tokens(text: CausalLM, c: VLMConfig) -> None:
