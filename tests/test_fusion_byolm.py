@@ -365,13 +365,29 @@ def test_clear_errors(checkpoints, tmp_path):
         VisionLanguageModel.from_pretrained(tmp_path / "vlm")
 
 
-def test_the_books_own_model_is_unchanged():
+def test_the_books_own_model_is_unchanged(tmp_path):
     """``lm_path`` empty: the book's tiny Llama; configs saved before the field existed still load."""
     cfg = VLMConfig(hidden=32, intermediate=64, layers=2, corpus_scenes=200, codebook_size=32)
     assert cfg.lm_path == "" and VLMConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "lm_path"},
                                                      require_all=True) == cfg
-    m = VisionLanguageModel(cfg)
+    m = VisionLanguageModel(cfg).eval()
     assert type(m.lm).__name__ == "LlamaForCausalLM" and m.tokenizer.bos_token == BOS
+    # LoRA on the book's Llama: seeded, saved beside the base weights, reloaded as it was
+    ids = torch.tensor([m.prompt_ids(QUESTION, "red")])
+    feats = {"images": torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))}
+    m.apply_lora(r=2)
+    a = {n: p.clone() for n, p in m.named_parameters() if "lora_A" in n}
+    assert a and all(torch.equal(p, a[n]) for n, p in VisionLanguageModel(cfg).apply_lora(r=2).named_parameters()
+                     if "lora_A" in n)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.05)
+        tuned = m(ids, **feats)
+    m.save_pretrained(tmp_path)
+    assert not (tmp_path / "lm").exists() and (tmp_path / "adapter").is_dir()
+    with torch.no_grad():
+        assert torch.equal(VisionLanguageModel.from_pretrained(tmp_path)(ids, **feats), tuned)
     with pytest.raises(ValueError, match="heads"):
         VLMConfig(lm_path="x", hidden=30, heads=4)
 

@@ -612,7 +612,9 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                    modules_to_save: Sequence[str] | None = None) -> "VisionLanguageModel":
         """LoRA on the language model only (``peft.get_peft_model``, see :meth:`CausalLM.apply_lora`);
         returns self. The image side, projector and gated blocks keep training in full. §5.8."""
-        self.text.apply_lora(r, alpha, dropout, target_modules, modules_to_save)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)  # LoRA's A matrices are drawn at random: seeded
+            self.text.apply_lora(r, alpha, dropout, target_modules, modules_to_save)
         self.lm = self.text.model
         return self
 
