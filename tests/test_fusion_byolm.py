@@ -265,11 +265,18 @@ def test_get_peft_model_by_hand_and_reload_for_training(checkpoints, tmp_path):
             if "lora_B" in name:
                 p.fill_(0.1)
         tuned = m(ids, **img)
+    q = question(m)
+    gen = m.generate(None, q, max_new_tokens=4, stop_token=-1, **img)
+    assert torch.equal(gen, m.generate(None, q, max_new_tokens=4, stop_token=-1, use_cache=False, **img))
+    m(ids, **img)[:, -3:].logsumexp(-1).sum().backward()  # a training step reaches the adapter and the projector
+    for name, p in m.named_parameters():
+        assert (p.grad is not None) == ("lora_" in name or not name.startswith("lm.")), name
     m.save_pretrained(tmp_path)
     frozen = VisionLanguageModel.from_pretrained(tmp_path)
     train = VisionLanguageModel.from_pretrained(tmp_path, is_trainable=True)
     with torch.no_grad():
         assert torch.equal(frozen(ids, **img), tuned) and torch.equal(train(ids, **img), tuned)
+    assert torch.equal(frozen.generate(None, q, max_new_tokens=4, stop_token=-1, **img), gen)
     assert not any(p.requires_grad for p in frozen.lm.parameters())
     names = [n for n, p in train.lm.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
@@ -309,7 +316,8 @@ def test_a_causallm_folder_and_a_bf16_model(checkpoints, tmp_path):
     with torch.no_grad():
         assert torch.equal(m(ids, **image_inputs(m, B=1)), ref(ids, **image_inputs(ref, B=1)))
     half = CausalLM.from_pretrained(checkpoints["gpt_neox"][0]).hf.to(torch.bfloat16)
-    m16 = VisionLanguageModel.from_lm(half, family_tokenizer("gpt_neox"), route="gated", image_side="features", **FIELDS)
+    m16 = VisionLanguageModel.from_lm(half, family_tokenizer("gpt_neox"), route="gated", image_side="features",
+                                      **FIELDS)
     assert m16.text.dtype == torch.float32 and m16(ids, **image_inputs(m16, B=1)).isfinite().all()
 
 
