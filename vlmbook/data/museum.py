@@ -455,19 +455,32 @@ def _plural(shape: str) -> str:
     return shape + ("es" if shape.endswith("s") else "s")
 
 
-def support_patches(scene: Scene, qa: QA, grid: int, min_cover: float = 0.15) -> list[int]:
+def support_patches(scene: Scene, qa: QA, grid: int, min_cover: float | None = None) -> list[int]:
     """Indices ``row * grid + col`` of the ``grid × grid`` patches that prove an answer.
 
-    A patch counts when an object's box covers at least ``min_cover`` of it; plaque answers
-    cite the plaque's patches. ``[]`` means nothing in the image proves it (an absent object).
+    By default one patch per supporting object: the patch that holds its centre, in the order the
+    question names the objects (objects it does not name, as in "How many objects …?", follow in
+    reading order). For the book's 3 × 3 grid that patch is the object's exhibit cell. With
+    ``min_cover`` every patch that an object's box covers by at least that fraction counts
+    instead (sorted). Plaque answers cite the plaque; ``[]`` means nothing in the image proves the
+    answer (an absent object).
     """
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
-    boxes = [scene.objects[i].box for i in qa.objects]
+    if min_cover is not None and not 0.0 < min_cover <= 1.0:
+        raise ValueError(f"min_cover must lie in (0, 1] or be None, got {min_cover}")
+    things = [scene.objects[i] for i in qa.objects]
     if qa.qtype == "plaque" and scene.plaque is not None:
-        boxes = [scene.plaque.box]
-    cells: set[int] = set()
-    for x0, y0, x1, y1 in boxes:
+        things = [scene.plaque]
+    if min_cover is None:
+        def named_at(o) -> int:
+            at = qa.question.find(o.name) if hasattr(o, "name") else -1
+            return at if at >= 0 else len(qa.question) + o.cell
+        cells = [min(int(o.cy * grid), grid - 1) * grid + min(int(o.cx * grid), grid - 1)
+                 for o in sorted(things, key=named_at)]
+        return list(dict.fromkeys(cells))
+    covered: set[int] = set()
+    for x0, y0, x1, y1 in (t.box for t in things):
         for r in range(grid):
             oy = min(y1, (r + 1) / grid) - max(y0, r / grid)
             if oy <= 0:
@@ -475,8 +488,8 @@ def support_patches(scene: Scene, qa: QA, grid: int, min_cover: float = 0.15) ->
             for c in range(grid):
                 ox = min(x1, (c + 1) / grid) - max(x0, c / grid)
                 if ox > 0 and ox * oy * grid * grid >= min_cover:
-                    cells.add(r * grid + c)
-    return sorted(cells)
+                    covered.add(r * grid + c)
+    return sorted(covered)
 
 
 def patch_box(index: int, grid: int, size: int) -> tuple[int, int, int, int]:
@@ -488,8 +501,11 @@ def patch_box(index: int, grid: int, size: int) -> tuple[int, int, int, int]:
 
 
 def cite(answer: str, patches: Sequence[int]) -> str:
-    """An answer followed by its citations: ``'red [CITE:<v_3>] [CITE:<v_4>]'``."""
-    return " ".join([answer] + [f"[CITE:<v_{k}>]" for k in patches])
+    """An answer with its evidence first, as the guide writes it: ``'[CITE:<p_3><p_4>] red'``.
+
+    ``<p_k>`` names patch ``k`` of the exhibit (Chapter 5 §5.8); no patches gives ``'[CITE:] no'``.
+    """
+    return "[CITE:" + "".join(f"<p_{int(k)}>" for k in patches) + "] " + answer
 
 
 def preference_pairs(scene: Scene, qa: QA, grid: int, rng: random.Random | None = None) -> list[PreferencePair]:

@@ -124,18 +124,23 @@ def add_patch_tokens(tokenizer: PreTrainedTokenizerBase, n: int) -> int:
 
 
 def add_answer_tokens(tokenizer: PreTrainedTokenizerBase, answers: Iterable[str]) -> list[int]:
-    """Make every answer string one whole-word token (a closed answer vocabulary); returns their ids. §5.7.
+    """Make every word of every answer one whole-word token (a closed answer vocabulary); returns
+    the words' ids. §5.7.
 
-    Whole-word matching keeps ``'red'`` from matching inside ``'reds'``; a two-word answer such as
-    ``'red star'`` becomes one token wherever it appears, in questions too.
+    A one-word answer (``'red'``, ``'yes'``, ``'3'``) is then one token. A two-word answer is two of
+    these words, never one compound token: the question "Where is the red star?" must spell the
+    object with the same ``red`` and ``star`` that the colour and shape questions use, or the model
+    has 64 opaque compound words to match against the image, each seen rarely. Whole-word matching
+    keeps ``'red'`` from matching inside ``'reds'``.
     """
     from tokenizers import AddedToken
 
     answers = list(dict.fromkeys(answers))
     if not answers or any(not isinstance(a, str) or not a.strip() for a in answers):
         raise ValueError("answers must be a non-empty list of non-blank strings")
-    tokenizer.add_tokens([AddedToken(a, single_word=True, normalized=False) for a in answers])
-    return tokenizer.convert_tokens_to_ids(answers)
+    words = list(dict.fromkeys(w for a in answers for w in a.split()))
+    tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
+    return tokenizer.convert_tokens_to_ids(words)
 
 
 @functools.lru_cache(maxsize=8)
