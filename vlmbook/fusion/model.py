@@ -55,7 +55,7 @@ CELL_EMBEDS = ("none", "learned", "sincos")
 IMAGE_SIDES = ("patch", "clip", "features")
 COMPRESSORS = ("none", "cells", "perceiver", "qformer", "tokenlearner", "tome")
 #: The levers that make the tiny guide find the object a question names (§5.7's ablation).
-RECIPE = {"cell_embed": "sincos", "layout": "question_first", "cite": True, "closed_answers": True}
+RECIPE = {"cell_embed": "learned", "layout": "question_first", "cite": True, "closed_answers": True, "qk_norm": True}
 
 
 @dataclasses.dataclass
@@ -86,6 +86,7 @@ class VLMConfig(Config):
     intermediate: int = 192
     max_positions: int = 256
     attn_implementation: str = "sdpa"
+    qk_norm: bool = False
     seed: int = 0
     #: "" = the book's tiny Llama (``hidden``, ``layers``, ``heads``, ... build it); otherwise a
     #: reader's own Hugging Face causal LM, loaded from this local checkpoint folder when the model
@@ -95,9 +96,10 @@ class VLMConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict, require_all: bool = False) -> "VLMConfig":
-        """:meth:`Config.from_dict`; a model saved before ``lm_path`` existed is on the book's Llama."""
-        if isinstance(data, dict) and "lm_path" not in data:
-            data = {**data, "lm_path": ""}
+        """:meth:`Config.from_dict`; a model saved before ``lm_path`` and ``qk_norm`` existed is on the
+        book's plain Llama."""
+        if isinstance(data, dict):
+            data = {"lm_path": "", "qk_norm": False, **data}
         return super().from_dict(data, require_all)
 
     def validate(self) -> None:
@@ -107,7 +109,7 @@ class VLMConfig(Config):
         self.check_choice("layout", LAYOUTS)
         self.check_choice("cell_embed", CELL_EMBEDS)
         self.check_choice("image_side", IMAGE_SIDES)
-        for name in ("cite", "closed_answers"):
+        for name in ("cite", "closed_answers", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be True or False")
         self.check_non_negative("feature_dim")
@@ -149,7 +151,7 @@ class VLMConfig(Config):
     def lm_config(self, vocab_size: int = 512) -> LMConfig:
         return LMConfig(vocab_size=vocab_size, hidden=self.hidden, layers=self.layers, heads=self.heads,
                         kv_heads=self.kv_heads, intermediate=self.intermediate, max_positions=self.max_positions,
-                        attn_implementation=self.attn_implementation)
+                        attn_implementation=self.attn_implementation, qk_norm=self.qk_norm)
 
 
 @dataclasses.dataclass
