@@ -86,6 +86,7 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
             "levers": {**{k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask",
                                                        "qk_norm")}, "curriculum": demo.curriculum},
             "image_tokens": cfg.image_tokens, "train_seconds": round(secs, 1), "threads": 1,
+            "encoder_steps": demo.encoder_steps if source != "oracle" else 0,
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec
 
