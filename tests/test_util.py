@@ -37,3 +37,16 @@ def test_step_seed_rejects_negative_or_float():
         step_seed(-1, 0)
     with pytest.raises(ValueError):
         step_seed(0, 1.0)
+    with pytest.raises(ValueError):
+        step_seed(0, 1, stride=0)
+
+
+def test_step_seed_stride_reproduces_the_codec_constant():
+    # the codec's trainers drew batch `step` from seed * 100_003 + step before util existed
+    assert step_seed(3, 5, stride=100_003) == 300_014
+    for seed, step in ((0, 0), (2, 17)):
+        old = torch.Generator().manual_seed(seed * 100_003 + step)
+        assert torch.equal(torch.rand(5, generator=old), torch.rand(5, generator=step_generator(seed, step, 100_003)))
+    # the default stride is the book's one, and it is not the codec's
+    assert not torch.equal(torch.rand(3, generator=step_generator(1, 0)),
+                           torch.rand(3, generator=step_generator(1, 0, 100_003)))

@@ -15,17 +15,23 @@ import torch
 SEED_STRIDE = 1_000_003
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The integer seed of step ``step`` of a run seeded ``seed``: ``seed · SEED_STRIDE + step``."""
+def step_seed(seed: int, step: int, stride: int = SEED_STRIDE) -> int:
+    """The integer seed of step ``step`` of a run seeded ``seed``: ``seed · stride + step``.
+
+    ``stride`` other than :data:`SEED_STRIDE` exists only so trainers whose committed artifacts were
+    drawn with an older constant (the codec's 100,003) keep reproducing them bit for bit.
+    """
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-    return seed * SEED_STRIDE + step
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    return seed * stride + step
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int, stride: int = SEED_STRIDE) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with :func:`step_seed` (batch ``step`` of a seeded run)."""
-    return torch.Generator().manual_seed(step_seed(seed, step))
+    return torch.Generator().manual_seed(step_seed(seed, step, stride))
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:

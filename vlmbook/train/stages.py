@@ -18,6 +18,7 @@ import torch
 from ..data.museum import Museum, QA, Scene, preference_pairs, questions, support_patches
 from ..fusion.grounding import format_citation, parse_citations
 from ..loop import LoopConfig
+from ..util import step_generator
 from .consistency import majority_vote, normalise_answer
 from .losses import distill_loss, dpo_loss, pairwise_accuracy, reward_loss, sft_loss
 from .policy import Example, VLMPolicy, freeze
@@ -131,7 +132,7 @@ def train_sft(policy: VLMPolicy, examples: Sequence[Example], images: torch.Tens
     groups = param_groups(vlm, lrs)
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return policy.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
                               images)
 
@@ -190,7 +191,7 @@ def train_reward_model(policy: VLMPolicy, pairs: list[tuple], images: torch.Tens
     freeze_all_but(rm, ["head", "body.lm", "body.projector"])
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return _pair_batch(policy, pairs, torch.randint(len(pairs), (batch_size,), generator=g).tolist(), images)
 
     def loss_fn(model, b, step):
@@ -228,7 +229,7 @@ def train_dpo(policy: VLMPolicy, ref: VLMPolicy, pairs: list[tuple], images: tor
     groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return _pair_batch(policy, pairs, torch.randint(len(pairs), (batch_size,), generator=g).tolist(), images)
 
     def loss_fn(model, b, step):
@@ -408,7 +409,7 @@ def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example],
     groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return student.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
                                images)
 
