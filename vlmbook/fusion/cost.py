@@ -6,10 +6,9 @@ linear in ``M`` (``L · M``) every ``every`` layers. Counts are multiply-adds ×
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+from ..util import median_seconds
 from .gated import GatedAdapter
 from .text import LMConfig, build_lm
 
@@ -60,10 +59,4 @@ def measure_forward(route: str, M: int, L: int, cfg: LMConfig | None = None, eve
         def run():
             with adapter.media(media):
                 return lm.model(inputs_embeds=x)
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(run, repeats=repeats, warmup=1)
