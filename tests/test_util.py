@@ -1,10 +1,13 @@
 """Tests for vlmbook.util: the shared median timer and step-seeded generator."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
-from vlmbook.util import SEED_STRIDE, median_seconds, median_seconds_pair, step_generator, step_seed
+from vlmbook.util import (SEED_STRIDE, median_seconds, median_seconds_each, median_seconds_pair, step_generator,
+                          step_seed)
 
 
 def test_step_seed_golden_and_disjoint_streams():
@@ -24,6 +27,21 @@ def test_median_seconds_counts_calls_and_is_the_median():
     ta, tb = median_seconds_pair(lambda: n.__setitem__("a", n["a"] + 1), lambda: n.__setitem__("b", n["b"] + 1),
                                  repeats=3, warmup=1)
     assert n == {"a": 4, "b": 4} and ta >= 0 and tb >= 0
+
+
+def test_median_seconds_each_interleaves_named_functions():
+    order = []
+    med = median_seconds_each({k: (lambda k=k: order.append(k)) for k in "abc"}, repeats=2, warmup=1)
+    assert order == list("abc") * 3  # warm-up round, then each round calls every function in turn
+    assert set(med) == set("abc") and all(0 <= t < 0.1 for t in med.values())
+    # the median of four sleeps of 0 / 0 / 20 / 20 ms is their middle pair's mean, 10 ms
+    sleeps = iter([0, 0, 0.02, 0.02])
+    t = median_seconds_each({"s": lambda: time.sleep(next(sleeps))}, repeats=4, warmup=0)["s"]
+    assert 0.008 < t < 0.05
+    with pytest.raises(ValueError, match="at least one"):
+        median_seconds_each({})
+    with pytest.raises(ValueError, match="repeats"):
+        median_seconds_each({"a": lambda: None}, repeats=0)
 
 
 @pytest.mark.parametrize("kw", [{"repeats": 0}, {"repeats": 1.5}, {"warmup": -1}])
