@@ -180,6 +180,11 @@ def test_psnr_golden():
     b[0, 0, 0] = 255  # MSE = 255²/48
     assert rd.psnr(a, b) == pytest.approx(10 * np.log10(48))
     assert rd.psnr(a, a) == float("inf")
+    # the trainers' PSNR of an MSE they already computed is the same formula
+    assert rd.psnr_from_mse(255.0**2 / 48, 255.0) == rd.psnr(a, b)
+    assert rd.psnr_from_mse(torch.tensor(0.01)) == pytest.approx(20.0, abs=1e-5) and rd.psnr_from_mse(0.0) == float("inf")
+    with pytest.raises(ValueError):
+        rd.psnr_from_mse(-1.0)
     assert rd.mse(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)) == pytest.approx(0.25)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import Config
 from ..hub import PretrainedMixin
-from ..rd.metrics import psnr
+from ..rd.metrics import psnr, psnr_from_mse
 from ..util import step_generator, step_seed
 from . import fastcoder, rans
 from .cdf import BitstreamError
@@ -196,7 +196,7 @@ def rd_loss(out: dict[str, Any], x: torch.Tensor, lmbda: float) -> tuple[torch.T
     npix = x.shape[0] * x.shape[2] * x.shape[3]
     bpp = bits(out["likelihoods"]) / npix
     mse = F.mse_loss(out["x_hat"], x)
-    d = {"bpp": float(bpp.detach()), "mse": float(mse.detach()), "psnr": float(-10 * torch.log10(mse.detach().clamp_min(1e-10)))}
+    d = {"bpp": float(bpp.detach()), "mse": float(mse.detach()), "psnr": psnr_from_mse(mse.detach())}
     return lmbda * 255 ** 2 * mse + bpp, d
 
 
