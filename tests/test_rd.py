@@ -227,6 +227,10 @@ def test_budget_and_flops():
     f = rd.layer_flops(10, 8)
     assert (f.projections, f.attention, f.mlp) == (8 * 10 * 64, 4 * 100 * 8, 16 * 10 * 64)
     assert rd.prefill_flops(6, 4, 8, layers=3) == 3 * f.total
+    g = rd.layer_flops(10, 8, d_ff=24, mlp_matrices=3)  # a gated (SwiGLU) MLP: three d x d_ff matrices
+    assert (g.projections, g.attention, g.mlp) == (f.projections, f.attention, 6 * 10 * 8 * 24)
+    with pytest.raises(ValueError, match="mlp_matrices"):
+        rd.layer_flops(10, 8, mlp_matrices=4)
     with pytest.raises(ValueError, match="exceed"):
         rd.image_token_budget(100, 90, 20)
     with pytest.raises(ValueError, match="divisible"):
