@@ -393,6 +393,10 @@ def _yes_no(b: bool) -> str:
     return "yes" if b else "no"
 
 
+#: Every (colour, shape) pair in the order the "exists" questions draw absent ones from.
+_COLOUR_SHAPES = tuple((c, s) for s in SHAPES for c in COLOUR_NAMES)
+
+
 def questions(scene: Scene, rng: random.Random | None = None) -> list[QA]:
     """Questions of every applicable type, with answers and supporting objects."""
     rng = rng if rng is not None else _rng(scene.seed, 1)
@@ -432,7 +436,7 @@ def questions(scene: Scene, rng: random.Random | None = None) -> list[QA]:
         out.append(QA(f"Is there a {a.colour} {a.shape}?", "yes", "exists", (order[0],)))
     else:
         present = {(o.colour, o.shape) for o in objs}
-        absent = [(c, s) for s in SHAPES for c in COLOUR_NAMES if (c, s) not in present]
+        absent = [cs for cs in _COLOUR_SHAPES if cs not in present]
         c, s = absent[rng.randrange(len(absent))]
         out.append(QA(f"Is there a {c} {s}?", "no", "exists", ()))
     out.append(QA(f"Where is the {a.name}?", LOCATIONS[a.cell], "locate", (order[0],)))
