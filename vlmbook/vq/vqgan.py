@@ -310,6 +310,7 @@ def vqgan_stages(model: VQGAN, cfg: VQGANConfig) -> list[Stage]:
     """The VQ-GAN game as two :class:`vlmbook.loop.Stage` s, one optimiser each: the tokenizer
     (generator) on :func:`generator_loss`, then the discriminator on :func:`discriminator_loss` of
     the same batch and the reconstructions the generator just made. §2.7."""
+    train_disc = cfg.disc_weight > 0
     recs: dict[tuple[int, int], torch.Tensor] = {}  # (step, batch) -> reconstruction, handed from G to D
 
     def g_step(m: VQGAN, batch: torch.Tensor, step: int):
@@ -325,7 +326,6 @@ def vqgan_stages(model: VQGAN, cfg: VQGANConfig) -> list[Stage]:
                 rec = m.tokenizer(batch).reconstruction
         return discriminator_loss(m, batch, rec)
 
-    train_disc = cfg.disc_weight > 0
     stages = [Stage("generator", g_step, model.tokenizer.parameters())]
     if train_disc:
         stages.append(Stage("discriminator", d_step, model.disc.parameters(), start=cfg.disc_start))
