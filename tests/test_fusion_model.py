@@ -167,6 +167,8 @@ def test_measure_forward_runs():
     assert t > 0
     with pytest.raises(ValueError, match="route"):
         measure_forward("other", 8, 8)
+    with pytest.raises(ValueError, match="repeats"):  # timed by util.median_seconds, which checks it
+        measure_forward("gated", 8, 8, repeats=0, batch=1)
 
 
 # -- training --------------------------------------------------------------------------------

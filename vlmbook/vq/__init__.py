@@ -46,9 +46,11 @@ from .vqgan import (
     VQGANConfig,
     adaptive_weight,
     build_feature_net,
+    discriminator_loss,
     empty_cell_baseline,
     feature_net_accuracy,
     frechet_distance,
+    generator_loss,
     hinge_d_loss,
     hinge_g_loss,
     load_feature_net,
@@ -56,7 +58,7 @@ from .vqgan import (
     sharpness,
     train_feature_net,
     train_vqgan,
-    vqgan_loss,
+    vqgan_stages,
 )
 from .maskgit import (
     MaskGIT,
@@ -78,7 +80,8 @@ __all__ = [
     "training_batch",
     "FEATURES_ARTIFACT", "VQGAN", "FeatureNet", "FeatureNetConfig", "PatchDiscriminator", "PerceptualLoss",
     "VQGANConfig", "adaptive_weight", "build_feature_net", "empty_cell_baseline", "feature_net_accuracy", "frechet_distance", "hinge_d_loss",
-    "hinge_g_loss", "load_feature_net", "museum_labels", "sharpness", "train_feature_net", "train_vqgan", "vqgan_loss",
+    "hinge_g_loss", "load_feature_net", "museum_labels", "sharpness", "train_feature_net", "train_vqgan", "vqgan_stages",
+    "discriminator_loss", "generator_loss",
     "MaskGIT", "MaskGITConfig", "MaskGITTrainConfig", "cosine_schedule", "decode", "masked_token_loss",
     "random_mask", "train_maskgit",
 ]

@@ -20,7 +20,7 @@ from ..config import Config
 from ..device import num_threads
 from ..hub import ArtifactSpec, PretrainedMixin, register_artifact
 from ..loop import LoopConfig, fit
-from ..rd.metrics import psnr
+from ..rd.metrics import psnr, psnr_from_mse
 from ..util import step_seed
 from .quantizers import KINDS, QuantizerConfig, QuantizerOutput, make_quantizer
 
@@ -269,8 +269,7 @@ class TokenizerTrainConfig(Config):
 def tokenizer_loss(model: VQTokenizer, batch: torch.Tensor, step: int):
     """The VQ-VAE objective: MSE + quantiser loss; logs PSNR and usage. §2.6."""
     out = model(batch)
-    mse = out.mse.detach().clamp_min(1e-10)
-    return out.loss, {"psnr": float(-10 * torch.log10(mse)), "perplexity": float(out.quant.perplexity),
+    return out.loss, {"psnr": psnr_from_mse(out.mse.detach()), "perplexity": float(out.quant.perplexity),
                       "used": float(out.quant.used_fraction)}
 
 
