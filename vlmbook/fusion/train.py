@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data.museum import COLOUR_NAMES, SHAPES, SIZE_NAMES
 from ..loop import LoopConfig, fit
+from ..util import step_generator
 from .continuous import PatchEncoder
 from .data import (CAPTION_PROMPT, EXCLUDED_TYPES, Batcher, QAData, museum_qa, patch_labels,  # noqa: F401
                    with_oracle_features)
@@ -280,7 +281,7 @@ def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: tor
         if stream is not None:
             imgs, labs = stream(step, batch_size)
             return {"images": imgs, "labels": labs}
-        g = torch.Generator().manual_seed(seed * 7919 + step)
+        g = step_generator(seed, step, 7919)  # the stride the committed records were drawn with
         idx = torch.randint(len(images), (batch_size,), generator=g)
         return {"images": images[idx], "labels": labels[idx]}
 
