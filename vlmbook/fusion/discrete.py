@@ -1,8 +1,10 @@
 """The discrete route: image codes become ``<v_k>`` words of the language model (Chapter 5 §5.2).
 
 Any image tokenizer fits: it only has to turn images into integer codes ``(B, h, w)`` from a
-codebook of size ``K``. Chapter 2's VQ tokenizer plugs in here; so does this chapter's small,
-fixed default: k-means over colour statistics of patches (:class:`PatchQuantizer`).
+codebook of size ``K``. Chapter 2's VQ tokenizer plugs in here (``VLMConfig.image_side="vq"``:
+the ``vq-tokenizer-cell`` artifact, 48 px → one code per museum cell); so does a small, fixed
+alternative: k-means over colour statistics of patches (:class:`PatchQuantizer`).
+:func:`code_readout` measures how much of each cell's object a code alone names.
 """
 from __future__ import annotations
 

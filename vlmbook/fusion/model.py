@@ -3,7 +3,9 @@
 Three routes share one class and one prompt layout
 ``<bos><|user|>[image tokens]</image>question<|assistant|> answer<|end|>``:
 
-* ``discrete`` — ``<image>`` placeholders become ``<v_k>`` words from an image tokenizer;
+* ``discrete`` — ``<image>`` placeholders become ``<v_k>`` words from an image tokenizer: Chapter 2's
+  VQ tokenizer (``image_side="vq"``: the ``vq-tokenizer-cell`` artifact, one code per museum cell)
+  or this chapter's k-means :class:`~vlmbook.fusion.discrete.PatchQuantizer`;
 * ``continuous`` — placeholders are replaced by projected encoder features (masked scatter);
 * ``gated`` — a single ``<image>`` marker stays in the text and the LM reads the image through
   gated cross-attention blocks (Flamingo media mask).
