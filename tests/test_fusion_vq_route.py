@@ -161,3 +161,13 @@ def test_code_readout_is_a_held_out_lookup():
     assert r["colour"] == r["colour_baseline"] < 0.5
     with pytest.raises(ValueError, match="labels"):
         code_readout(codes[:40], labels[:30], codes[40:], labels[40:], 64)
+
+
+def test_train_route_keeps_chapter2_tokenizer_frozen(tok):
+    """The trainer fits no k-means here: the tokenizer's weights (and EMA buffers) leave training unchanged."""
+    from vlmbook.fusion.train import DemoConfig, train_route
+
+    demo = DemoConfig(train_scenes=8, test_scenes=4, steps=3, batch_size=4, warmup=1, encoder_steps=0)
+    vlm, hist = train_route("discrete", VLMConfig(**VQ), demo, eval_data=museum_qa("test", 4, size=48, grid=3))
+    assert len(hist) >= 1 and state_digest(vlm.quantizer) == state_digest(tok)
+    assert "cite_precision" not in vlm.training_log[-1] or 0 <= vlm.training_log[-1]["cite_precision"] <= 100
