@@ -164,7 +164,8 @@ def test_patch_box_and_cite():
     assert patch_box(5, 4, 64) == (16, 16, 32, 32)
     with pytest.raises(ValueError):
         patch_box(16, 4, 64)
-    assert cite("red", [3, 4]) == "red [CITE:<v_3>] [CITE:<v_4>]"
+    assert cite("red", [3, 4]) == "[CITE:<p_3><p_4>] red"
+    assert cite("no", []) == "[CITE:] no"
 
 
 def test_preference_pairs():
@@ -175,7 +176,7 @@ def test_preference_pairs():
         assert kinds[0] == "wrong_answer"
         for p in pairs:
             assert p.chosen != p.rejected and p.question == qa.question
-            assert p.chosen.startswith(qa.answer)
+            assert p.chosen.endswith("] " + qa.answer) and p.chosen.startswith("[CITE:")
         if support_patches(s, qa, 8):
             assert kinds == ["wrong_answer", "missing_citation", "wrong_citation"]
     assert preference_pairs(s, questions(s)[0], 8) == preference_pairs(s, questions(s)[0], 8)

@@ -59,9 +59,15 @@ def test_patch_tokens_are_their_own_family(recipe):
     assert m.tokenizer.convert_ids_to_tokens(list(range(lo, hi))) == [f"<p_{k}>" for k in range(9)]
 
 
-def test_closed_answers_are_one_token_each(recipe):
+def test_closed_answers_are_one_token_per_word(recipe):
     m = recipe
-    assert all(len(m.encode_text(a)) == 1 for a in museum_answers())
+    toks = m.tokenizer.convert_ids_to_tokens
+    assert all(toks(m.encode_text(a)) == [w for w in a.split()] for a in museum_answers() if " " not in a)
+    assert toks(m.encode_text("white star")) == ["white", "Ġ", "star"]
+    # the question spells the object with the same word tokens as the answers, never one compound token
+    q = toks(m.encode_text("Where is the white star?"))
+    assert "white" in q and "star" in q and not any(" " in t for t in q)
+    assert m.decode_answer(m.answer_ids("white star", [2])) == "[CITE:<p_2>] white star"
     seen = {qa.answer for i in range(30) for qa in questions(generate_scene("train", i)) if qa.qtype != "plaque"}
     assert seen <= set(museum_answers())
     assert len(_model(closed_answers=False).encode_text(" red star")) > 1
@@ -154,12 +160,24 @@ def test_oracle_features_are_one_hot_cells():
 
 
 def test_support_patches_are_object_cells_at_grid_3():
-    """Objects stay inside their cell, so a perfect cell reader can cite exactly."""
+    """At the book's 3 × 3 grid a citation is the cell of each supporting object, in the order the
+    question names them, so a perfect cell reader can cite exactly."""
     for i in range(20):
         s = generate_scene("train", i)
         for qa in questions(s):
-            if qa.qtype != "plaque":
-                assert support_patches(s, qa, 3) == sorted({s.objects[j].cell for j in qa.objects})
+            if qa.qtype == "plaque":
+                continue
+            got = support_patches(s, qa, 3)
+            assert sorted(got) == sorted({s.objects[j].cell for j in qa.objects})
+            named = [o for o in s.objects if o.name in qa.question]
+            if qa.qtype in ("spatial", "compare"):
+                assert got == [o.cell for o in sorted(named, key=lambda o: qa.question.index(o.name))]
+    # the coverage rule of earlier editions stays available
+    s = generate_scene("train", 0)
+    qa = questions(s)[0]
+    assert set(support_patches(s, qa, 3)) <= set(support_patches(s, qa, 3, min_cover=0.01))
+    with pytest.raises(ValueError, match="min_cover"):
+        support_patches(s, qa, 3, min_cover=0.0)
 
 
 def test_score_answers_and_greedy_evaluate(oracle, val):

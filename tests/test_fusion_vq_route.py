@@ -123,6 +123,8 @@ def test_ablation_discrete_route_reads_the_cell_tokenizer():
     assert (cfg.image_side, cfg.image_size, cfg.image_tokens, cfg.codebook_size) == ("vq", 48, 9, 256)
     assert cfg.vq_artifact == "vq-tokenizer-cell"
     assert variant_config("recipe", route="discrete", source="patch").image_side == "patch"  # k-means kept
+    with pytest.raises(ValueError, match="discrete"):
+        variant_config("recipe", route="continuous", source="vq")
 
 
 # -- errors ----------------------------------------------------------------------------------------

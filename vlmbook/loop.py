@@ -47,6 +47,7 @@ class LoopConfig(Config):
     steps: int = 200
     lr: float = 1e-3
     weight_decay: float = 0.0
+    beta2: float = 0.999
     warmup: int = 0
     grad_clip: float = 1.0
     log_every: int = 10
@@ -59,6 +60,8 @@ class LoopConfig(Config):
     def validate(self) -> None:
         super().validate()
         self.check_positive("steps", "lr", "log_every", "accum")
+        if not 0.0 < self.beta2 < 1.0:
+            self._fail("beta2", f"must lie in (0, 1), got {self.beta2}")
         self.check_non_negative("weight_decay", "warmup", "grad_clip", "ckpt_every", "seed", "eval_every")
 
     @classmethod
@@ -144,8 +147,8 @@ def _make_optimiser(stage: Stage, cfg: LoopConfig) -> torch.optim.Optimizer:
     wd = cfg.weight_decay if stage.weight_decay is None else stage.weight_decay
     groups = _param_groups(stage, cfg)
     if len(groups) == 1 and set(groups[0]) == {"params"}:
-        return torch.optim.AdamW(groups[0]["params"], lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(groups[0]["params"], lr=lr, weight_decay=wd, betas=(0.9, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, betas=(0.9, cfg.beta2))
 
 
 def fit(

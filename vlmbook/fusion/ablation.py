@@ -19,18 +19,22 @@ from pathlib import Path
 
 from .model import RECIPE, VLMConfig
 
-OFF = {"cell_embed": "none", "layout": "image_first", "cite": False, "closed_answers": False}
+OFF = {"cell_embed": "none", "layout": "image_first", "cite": False, "closed_answers": False, "qk_norm": False}
 #: Variant name -> VLMConfig fields changed from ``VLMConfig.tiny()`` (which holds the recipe).
 VARIANTS: dict[str, dict] = {
     "recipe": {},
+    "no_qk_norm": {"qk_norm": False},
     "no_cell_embed": {"cell_embed": "none"},
+    "sincos_cells": {"cell_embed": "sincos"},
     "no_cite": {"cite": False},
     "image_first": {"layout": "image_first"},
     "open_answers": {"closed_answers": False},
     "full_prefix": {"mask": "full_prefix"},
-    "learned_cells": {"cell_embed": "learned"},
+    "curriculum": {},
     "answer_only": dict(OFF),
 }
+#: Variant name -> DemoConfig fields changed from the run's (training levers, not model ones).
+DEMO_VARIANTS: dict[str, dict] = {"curriculum": {"curriculum": 1000}}
 SOURCES = ("oracle", "patch", "clip", "vq")
 
 
@@ -44,6 +48,8 @@ def variant_config(name: str, route: str = "continuous", source: str = "oracle")
         raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
+    if source == "vq" and route != "discrete":
+        raise ValueError(f"source 'vq' (Chapter 2's tokenizer) gives codes: it needs route='discrete', got {route!r}")
     if route == "discrete" and source == "patch":  # k-means on 72-px exhibits (24-px cells of 4 × 4 sub-blocks)
         return VLMConfig.tiny().replace(route=route, image_side="patch", compressor="none", image_size=72,
                                         **VARIANTS[name])
@@ -78,7 +84,7 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
 
     cfg = variant_config(name, route, source)
     demo = DemoConfig.tiny().replace(steps=steps, seed=seed, train_scenes=train_scenes, test_scenes=test_scenes,
-                                     warmup=min(100, steps // 10))
+                                     warmup=min(100, steps // 10), **DEMO_VARIANTS.get(name, {}))
     with num_threads(1):
         train = _data("train", train_scenes, cfg.image_size, cfg.grid)
         test = _data("test", test_scenes, cfg.image_size, cfg.grid)
@@ -89,7 +95,8 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
         vlm.save_pretrained(Path(save_dir) / f"{name}-{source}-s{seed}")
     log = vlm.training_log
     rec = {"variant": name, "seed": seed, "steps": steps, "source": source, "route": route,
-            "levers": {k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask")},
+            "levers": {**{k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask",
+                                                       "qk_norm")}, "curriculum": demo.curriculum},
             "image_side": cfg.image_side, "image_tokens": cfg.image_tokens, "train_seconds": round(secs, 1), "threads": 1,
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec

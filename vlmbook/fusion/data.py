@@ -38,6 +38,7 @@ class QAData:
     patches: list[list[int]] | None = None
     split: str = "train"
     start: int = 0
+    n_objects: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -53,16 +54,18 @@ def museum_qa(split: str, n_scenes: int, size: int = 64, start: int = 0,
     if bad:
         raise ValueError(f"unknown question types {sorted(bad)}; known: {QUESTION_TYPES}")
     m = Museum(split, size=size, length=start + n_scenes)
-    items, caps, patches = [], [], []
+    items, caps, patches, counts = [], [], [], []
     for i in range(n_scenes):
         s = m[start + i]
+        counts.append(len(s.scene.objects))
         for qa in s.qas:
             if qa.qtype in exclude:
                 continue
             items.append((i, qa.question, qa.answer, qa.qtype))
             patches.append(support_patches(s.scene, qa, grid))
         caps.append(s.caption)
-    return QAData(m.tensors(start, n_scenes), items, captions=caps, patches=patches, split=split, start=start)
+    return QAData(m.tensors(start, n_scenes), items, captions=caps, patches=patches, split=split, start=start,
+                  n_objects=counts)
 
 
 def patch_labels(split: str, n_scenes: int, grid: int, start: int = 0) -> torch.Tensor:
@@ -101,16 +104,19 @@ def with_oracle_features(data: QAData, grid: int = 3) -> QAData:
 class Batcher:
     """Pre-tokenised QA items -> padded batches; ``batch(step)`` is a pure function of the step. §5.7."""
 
-    def __init__(self, vlm, data: QAData, batch_size: int = 64, seed: int = 0, caption_frac: float = 0.0):
+    def __init__(self, vlm, data: QAData, batch_size: int = 64, seed: int = 0, caption_frac: float = 0.0,
+                 curriculum: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if curriculum < 0 or (curriculum and data.n_objects is None):
+            raise ValueError(f"curriculum must be >= 0 and needs data with n_objects, got {curriculum}")
         if not 0.0 <= caption_frac < 1.0:
             raise ValueError(f"caption_frac must lie in [0, 1), got {caption_frac}")
         if caption_frac and not data.captions:
             raise ValueError("caption_frac > 0 needs data with captions")
         if vlm.config.cite and data.patches is None:
             raise ValueError("a citing model needs data with supporting patches (QAData.patches)")
-        self.batch_size, self.seed, self.caption_frac = batch_size, seed, caption_frac
+        self.batch_size, self.seed, self.caption_frac, self.curriculum = batch_size, seed, caption_frac, curriculum
         self.pad = vlm.ids["pad"]
         qcache: dict[str, list[int]] = {}
         self.seqs, self.answer_len = [], []
@@ -122,6 +128,11 @@ class Batcher:
             self.answer_len.append(len(ans))
         self.image_of = [it[0] for it in data.items]
         self.n_qa = len(self.seqs)
+        if curriculum:
+            n = torch.tensor([data.n_objects[i] for i in self.image_of])
+            # QA items ordered by how many objects their exhibit holds (stable, so ties keep data order)
+            self.by_difficulty = torch.argsort(n, stable=True)
+            self.n_sorted = n[self.by_difficulty]
         if caption_frac:
             q = vlm.encode_text(CAPTION_PROMPT)
             for i, c in enumerate(data.captions):
@@ -162,11 +173,22 @@ class Batcher:
             out["images"] = self.data.images[img]
         return out
 
+    def pool_size(self, step: int) -> int:
+        """How many QA items (easiest first) step ``step`` draws from: with a curriculum, exhibits of
+        up to 2 objects at step 0, widening linearly to all of them at step ``curriculum``. §5.7."""
+        if not self.curriculum or step >= self.curriculum:
+            return self.n_qa
+        lo, hi = int(self.n_sorted[0]), int(self.n_sorted[-1])
+        limit = lo + (hi - lo) * step / self.curriculum
+        return max(1, int((self.n_sorted <= limit).sum()))
+
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """The batch of training step ``step`` (seeded by ``seed`` and ``step`` only)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         n_cap = int(round(self.batch_size * self.caption_frac))
-        idx = torch.randint(self.n_qa, (self.batch_size - n_cap,), generator=g).tolist()
+        pool = self.pool_size(step)
+        idx = torch.randint(pool, (self.batch_size - n_cap,), generator=g)
+        idx = (self.by_difficulty[idx] if pool < self.n_qa else idx).tolist()
         if n_cap:
             idx += (self.n_qa + torch.randint(len(self.seqs) - self.n_qa, (n_cap,), generator=g)).tolist()
         return self.collate(idx)

@@ -57,7 +57,7 @@ CELL_EMBEDS = ("none", "learned", "sincos")
 IMAGE_SIDES = ("patch", "clip", "features", "vq")
 COMPRESSORS = ("none", "cells", "perceiver", "qformer", "tokenlearner", "tome")
 #: The levers that make the tiny guide find the object a question names (§5.7's ablation).
-RECIPE = {"cell_embed": "sincos", "layout": "question_first", "cite": True, "closed_answers": True}
+RECIPE = {"cell_embed": "learned", "layout": "question_first", "cite": True, "closed_answers": True, "qk_norm": True}
 
 
 @dataclasses.dataclass
@@ -88,6 +88,7 @@ class VLMConfig(Config):
     intermediate: int = 192
     max_positions: int = 256
     attn_implementation: str = "sdpa"
+    qk_norm: bool = False
     seed: int = 0
     #: The discrete route's image tokenizer when ``image_side="vq"``: a Chapter 2 VQ tokenizer
     #: artifact whose code grid is ``grid × grid`` and whose codebook has ``codebook_size`` codes
@@ -102,11 +103,10 @@ class VLMConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict, require_all: bool = False) -> "VLMConfig":
-        """:meth:`Config.from_dict`; a model saved before ``lm_path`` existed is on the book's Llama."""
-        if isinstance(data, dict) and "lm_path" not in data:
-            data = {**data, "lm_path": ""}
-        if isinstance(data, dict) and "vq_artifact" not in data:  # saved before image_side="vq" existed
-            data = {**data, "vq_artifact": "vq-tokenizer-cell"}
+        """:meth:`Config.from_dict`; a model saved before ``lm_path`` and ``qk_norm`` existed is on the
+        book's plain Llama (and one saved before ``vq_artifact`` existed never used it)."""
+        if isinstance(data, dict):
+            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", **data}
         return super().from_dict(data, require_all)
 
     def validate(self) -> None:
@@ -121,7 +121,7 @@ class VLMConfig(Config):
                 self._fail("image_side", "'vq' (Chapter 2's tokenizer) gives codes, not features: it needs route='discrete'")
             if not self.vq_artifact:
                 self._fail("vq_artifact", "must name a VQ tokenizer artifact when image_side='vq'")
-        for name in ("cite", "closed_answers"):
+        for name in ("cite", "closed_answers", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be True or False")
         self.check_non_negative("feature_dim")
@@ -163,7 +163,7 @@ class VLMConfig(Config):
     def lm_config(self, vocab_size: int = 512) -> LMConfig:
         return LMConfig(vocab_size=vocab_size, hidden=self.hidden, layers=self.layers, heads=self.heads,
                         kv_heads=self.kv_heads, intermediate=self.intermediate, max_positions=self.max_positions,
-                        attn_implementation=self.attn_implementation)
+                        attn_implementation=self.attn_implementation, qk_norm=self.qk_norm)
 
 
 @dataclasses.dataclass

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PretrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM)
 
 from ..config import Config
 
@@ -175,9 +176,12 @@ class LMConfig(Config):
     intermediate: int = 384
     max_positions: int = 256
     attn_implementation: str = "sdpa"
+    qk_norm: bool = False
 
     def validate(self) -> None:
         super().validate()
+        if not isinstance(self.qk_norm, bool):
+            self._fail("qk_norm", "must be True or False")
         self.check_positive("vocab_size", "hidden", "layers", "heads", "kv_heads", "intermediate", "max_positions")
         self.check_divisible("hidden", self.heads, "heads")
         self.check_divisible("heads", self.kv_heads, "kv_heads")
@@ -191,8 +195,17 @@ class LMConfig(Config):
     def base(cls) -> "LMConfig":
         return cls(hidden=384, layers=8, heads=6, kv_heads=2, intermediate=1024, max_positions=512)
 
-    def to_llama(self) -> LlamaConfig:
-        """The equivalent ``transformers.LlamaConfig``."""
+    def to_llama(self) -> PretrainedConfig:
+        """The equivalent ``transformers`` config: ``LlamaConfig``, or with ``qk_norm`` a ``Qwen3Config``
+        — the same decoder with an RMSNorm on each head's queries and keys. §5.7."""
+        if self.qk_norm:
+            cfg = Qwen3Config(vocab_size=self.vocab_size, hidden_size=self.hidden, num_hidden_layers=self.layers,
+                              num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
+                              head_dim=self.hidden // self.heads, intermediate_size=self.intermediate,
+                              max_position_embeddings=self.max_positions, tie_word_embeddings=True, pad_token_id=0,
+                              bos_token_id=2, eos_token_id=3)
+            cfg._attn_implementation = self.attn_implementation
+            return cfg
         cfg = LlamaConfig(vocab_size=self.vocab_size, hidden_size=self.hidden, num_hidden_layers=self.layers,
                           num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
                           intermediate_size=self.intermediate, max_position_embeddings=self.max_positions,
@@ -201,13 +214,14 @@ class LMConfig(Config):
         return cfg
 
 
-def build_lm(cfg: LMConfig, seed: int = 0) -> LlamaForCausalLM:
-    """A freshly initialised ``LlamaForCausalLM`` from an :class:`LMConfig` (seeded). §5.1."""
+def build_lm(cfg: LMConfig, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised ``LlamaForCausalLM`` (``Qwen3ForCausalLM`` with ``qk_norm``) from an :class:`LMConfig` (seeded). §5.1."""
     if not isinstance(cfg, LMConfig):
         raise ValueError(f"build_lm needs an LMConfig, got {type(cfg).__name__}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(cfg.to_llama())
+        hf = cfg.to_llama()
+        model = Qwen3ForCausalLM(hf) if cfg.qk_norm else LlamaForCausalLM(hf)
     return model.eval()
 
 
