@@ -96,6 +96,20 @@ def test_loop_config_validation():
         LoopConfig(steps=0)
     with pytest.raises(ValueError, match="LoopConfig.warmup"):
         LoopConfig(warmup=-1)
+    with pytest.raises(ValueError, match="LoopConfig.beta2"):
+        LoopConfig(beta2=1.0)
+
+
+def test_fit_passes_beta2_to_adamw():
+    """One AdamW step by hand with the same betas equals fit's first step (warm-up 0, cosine at 1)."""
+    cfg = LoopConfig(steps=1, lr=1e-2, beta2=0.95, progress=False, grad_clip=0.0)
+    m, ref = build_toy(0), build_toy(0)
+    fit(m, _loss, _batch, cfg)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    out = _loss(ref, _batch(0), 0)
+    (out[0] if isinstance(out, tuple) else out).backward()
+    opt.step()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(m.parameters(), ref.parameters()))
 
 
 # -- device ----------------------------------------------------------------------------

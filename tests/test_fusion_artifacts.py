@@ -2,7 +2,7 @@
 
 ``vlmbook.fusion.train.build_vlm_tiny`` trains ``VLMConfig.tiny()`` — Chapter 4's ``clip-tiny`` ViT
 (trained further on per-cell labels, then frozen), cell pooling to nine image tokens and the
-cite-first recipe — for ``DemoConfig.offline().steps`` LM steps on one thread, and scores the 200
+recipe of §5.7 — for ``DemoConfig.offline().steps`` LM steps on one thread, and scores the 200
 test exhibits greedily; the score travels with the weights. Rebuilding takes minutes of one core,
 so that check runs only with ``VLMBOOK_SLOW=1`` (as ``make test`` sets it).
 """

@@ -241,3 +241,57 @@ def test_bench_summarises_ablation_records(tmp_path):
     p.write_text("{")
     with pytest.raises(ValueError, match="JSON lines"):
         load_ablation(p)
+
+
+def test_qk_norm_lm_is_the_llama_with_normed_queries_and_keys():
+    from transformers import LlamaForCausalLM, Qwen3ForCausalLM
+
+    from vlmbook.fusion.text import LMConfig, build_lm
+
+    cfg = LMConfig(vocab_size=64, hidden=32, layers=2, heads=4, kv_heads=4, intermediate=64)
+    plain, normed = build_lm(cfg), build_lm(cfg.replace(qk_norm=True))
+    assert isinstance(plain, LlamaForCausalLM) and isinstance(normed, Qwen3ForCausalLM)
+    a = dict(plain.named_parameters())
+    b = dict(normed.named_parameters())
+    extra = sorted(set(b) - set(a))
+    assert set(a) <= set(b) and extra and all(k.endswith(("q_norm.weight", "k_norm.weight")) for k in extra)
+    # with unit norm weights and the same seed, only the q/k normalisation differs
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(plain(ids).logits, normed(ids).logits)
+    with pytest.raises(ValueError, match="qk_norm"):
+        LMConfig(qk_norm=1)
+    m = _model(qk_norm=True)
+    assert isinstance(m.lm, Qwen3ForCausalLM) and m.config.qk_norm
+
+
+def test_curriculum_starts_with_the_simplest_exhibits():
+    data = museum_qa("train", 40, 72)
+    m = _model(image_side="features", feature_dim=ORACLE_DIM)
+    data = with_oracle_features(data)
+    b = Batcher(m, data, batch_size=16, seed=0, curriculum=100)
+    n_of_item = [data.n_objects[i] for i in b.image_of]
+    assert b.pool_size(0) < b.pool_size(50) < b.pool_size(100) == len(data.items)
+    assert b.pool_size(1000) == len(data.items)
+    first = b.batch(0)
+    rows = [b.by_difficulty[k] for k in range(b.pool_size(0))]
+    assert max(n_of_item[int(i)] for i in rows) == min(data.n_objects)
+    # the batch's images all come from the simplest exhibits
+    simple = {b.image_of[int(i)] for i in rows}
+    assert first["features"].shape[0] == 16 and simple
+    flat = Batcher(m, data, batch_size=16, seed=0)
+    assert flat.pool_size(0) == len(data.items)
+    with pytest.raises(ValueError, match="curriculum"):
+        Batcher(m, data, batch_size=16, curriculum=-1)
+
+
+def test_base_preset_trains_one_step_on_cpu():
+    """The GPU preset's shapes and memory arithmetic, checked on CPU with one step of each stage."""
+    from vlmbook.fusion.train import DemoConfig, train_route
+
+    cfg, demo = VLMConfig.base(), DemoConfig.base()
+    assert cfg.image_tokens <= 16 and cfg.qk_norm and cfg.cite and cfg.kv_heads < cfg.heads
+    data = museum_qa("train", 4, cfg.image_size, grid=cfg.grid)
+    vlm, hist = train_route("continuous", cfg, demo.replace(steps=1, encoder_steps=1, batch_size=8, warmup=0),
+                            train=data, device="cpu")
+    assert len(hist) == 1 and torch.isfinite(torch.tensor(hist[0]["loss"]))
+    assert vlm.config.hidden == 256 and vlm.lm.config.num_key_value_heads == 2

@@ -47,6 +47,7 @@ class DemoConfig(Config):
     curriculum: int = 0
     caption_frac: float = 0.25
     encoder_steps: int = 0
+    encoder_fresh: bool = False
     freeze_encoder: bool = True
     seed: int = 0
 
@@ -68,8 +69,9 @@ class DemoConfig(Config):
 
     @classmethod
     def base(cls) -> "DemoConfig":
-        return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=1e-3, warmup=300,
-                   caption_frac=0.25, encoder_steps=2000)
+        """The ``base`` run for one GPU: 10× the exhibits, 2× the steps, batch 128 (not yet trained on a GPU)."""
+        return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=3e-3, beta2=0.95, warmup=300,
+                   caption_frac=0.0, encoder_steps=2000)
 
 
 def warm_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None) -> PatchEncoder:
@@ -94,10 +96,26 @@ def clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | 
 
     vision = copy.deepcopy(load_clip_tiny().vision).requires_grad_(True)
     if demo.encoder_steps:
+        # with encoder_fresh, every step draws new exhibits from the generator (labels are free):
+        # on the 2,000 training exhibits alone the ViT memorises them and its shape read-out stalls
+        stream = museum_stream(cfg.image_size, cfg.grid, start=len(train.images)) if demo.encoder_fresh else None
         pretrain_encoder(torch.nn.Sequential(vision, CellPool(cfg.grid)), train.images,
                          patch_labels("train", len(train.images), cfg.grid), demo.encoder_steps, demo.batch_size,
-                         1e-3, demo.seed, device)
+                         1e-3, demo.seed, device, stream=stream)
     return vision.cpu().eval()
+
+
+def museum_stream(size: int, grid: int, start: int = 0, split: str = "train"):
+    """``(step, n) -> (images (n, 3, size, size), labels (n, grid², 3))`` of fresh exhibits ``start + step * n …``. §5.7."""
+    from ..data.museum import Museum
+
+    museum = Museum(split, size=size, length=2 ** 31)
+
+    def draw(step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first = start + step * n
+        return museum.tensors(first, n), patch_labels(split, n, grid, start=first)
+
+    return draw
 
 
 @torch.no_grad()
@@ -154,20 +172,27 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
             vlm.encoder.requires_grad_(False)
             train.features = encode_all(vlm.encoder, train.images)
     b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac, demo.curriculum)
-    loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, beta2=demo.beta2, seed=demo.seed,
-                      log_every=max(1, demo.steps // 20))
+    loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, beta2=demo.beta2,
+                      seed=demo.seed, log_every=max(1, demo.steps // 20), eval_every=eval_every)
     log: list[dict] = []
 
+    def eval_fn(model: VisionLanguageModel, step: int) -> dict[str, float]:
+        # loop.fit calls this every eval_every steps (in eval mode, outside the loss); the final
+        # score is the greedy one below, so the teacher-forced pass at the last step is skipped
+        if step == demo.steps:
+            return {}
+        row = teacher_forced_accuracy(model, eval_data)
+        log.append({"step": step, **row})
+        return {k: v for k, v in row.items() if k == "all"}
+
     def batch_fn(step: int) -> dict:
-        if eval_every and step and step % eval_every == 0:
-            log.append({"step": step, **teacher_forced_accuracy(vlm, eval_data)})
-            vlm.train()
         if callback is not None:
             callback(step, vlm)
             vlm.train()
         return b.batch(step)
 
-    hist = fit(vlm, answer_loss, batch_fn, loop, device=device, desc=f"vlm-{route}")
+    hist = fit(vlm, answer_loss, batch_fn, loop, device=device, desc=f"vlm-{route}",
+               eval_fn=eval_fn if eval_every else None)
     if eval_data is not None:
         log.append({"step": demo.steps, "greedy": True, **evaluate(vlm, eval_data)})
         vlm.training_log = log
@@ -219,11 +244,13 @@ class _Probe(torch.nn.Module):
 
 
 def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None) -> list[dict]:
+                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None,
+                     stream=None) -> list[dict]:
     """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
 
     Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
-    museum's attributes are linearly readable.
+    museum's attributes are linearly readable. ``stream(step, n)`` (see :func:`museum_stream`), if
+    given, supplies each step's batch instead of sampling ``images``/``labels``.
     """
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
@@ -234,6 +261,9 @@ def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: tor
         probe = _Probe(encoder, dim)
 
     def batch_fn(step: int):
+        if stream is not None:
+            imgs, labs = stream(step, batch_size)
+            return {"images": imgs, "labels": labs}
         g = torch.Generator().manual_seed(seed * 7919 + step)
         idx = torch.randint(len(images), (batch_size,), generator=g)
         return {"images": images[idx], "labels": labels[idx]}

@@ -35,18 +35,20 @@ def masks_figure(masks: Mapping[str, torch.Tensor], labels: Sequence[str] | None
 
 def accuracy_bars(results: Mapping[str, Mapping[str, float]], types: Sequence[str], title: str = "") -> Figure:
     """Grouped bars: held-out accuracy (%) per question type for each route."""
-    fig, axes = figure(1, 1, width=7.0, height=3.2)
+    fig, axes = figure(1, 1, width=7.0, height=3.6)
     ax = axes[0, 0]
     n = len(results)
     w = 0.8 / max(n, 1)
     x = np.arange(len(types))
+    colours = [c for c in PALETTE if c != "#F0E442"]  # yellow bars are hard to see on white
     for i, (route, acc) in enumerate(results.items()):
-        ax.bar(x + (i - (n - 1) / 2) * w, [acc.get(t, np.nan) for t in types], w, label=route, color=PALETTE[i % 8])
+        ax.bar(x + (i - (n - 1) / 2) * w, [acc.get(t, np.nan) for t in types], w, label=route,
+               color=colours[i % len(colours)])
     ax.set_xticks(x, list(types), rotation=30)
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.axhline(80, color="grey", lw=0.8, ls="--")
-    ax.legend(fontsize=8, ncols=n)
+    # below the axes, so that the legend never covers a bar
+    ax.legend(fontsize=8, ncols=min(n, 3), loc="upper center", bbox_to_anchor=(0.5, -0.28))
     if title:
         ax.set_title(title)
     return fig
@@ -60,10 +62,12 @@ def citations_figure(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int
     ax.imshow(image, interpolation="nearest")
     ax.grid(False)
     ax.axis("off")
-    for (x0, y0, x1, y1) in truth:
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.5, ls="--"))
     for (x0, y0, x1, y1) in boxes:
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=PALETTE[3], lw=2))
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=PALETTE[3], lw=3))
+    # the true patches are drawn last and inset by a pixel, so a right citation shows both boxes
+    for (x0, y0, x1, y1) in truth:
+        ax.add_patch(Rectangle((x0 + 0.5, y0 + 0.5), x1 - x0 - 2, y1 - y0 - 2, fill=False, ec="white", lw=1.5,
+                               ls="--"))
     ax.set_title(title, fontsize=9)
     return fig
 
@@ -78,3 +82,23 @@ def loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figur
     """Training loss against step for each route."""
     return line_plot({k: ([r["step"] for r in h], [r["loss"] for r in h]) for k, h in histories.items()},
                      xlabel="step", ylabel="answer loss (nats/token)", logy=True, markers=False)
+
+
+def accuracy_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], title: str = "") -> Figure:
+    """Held-out accuracy (%) against training step, one line per variant (the plateau and the jump). §5.7."""
+    if not curves:
+        raise ValueError("accuracy_curves needs at least one curve")
+    fig, axes = figure(1, 1, width=7.0, height=3.4)
+    ax = axes[0, 0]
+    colours = [c for c in PALETTE if c != "#F0E442"]
+    styles = ["-", "--"]
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        ax.plot(list(x), list(y), marker="o", ms=3.5, label=label, color=colours[i % len(colours)],
+                ls=styles[(i // len(colours)) % 2])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes, never over a line
+    return fig
