@@ -174,7 +174,7 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
         train = with_oracle_features(train, cfg.grid)
     if eval_data is not None and cfg.image_side == "features" and eval_data.features is None:
         eval_data = with_oracle_features(eval_data, cfg.grid)
-    if route == "discrete":
+    if route == "discrete" and cfg.image_side != "vq":  # Chapter 2's VQ tokenizer comes trained
         vlm.quantizer.fit(train.images[:1000], seed=demo.seed)
     elif cfg.image_side == "patch" and (encoder is not None or demo.encoder_steps):
         encoder = encoder if encoder is not None else warm_encoder(cfg, demo, train, device)
