@@ -246,8 +246,27 @@ print("codebook usage >= 95 %:", metrics["usage"] >= 0.95)
 # $8r\ldots8r+7$, $8c\ldots8c+7$. Written as words, the codes are `<v_k>` tokens, one per codebook
 # entry. A citation needs the other half, *where*: Chapter 5's guide cites patch positions with a
 # separate token family, `<p_k>`, so that a codebook entry and a place in the image are never
-# confused. (Chapter 5's discrete route does not read this tokenizer yet; it quantises encoder
-# features with its own k-means codebook.)
+# confused.
+#
+# Chapter 5's discrete route reads a second preset of this same tokenizer, `vq.CELL_CONFIG`:
+# 48-px exhibits through four stride-2 stages, so that each of its 3 × 3 codes covers exactly one
+# museum cell and an exhibit becomes nine `<v_k>` words. It is the artifact `vq-tokenizer-cell`,
+# trained by the same `train_tokenizer` on exhibits only. Reconstruction is not description:
+# looked up code by code, a cell's code names its object's colour far more often than its shape,
+# because the wall tint and the object's colour dominate the squared error while the outline of a
+# seven-pixel star barely registers.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from vlmbook.fusion.discrete import tokenizer_cell_readout  # noqa: E402
+
+cell_tok = vq.load_cell_tokenizer()
+cell_metrics = vq.evaluate_tokenizer(cell_tok, Museum("val", 48).tensors(0, 256))
+print(f"cell tokenizer: {cell_tok.grid}x{cell_tok.grid} codes per exhibit, PSNR {cell_metrics['psnr']:.1f} dB, "
+      f"codebook usage {cell_metrics['usage']:.0%}")
+readout = tokenizer_cell_readout(cell_tok, 1000, 300)
+print("object read from its cell's code (majority baseline):",
+      {a: f"{readout[a + '_object']:.0%} ({readout[a + '_object_baseline']:.0%})" for a in ("colour", "shape", "size")})
 
 # %%
 exhibit = Museum("val", 64)[3]

@@ -226,7 +226,8 @@ adapter.remove()
 # (`CellPool` averages the ViT's 8 × 8 patch features over the museum's 3 × 3 exhibit cells;
 # Chapter 4's Perceiver resampler, Q-Former, TokenLearner or ToMe fit the same slot), a
 # **projector** and the **language model**. The discrete route replaces the first two with an
-# image tokenizer. The `tiny` preset is the museum guide: 64-px exhibits, `clip-tiny`'s ViT, nine
+# image tokenizer: Chapter 2's VQ tokenizer in its cell preset (`vq-tokenizer-cell`, one code per
+# exhibit cell, frozen and stored inside the guide), whose codes become `<v_k>` words. The `tiny` preset is the museum guide: 64-px exhibits, `clip-tiny`'s ViT, nine
 # image tokens (one per cell). The functions of §5.2–5.4 are the ones it calls:
 # `merge_image_features` for the continuous route, `codes_to_token_ids` for the discrete one,
 # `media_mask` for the gated one, and a batched `block_mask` for its attention mask.
@@ -240,10 +241,12 @@ for name in ("encoder", "compressor", "projector", "lm"):
     part = getattr(guide0, name)
     n = sum(p.numel() for p in part.parameters()) if part is not None else 0
     print(f"{name:10s} {type(part).__name__:18s} {n:7d} parameters")
+from vlmbook.fusion.ablation import variant_config  # noqa: E402
+
 for route in fusion.ROUTES:
-    rc = cfg.replace(route=route) if route != "discrete" else cfg.replace(route=route, image_size=72)
-    m = fusion.VisionLanguageModel(rc)
-    print(f"{route:10s} tokens in the LM sequence per image: {m.image_slots}")
+    m = fusion.VisionLanguageModel(variant_config("recipe", route, "vq" if route == "discrete" else "clip"))
+    print(f"{route:10s} image side {type(m.quantizer if route == 'discrete' else m.encoder).__name__:13s} "
+          f"tokens in the LM sequence per image: {m.image_slots}")
 
 # %% [markdown]
 # How the task is posed is part of the model. A turn of the guide reads
@@ -526,7 +529,8 @@ for r in meas:
 #   placeholders with a strict count check; gated fusion reads images through tanh-gated
 #   cross-attention that leaves the LM untouched at initialisation.
 # - The guide is one composed model: Chapter 4's ViT, a compressor to one token per exhibit cell,
-#   a projector and the LM, saved and loaded whole (tokenizer included) without retraining.
+#   a projector and the LM (or, in the discrete route, Chapter 2's cell tokenizer and the LM), saved
+#   and loaded whole (tokenizer included) without retraining.
 # - Finding the object a question names is the hard step for a small model: training sits on a
 #   plateau, then jumps. How the task is posed — citations first, learned cell embeddings, question
 #   first, closed answer words, QK-norm with a high learning rate — decides when the jump comes;
@@ -551,6 +555,10 @@ for r in meas:
 #    cheaper than prefix fusion for $L = 32$, $d = 128$, four layers.
 # 6. Rebuild `vlm-tiny` with another seed (`ftrain.build_vlm_tiny(1)`) and compare its accuracy
 #    per question type and its citation precision with the committed one.
+# 7. In the discrete route each `<v_k>` row starts as an unrelated random vector, so the guide must
+#    learn what each of 256 codes means from scratch. Initialise row $k$ from a linear projection
+#    of the tokenizer's codebook vector $e_k$ (trained with the rest) and rerun the `vq` row of the
+#    table. Do related codes now start with related meanings?
 
 # %%
 nb.report_runtime()
