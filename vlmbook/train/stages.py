@@ -26,7 +26,7 @@ from .ppo import (ValueHead, citation_precision_of, gae, group_relative_advantag
 from .quant import linear_bytes, model_bytes, quantize_linear_layers
 from .reward import RewardModel
 from .runner import fit_groups
-from .sft import freeze_all_but, param_groups
+from .sft import freeze_all_but, param_groups, vlm_lrs
 
 EXCLUDED = ("plaque",)  # plaque digits are unreadable at 72 px (as in Chapter 5)
 
@@ -127,7 +127,7 @@ def train_sft(policy: VLMPolicy, examples: Sequence[Example], images: torch.Tens
               lrs: dict[str, float] | None = None, seed: int = 0) -> list[dict]:
     """Supervised fine-tuning on ``examples`` (answer tokens only) with per-group learning rates. §6.2."""
     vlm = policy.module
-    lrs = lrs or {"lm": 1e-3, "projector": 1e-3, "encoder": 0.0}
+    lrs = lrs or vlm_lrs(vlm, 1e-3)
     groups = param_groups(vlm, lrs)
 
     def batch(step):
@@ -149,7 +149,7 @@ def align_projector(policy: VLMPolicy, ex: Exhibits, steps: int, batch_size: int
     vlm = policy.module
     freeze_all_but(vlm, ["projector"])
     examples = [policy.response("Describe the exhibit.", c, i) for i, c in enumerate(ex.captions)]
-    return train_sft(policy, examples, ex.images, steps, batch_size, {"projector": lr, "lm": 0.0, "encoder": 0.0}, seed)
+    return train_sft(policy, examples, ex.images, steps, batch_size, {**vlm_lrs(vlm, 0.0), "projector": lr}, seed)
 
 
 # -- stage 2 ------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def train_dpo(policy: VLMPolicy, ref: VLMPolicy, pairs: list[tuple], images: tor
     policy.check_compatible(ref)
     freeze(ref.module)
     vlm = policy.module
-    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+    groups = param_groups(vlm, vlm_lrs(vlm, lr))
 
     def batch(step):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -405,7 +405,7 @@ def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example],
     teacher.check_compatible(student)
     freeze(teacher.module)
     vlm = student.module
-    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+    groups = param_groups(vlm, vlm_lrs(vlm, lr))
 
     def batch(step):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
