@@ -444,9 +444,11 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 #
 # Nothing above assumes one device. `vlmbook.train.distributed` wraps the SFT and DPO steps for
 # Hugging Face `accelerate`: each process holds a copy of the model, takes its own slice of every
-# batch, and gradients are averaged before each update. One detail matters for SFT: each worker
-# divides its summed token loss by the *global* number of learned tokens (gathered from all
-# workers), not by its own; otherwise workers with short answers would weigh more. The test
+# batch, and gradients are averaged over the workers before each update. One detail matters for
+# SFT: its loss is a mean over *tokens*, and the workers' shares hold different numbers of answer
+# tokens. Each worker therefore divides its summed token loss by the *global* token count
+# (all-reduced first) divided by the number of workers, not by its own count; the average of the
+# workers' losses is then exactly the loss of the whole batch on one device. The test
 # `tests/test_train_distributed.py` (run with `VLMBOOK_SLOW=1`) launches two CPU processes and
 # checks that their update equals one process's update on the whole batch. On a machine with
 # eight GPUs, one process per GPU:
@@ -475,7 +477,8 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 #   by comparing answers within a group.
 # - At answer time, sampling several answers and voting trades compute for accuracy; offline, a
 #   student half the size learns from the teacher's softened distribution.
-# - After training, int8 weights shrink the quantised layers four-fold; prompt caching needs a
+# - After training, int8 weights shrink the quantised layers almost four-fold (the per-row scales
+#   and biases stay in float); prompt caching needs a
 #   prefix that does not depend on the question, which a question-first guide does not have.
 #
 # ## Exercises
