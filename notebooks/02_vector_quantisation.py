@@ -285,10 +285,14 @@ show(vqplot.reconstructions(val, {"8×8 codes": tokenizer.reconstruct(val)}, n=8
 # minimises $-\mathbb E[D(\hat x)]$ with the adaptive weight
 # $\lambda=\lVert\nabla_{G_L}\mathcal L_\text{rec}\rVert/(\lVert\nabla_{G_L}\mathcal L_\text{GAN}\rVert+\delta)$
 # taken at the decoder's last layer $G_L$, which keeps the two gradients on the same scale.
+# The two players have opposite goals, so each gets its own optimiser: `loop.fit` takes a list of
+# `Stage`s and steps them in turn on the same batch — first the tokenizer on its loss, then the
+# discriminator on real images against the reconstructions the tokenizer just produced.
 
 # %%
 print(inspect.getsource(vq.adaptive_weight))
-print(inspect.getsource(vq.vqgan_loss))
+print(inspect.getsource(vq.generator_loss))
+print(inspect.getsource(vq.vqgan_stages))
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -48,7 +48,7 @@ import torch
 
 from vlmbook import nb
 from vlmbook.codec import (GDN, BitstreamError, EntropyBottleneck, GaussianConditional, HyperpriorCodec,
-                           discretized_likelihood, quantize, rate_gradients)
+                           discretized_likelihood, psnr, quantize, rate_gradients)
 from vlmbook.codec import context, fastcoder, fileformat, metrics, models, rangecoder, rans, storage
 from vlmbook.data import eval_images, random_crops
 from vlmbook.hub import load_artifact
@@ -289,7 +289,7 @@ info = fileformat.parse_header((tmp / "coffee.vlmb").read_bytes())
 w, h = fileformat.decompress_file(tmp / "coffee.vlmb", tmp / "back.png")
 back = np.asarray(Image.open(tmp / "back.png"))
 print(f"{size} bytes for {w}x{h} pixels = {8 * size / (w * h):.3f} bpp; streams {[len(s) for s in info['streams']]}")
-print(f"PSNR {metrics.image_psnr(photos[1][:201, :173], back):.2f} dB")
+print(f"PSNR {psnr(photos[1][:201, :173], back):.2f} dB")
 
 # %% [markdown]
 # The museum guide's own exhibits go through the same file format. An exhibit photo is small
@@ -304,7 +304,7 @@ exhibit = Museum("val", size=128)[0]
 vlmb = fileformat.encode_image(exhibit.image, quality=4)
 seen = fileformat.decode_image(vlmb)
 print(f"exhibit: {exhibit.caption}")
-print(f"{8 * len(vlmb) / 128**2:.2f} bpp, PSNR {metrics.image_psnr(exhibit.image, seen):.1f} dB")
+print(f"{8 * len(vlmb) / 128**2:.2f} bpp, PSNR {psnr(exhibit.image, seen):.1f} dB")
 
 # %%
 show(cplot.image_grid([exhibit.image, seen], titles=["exhibit", "decoded from .vlmb"], ncols=2, size=2.2))

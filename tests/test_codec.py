@@ -398,6 +398,16 @@ def test_pillow_rd_monotone():
     img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     rd = pillow_rd([img], "JPEG", qualities=(10, 50, 90))
     assert rd["bpp"] == sorted(rd["bpp"]) and rd["psnr"] == sorted(rd["psnr"])
+    # its PSNR is the book's one psnr (uint8 peak 255) of the decoded file
+    import io
+
+    from PIL import Image
+
+    from vlmbook.rd.metrics import psnr
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=50)
+    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert rd["psnr"][1] == psnr(img, dec)
     with pytest.raises(ValueError):
         pillow_rd([img], "GIF")
 

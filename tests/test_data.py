@@ -48,6 +48,22 @@ def test_scene_is_deterministic_and_golden():
 GOLDEN_MEAN_TRAIN0_64 = 163.871  # mean pixel value of train #0 at 64 px
 
 
+def test_rendering_is_bit_identical_to_the_recorded_images():
+    # sha256 of 270 rendered exhibits (3 splits, 3 sizes): speed-ups to render must not change a single pixel
+    import hashlib
+
+    h = hashlib.sha256()
+    for split, n, size in (("train", 200, 64), ("val", 50, 32), ("test", 20, 128)):
+        for i in range(n):
+            img = render(generate_scene(split, i), size)
+            assert img.flags.c_contiguous
+            h.update(img.tobytes())
+    assert h.hexdigest() == RENDER_DIGEST
+
+
+RENDER_DIGEST = "356e4890a612c90d1e2c659fca85a89ef6c8792ca39f048bfb87f26a886a7192"
+
+
 def test_splits_never_share_keys_or_images():
     keys = {split: {scene_seed(split, i) for i in range(500)} for split in ("train", "val", "test")}
     assert not (keys["train"] & keys["val"]) and not (keys["train"] & keys["test"]) and not (keys["val"] & keys["test"])

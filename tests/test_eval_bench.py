@@ -79,3 +79,26 @@ def test_main_dispatch(tmp_path, monkeypatch):
     monkeypatch.setattr(all_mod, "run_all", lambda quick, out, names: seen.update(q=quick, out=out, names=names))
     assert main(["all", "--quick", "--only", "data,vq", "--out", str(tmp_path)]) == 0
     assert seen == {"q": True, "out": str(tmp_path), "names": ["data", "vq"]}
+
+
+def test_cli_bench_dispatches_like_python_m(tmp_path, monkeypatch, capsys):
+    # `vlmbook bench …` and `python -m vlmbook.bench …` parse and run the same arguments (no benchmark runs here)
+    import vlmbook.bench.__main__ as bench_main
+    import vlmbook.bench.all as all_mod
+    from vlmbook.cli import main as cli_main
+
+    seen = []
+    monkeypatch.setattr(all_mod, "run_all", lambda quick, out, names: seen.append(("all", quick, out, names)))
+    monkeypatch.setattr(bench_main, "run_benchmark", lambda name, quick, out_dir, **kw: seen.append((name, quick, out_dir, kw)))
+    assert cli_main(["bench", "all", "--quick", "--out", str(tmp_path)]) == 0
+    assert cli_main(["bench", "all", "--only", "data,vq"]) == 0
+    assert cli_main(["bench", "data", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert bench_main.main(["all", "--quick", "--out", str(tmp_path)]) == 0
+    assert seen == [("all", True, str(tmp_path), None), ("all", False, "bench/results", ["data", "vq"]),
+                    ("data", True, str(tmp_path), {"seeds": 2}), ("all", True, str(tmp_path), None)]
+    # options that do not fit the name are user errors (one line, exit 2), not silently ignored
+    assert cli_main(["bench", "all", "--seeds", "2"]) == 2 and cli_main(["bench", "data", "--only", "vq"]) == 2
+    assert "--seeds goes with one benchmark" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "nope"])
+    assert len(seen) == 4

@@ -126,8 +126,10 @@ def test_citations_parse_boxes_precision():
     assert text == qa.answer and patches == truth
     assert parse_citations(format_citation(truth) + " " + qa.answer) == (qa.answer, truth)
     assert parse_citations("[CITE:] no") == ("no", [])
+    # the museum's own cite() writes what the guide writes, and it parses back
+    assert parse_citations(cite(qa.answer, truth)) == (qa.answer, truth)
     # codebook words are not places: <v_k> inside a citation bracket is not a citation
-    assert parse_citations(cite(qa.answer, truth))[1] == []
+    assert parse_citations(qa.answer + " [CITE:<v_3>]")[1] == []
     assert citation_precision(truth, s.scene, qa, 4) == 1.0
     wrong = [k for k in range(16) if k not in truth][:2]
     assert citation_scores(wrong, s.scene, qa, 4) == {"precision": 0.0, "recall": 0.0}
@@ -165,6 +167,8 @@ def test_measure_forward_runs():
     assert t > 0
     with pytest.raises(ValueError, match="route"):
         measure_forward("other", 8, 8)
+    with pytest.raises(ValueError, match="repeats"):  # timed by util.median_seconds, which checks it
+        measure_forward("gated", 8, 8, repeats=0, batch=1)
 
 
 # -- training --------------------------------------------------------------------------------

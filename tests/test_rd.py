@@ -180,6 +180,11 @@ def test_psnr_golden():
     b[0, 0, 0] = 255  # MSE = 255²/48
     assert rd.psnr(a, b) == pytest.approx(10 * np.log10(48))
     assert rd.psnr(a, a) == float("inf")
+    # the trainers' PSNR of an MSE they already computed is the same formula
+    assert rd.psnr_from_mse(255.0**2 / 48, 255.0) == rd.psnr(a, b)
+    assert rd.psnr_from_mse(torch.tensor(0.01)) == pytest.approx(20.0, abs=1e-5) and rd.psnr_from_mse(0.0) == float("inf")
+    with pytest.raises(ValueError):
+        rd.psnr_from_mse(-1.0)
     assert rd.mse(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)) == pytest.approx(0.25)
 
 
@@ -222,6 +227,10 @@ def test_budget_and_flops():
     f = rd.layer_flops(10, 8)
     assert (f.projections, f.attention, f.mlp) == (8 * 10 * 64, 4 * 100 * 8, 16 * 10 * 64)
     assert rd.prefill_flops(6, 4, 8, layers=3) == 3 * f.total
+    g = rd.layer_flops(10, 8, d_ff=24, mlp_matrices=3)  # a gated (SwiGLU) MLP: three d x d_ff matrices
+    assert (g.projections, g.attention, g.mlp) == (f.projections, f.attention, 6 * 10 * 8 * 24)
+    with pytest.raises(ValueError, match="mlp_matrices"):
+        rd.layer_flops(10, 8, mlp_matrices=4)
     with pytest.raises(ValueError, match="exceed"):
         rd.image_token_budget(100, 90, 20)
     with pytest.raises(ValueError, match="divisible"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vlmbook.hub import REPO_ARTIFACTS, state_digest
+from vlmbook.loop import fit
 from vlmbook.vq import (
     VQGAN,
     FeatureNet,
@@ -35,8 +36,10 @@ from vlmbook.vq import (
     sharpness,
     train_maskgit,
     train_tokenizer,
+    discriminator_loss,
+    generator_loss,
     training_batch,
-    vqgan_loss,
+    vqgan_stages,
 )
 
 SMALL = dict(channels=16, code_dim=4, codebook_size=16, res_blocks=0, image_size=32, downsample=2)
@@ -158,23 +161,73 @@ def test_perceptual_loss_properties():
     assert net(x).shape == (2, 9, 18)
 
 
-def test_vqgan_loss_updates_generator_and_discriminator_separately():
-    torch.manual_seed(0)
+def _small_vqgan() -> VQGAN:
     tok = _small_tokenizer()
     disc = PatchDiscriminator(8, 2)
-    model = VQGAN(tok, disc, PerceptualLoss(FeatureNet(FeatureNetConfig(widths=(8, 8)))))
+    return VQGAN(tok, disc, PerceptualLoss(FeatureNet(FeatureNetConfig(widths=(8, 8)))))
+
+
+def test_vqgan_losses_send_gradients_to_their_own_player():
+    model = _small_vqgan()
+    tok, disc = model.tokenizer, model.disc
     x = torch.rand(4, 3, 32, 32)
-    loss, m = vqgan_loss(model, x, 0, VQGANConfig(disc_weight=1.0))
+    loss, m, rec = generator_loss(model, x, 0, VQGANConfig(disc_weight=1.0))
+    assert {"mse", "g", "lam"} <= set(m) and rec.shape == x.shape and rec.requires_grad
     loss.backward()
-    assert {"g", "d", "lam"} <= set(m)
-    assert tok.last_layer.grad is not None and disc.net[0].weight.grad is not None
-    # the discriminator's gradient is exactly that of its own hinge loss (no generator term leaks in)
-    got = disc.net[0].weight.grad.clone()
-    disc.zero_grad()
+    assert tok.last_layer.grad is not None
+    model.zero_grad()
+    d, dm = discriminator_loss(model, x, rec)
+    d.backward()
+    # the discriminator's loss is its hinge loss on detached reconstructions: no gradient reaches the tokenizer
+    assert all(p.grad is None for p in tok.parameters()) and disc.net[0].weight.grad is not None
     with torch.no_grad():
-        rec = tok(x).reconstruction
-    hinge_d_loss(disc(x), disc(rec)).backward()
-    assert torch.allclose(got, disc.net[0].weight.grad, atol=1e-6)
+        assert float(d) == pytest.approx(float(hinge_d_loss(disc(x), disc(rec))))
+        assert dm["fake"] == pytest.approx(float(disc(rec).mean()))
+    # before disc_start (or with disc_weight 0) the generator's loss has no adversarial term
+    assert "g" not in generator_loss(model, x, 0, VQGANConfig(disc_weight=1.0, disc_start=5))[1]
+    assert [s.name for s in vqgan_stages(model, VQGANConfig(disc_weight=0.0))] == ["generator"]
+
+
+def _old_single_optimiser_loss(model: VQGAN, batch: torch.Tensor, step: int, cfg: VQGANConfig):
+    # the pre-Stage formulation: one optimiser over both players, the generator's hinge term through
+    # detached discriminator weights (torch.func.functional_call), the discriminator's on detached images
+    from torch.func import functional_call
+
+    out = model.tokenizer(batch)
+    rec = out.reconstruction
+    rec_loss = out.mse + cfg.perceptual_weight * model.perceptual(rec, batch)
+    frozen = {k: p.detach() for k, p in model.disc.named_parameters()}
+    g = hinge_g_loss(functional_call(model.disc, frozen, (rec,)))
+    lam = adaptive_weight(rec_loss, g, model.tokenizer.last_layer)
+    return rec_loss + out.quant.loss + cfg.disc_weight * lam * g + hinge_d_loss(model.disc(batch), model.disc(rec.detach()))
+
+
+def test_vqgan_stages_equal_one_optimiser_without_clipping():
+    # AdamW is per parameter, so without joint gradient clipping the two stages must take exactly
+    # the steps the old single optimiser took over the summed loss
+    cfg = VQGANConfig(steps=3, batch_size=4, disc_weight=1.0)
+    loop = cfg.loop(progress=False).replace(grad_clip=0.0, log_every=1)
+    batch_fn = lambda s: torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    a = _small_vqgan()
+    b = _small_vqgan()
+    hist = fit(a, vqgan_stages(a, cfg), batch_fn, loop)
+    fit(b, lambda m, x, s: _old_single_optimiser_loss(m, x, s, cfg), batch_fn, loop)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-5), k
+    assert {"generator/loss", "generator/g", "discriminator/loss", "discriminator/real"} <= set(hist[-1])
+
+
+def test_vqgan_discriminator_waits_for_disc_start():
+    model = _small_vqgan()
+    d0 = {k: v.clone() for k, v in model.disc.state_dict().items()}
+    t0 = model.tokenizer.last_layer.detach().clone()
+    cfg = VQGANConfig(steps=2, batch_size=4, disc_weight=1.0, disc_start=2)
+    hist = fit(model, vqgan_stages(model, cfg), lambda s: torch.rand(4, 3, 32, 32), cfg.loop(progress=False))
+    assert all(torch.equal(v, model.disc.state_dict()[k]) for k, v in d0.items())  # never stepped
+    assert not torch.equal(t0, model.tokenizer.last_layer)
+    assert all(not any(k.startswith("discriminator/") for k in row) and "generator/g" not in row for row in hist)
 
 
 def test_sharpness_and_frechet_distance():

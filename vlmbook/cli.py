@@ -18,10 +18,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    from .bench.__main__ import dispatch
 
-    run_benchmark(args.name, quick=args.quick, out_dir=args.out)
-    return 0
+    return dispatch(args)
 
 
 def _artifacts(args: argparse.Namespace) -> int:
@@ -41,11 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlmbook", description="Companion command for the vlmbook textbook.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and the device that training would use").set_defaults(func=_info)
-    b = sub.add_parser("bench", help="run a benchmark (same as python -m vlmbook.bench)")
-    b.add_argument("name")
-    b.add_argument("--quick", action="store_true")
-    b.add_argument("--out", default="bench/results")
-    b.set_defaults(func=_bench)
+    from .bench.__main__ import add_arguments
+
+    b = sub.add_parser("bench", help="run a benchmark, or all of them (same as python -m vlmbook.bench)")
+    add_arguments(b).set_defaults(func=_bench)
     a = sub.add_parser("artifacts", help="list or rebuild the small models chapters share")
     a.add_argument("action", choices=("list", "build"))
     a.add_argument("name", nargs="?")

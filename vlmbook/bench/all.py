@@ -1,4 +1,4 @@
-"""``python -m vlmbook.bench all [--quick]``: every benchmark into one Markdown report (Chapter 7 §7.5).
+"""``python -m vlmbook.bench all [--quick]`` (or ``vlmbook bench all``): every benchmark into one Markdown report (Chapter 7 §7.5).
 
 Each benchmark runs in this process, one after the other, through :func:`run_benchmark` (so its
 own JSON record is written as usual); a benchmark that fails is reported, not fatal. The report
@@ -9,7 +9,6 @@ between ours and its reference, and every figure of every table in the long metr
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.metadata
 import time
@@ -107,14 +106,3 @@ def _markdown(rows: list[dict], quick: bool, start: str, total: float, machine: 
             lines.append(f"| {p or '-'} | {m} | {txt if v is None else f'{v:.6g}'} |")
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line of ``python -m vlmbook.bench all``."""
-    p = argparse.ArgumentParser(prog="python -m vlmbook.bench all", description="Run every vlmbook benchmark.")
-    p.add_argument("--quick", action="store_true", help="every benchmark's quick run (under 10 min on 2 cores)")
-    p.add_argument("--out", default="bench/results")
-    p.add_argument("--only", default=None, help="comma-separated benchmark names")
-    args = p.parse_args(argv)
-    run_all(args.quick, args.out, args.only.split(",") if args.only else None)
-    return 0

@@ -21,11 +21,10 @@ decode, all images and streams) divided by ours; above 1 we are faster.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import numpy as np
 
+from ..util import median_seconds_each
 from . import BenchResult
 
 
@@ -50,17 +49,6 @@ def _streams(sizes: tuple[int, ...]) -> list[dict]:
                                 "values": np.ascontiguousarray(v, np.int64), "indexes": np.ascontiguousarray(i, np.int64),
                                 "tables": t})
     return out
-
-
-def _interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, calling them in turn ``repeats`` times."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def run(quick: bool = False) -> BenchResult:
@@ -88,7 +76,7 @@ def run(quick: bool = False) -> BenchResult:
         assert np.array_equal(np.asarray(RansDecoder().decode_with_indexes(theirs, il, cdfs, lengths, offsets)), v)
         if s["size"] == 256:  # the readable coder writes the very same bytes (pure Python: small streams only)
             assert rangecoder.encode(v, i, t) == ours
-        med = _interleaved({
+        med = median_seconds_each({
             "ours_enc": lambda: fastcoder.encode(v, i, t),
             "cai_enc_call": lambda: RansEncoder().encode_with_indexes(vl, il, cdfs, lengths, offsets),
             "cai_enc_image": lambda: RansEncoder().encode_with_indexes(v.tolist(), i.tolist(), cdfs, lengths, offsets),
@@ -96,7 +84,7 @@ def run(quick: bool = False) -> BenchResult:
             "cai_dec_call": lambda: RansDecoder().decode_with_indexes(theirs, il, cdfs, lengths, offsets),
             "cai_dec_image": lambda: np.asarray(RansDecoder().decode_with_indexes(
                 theirs, i.tolist(), cdfs, lengths, offsets), np.int64),
-        }, repeats)
+        }, repeats, warmup=0)  # the round-trip checks above were the warm-up
         ideal = t.ideal_bits(v, i) / 8
         rows.append({
             "stream": s["name"], "symbols": int(v.size), "ideal_bytes": round(ideal, 2),

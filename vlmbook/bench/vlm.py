@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from ..device import num_threads
+from ..util import median_seconds_each
 from . import BenchResult
 
 ABLATION = Path(__file__).resolve().parents[2] / "bench" / "results" / "vlm_ablation.jsonl"
@@ -61,16 +61,11 @@ def latency(vlm, image: torch.Tensor, question: str, new_tokens: int = 16, repea
     """Time to first token (ms, prefill + one token) and decoding speed (tokens/s) for one question."""
     q = torch.tensor([vlm.encode_text(question) + [vlm.ids["assistant"]]])
     img = image[None].to(vlm.device)
-    vlm.generate(img, q, max_new_tokens=2, stop_token=-1)  # warm up
-    ttft, total = [], []
-    for _ in range(repeats):  # interleaved: first token, then a fixed-length decode (never stops early)
-        t0 = time.perf_counter()
-        vlm.generate(img, q, max_new_tokens=1, stop_token=-1)
-        ttft.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        vlm.generate(img, q, max_new_tokens=new_tokens, stop_token=-1)
-        total.append(time.perf_counter() - t0)
-    t1, tn = statistics.median(ttft), statistics.median(total)
+    med = median_seconds_each({  # interleaved: first token, then a fixed-length decode (never stops early)
+        "first": lambda: vlm.generate(img, q, max_new_tokens=1, stop_token=-1),
+        "total": lambda: vlm.generate(img, q, max_new_tokens=new_tokens, stop_token=-1),
+    }, repeats, warmup=1)
+    t1, tn = med["first"], med["total"]
     return {"ttft_ms": round(1000 * t1, 2), "tokens_per_s": round((new_tokens - 1) / max(tn - t1, 1e-9), 1)}
 
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..util import step_generator
 from .entropy import LIKELIHOOD_BOUND, discretized_likelihood
 from .layers import lower_bound
-from .models import HyperpriorCodec
+from .models import CODEC_SEED_STRIDE, HyperpriorCodec
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -89,7 +90,7 @@ def fit_context(codec: HyperpriorCodec, steps: int = 150, crops: int = 32, size:
     ctx = ContextModel(codec.config.M, scales=scales)
 
     def batch_fn(step: int):
-        g = torch.Generator().manual_seed(seed * 100003 + step)
+        g = step_generator(seed, step, CODEC_SEED_STRIDE)
         i = torch.randint(crops, (batch,), generator=g)
         return y[i], s[i]
 

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..rd.metrics import psnr
+
 
 def bd_rate(rate_a: Sequence[float], psnr_a: Sequence[float], rate_b: Sequence[float],
             psnr_b: Sequence[float]) -> float:
@@ -33,12 +35,6 @@ def bd_rate(rate_a: Sequence[float], psnr_a: Sequence[float], rate_b: Sequence[f
     return float((math.exp(avg) - 1) * 100)
 
 
-def image_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-12))
-
-
 def pillow_rd(images: Sequence[np.ndarray], fmt: str = "JPEG",
               qualities: Sequence[int] = (5, 10, 20, 30, 50, 70, 85, 95)) -> dict[str, list[float]]:
     """Mean bpp and PSNR over uint8 (H, W, 3) images at each Pillow quality (JPEG or WEBP)."""
@@ -54,7 +50,7 @@ def pillow_rd(images: Sequence[np.ndarray], fmt: str = "JPEG",
             Image.fromarray(img).save(buf, format=fmt, quality=int(q))
             dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             b.append(len(buf.getvalue()) * 8 / (img.shape[0] * img.shape[1]))
-            p.append(image_psnr(img, dec))
+            p.append(psnr(img, dec))
         bpp.append(float(np.mean(b)))
         ps.append(float(np.mean(p)))
     return {"quality": [int(q) for q in qualities], "bpp": bpp, "psnr": ps}
@@ -109,7 +105,7 @@ def codec_point(model, images: Sequence[np.ndarray]) -> dict[str, float]:
         streams, zs = model.compress(pad_to(x))
         rec = to_uint8(model.decompress(streams, zs)[..., :img.shape[0], :img.shape[1]])
         b.append(sum(len(s) for s in streams) * 8 / (img.shape[0] * img.shape[1]))
-        p.append(image_psnr(img, rec))
+        p.append(psnr(img, rec))
     return {"bpp": float(np.mean(b)), "psnr": float(np.mean(p))}
 
 
@@ -126,5 +122,5 @@ def compressai_point(net, images: Sequence[np.ndarray]) -> dict[str, float]:
         enc = net.compress(x)
         rec = net.decompress(enc["strings"], enc["shape"])["x_hat"][..., :img.shape[0], :img.shape[1]]
         b.append(sum(len(s[0]) for s in enc["strings"]) * 8 / (img.shape[0] * img.shape[1]))
-        p.append(image_psnr(img, to_uint8(rec)))
+        p.append(psnr(img, to_uint8(rec)))
     return {"bpp": float(np.mean(b)), "psnr": float(np.mean(p))}

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..config import Config
 from ..hub import PretrainedMixin
-from ..rd.metrics import psnr
+from ..rd.metrics import psnr, psnr_from_mse
+from ..util import step_generator, step_seed
 from . import fastcoder, rans
 from .cdf import BitstreamError
 from .entropy import FAMILIES, MODES, EntropyBottleneck, GaussianConditional
@@ -22,6 +23,9 @@ from .layers import GDN, conv, deconv
 
 #: Total downsampling of x -> z: images are padded to a multiple of this.
 STRIDE = 64
+#: The seed stride the codec's trainers have always drawn batches with (not util's 1,000,003): kept so
+#: retraining reproduces the committed codec artifacts (tests/test_codec_artifacts.py) batch for batch.
+CODEC_SEED_STRIDE = 100_003
 
 
 @dataclasses.dataclass
@@ -192,7 +196,7 @@ def rd_loss(out: dict[str, Any], x: torch.Tensor, lmbda: float) -> tuple[torch.T
     npix = x.shape[0] * x.shape[2] * x.shape[3]
     bpp = bits(out["likelihoods"]) / npix
     mse = F.mse_loss(out["x_hat"], x)
-    d = {"bpp": float(bpp.detach()), "mse": float(mse.detach()), "psnr": float(-10 * torch.log10(mse.detach().clamp_min(1e-10)))}
+    d = {"bpp": float(bpp.detach()), "mse": float(mse.detach()), "psnr": psnr_from_mse(mse.detach())}
     return lmbda * 255 ** 2 * mse + bpp, d
 
 
@@ -237,12 +241,12 @@ def train_codec(model: nn.Module, lmbda: float, spec: TrainSpec, ckpt_dir: str |
 
     def batch_fn(step: int) -> torch.Tensor:
         if images is not None:
-            g = torch.Generator().manual_seed(spec.seed * 100003 + step)
+            g = step_generator(spec.seed, step, CODEC_SEED_STRIDE)
             k = torch.randint(len(images), (spec.batch,), generator=g)
             ys = torch.randint(images.shape[2] - spec.crop + 1, (spec.batch,), generator=g)
             xs = torch.randint(images.shape[3] - spec.crop + 1, (spec.batch,), generator=g)
             return torch.stack([images[i, :, a:a + spec.crop, b:b + spec.crop] for i, a, b in zip(k, ys, xs)])
-        return random_crops(spec.batch, spec.crop, seed=spec.seed * 100003 + step)
+        return random_crops(spec.batch, spec.crop, seed=step_seed(spec.seed, step, CODEC_SEED_STRIDE))
 
     def loss_fn(m: nn.Module, x: torch.Tensor, step: int):
         loss, metrics = rd_loss(m(x), x, lmbda)

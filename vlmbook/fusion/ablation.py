@@ -35,18 +35,30 @@ VARIANTS: dict[str, dict] = {
 }
 #: Variant name -> DemoConfig fields changed from the run's (training levers, not model ones).
 DEMO_VARIANTS: dict[str, dict] = {"curriculum": {"curriculum": 1000}}
-SOURCES = ("oracle", "patch", "clip")
+SOURCES = ("oracle", "patch", "clip", "vq")
 
 
 def variant_config(name: str, route: str = "continuous", source: str = "oracle") -> VLMConfig:
-    """``VLMConfig.tiny()`` with variant ``name``'s levers and the image side of ``source``."""
+    """``VLMConfig.tiny()`` with variant ``name``'s levers and the image side of ``source``.
+
+    The discrete route reads Chapter 2's ``vq-tokenizer-cell`` (48-px exhibits, one code per cell)
+    for every source but ``"patch"``, which keeps this chapter's k-means quantizer.
+    """
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
-    if route == "discrete":  # the k-means quantizer reads 72-px exhibits (24-px cells of 4 × 4 sub-blocks)
+    if source == "vq" and route != "discrete":
+        raise ValueError(f"source 'vq' (Chapter 2's tokenizer) gives codes: it needs route='discrete', got {route!r}")
+    if route == "discrete" and source == "patch":  # k-means on 72-px exhibits (24-px cells of 4 × 4 sub-blocks)
         return VLMConfig.tiny().replace(route=route, image_side="patch", compressor="none", image_size=72,
                                         **VARIANTS[name])
+    if route == "discrete":  # Chapter 2's tokenizer: its 3 × 3 code grid is the museum's cells
+        from ..vq.tokenizer import CELL_CONFIG
+
+        return VLMConfig.tiny().replace(route=route, image_side="vq", compressor="none", vq_artifact="vq-tokenizer-cell",
+                                        image_size=CELL_CONFIG.image_size, grid=CELL_CONFIG.grid,
+                                        codebook_size=CELL_CONFIG.codebook_size, **VARIANTS[name])
     cfg = VLMConfig.tiny().replace(route=route, **VARIANTS[name])
     if source == "oracle":
         cfg = cfg.replace(image_side="features", compressor="none")
@@ -85,7 +97,8 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
     rec = {"variant": name, "seed": seed, "steps": steps, "source": source, "route": route,
             "levers": {**{k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask",
                                                        "qk_norm")}, "curriculum": demo.curriculum},
-            "image_tokens": cfg.image_tokens, "train_seconds": round(secs, 1), "threads": 1,
+            "image_side": cfg.image_side, "image_tokens": cfg.image_tokens, "train_seconds": round(secs, 1),
+            "threads": 1, "encoder_steps": demo.encoder_steps if source not in ("oracle", "vq", "patch") else 0,
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec
 

@@ -6,10 +6,10 @@ linear in ``M`` (``L · M``) every ``every`` layers. Counts are multiply-adds ×
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+from ..rd.budget import attention_flops, ffn_flops, layer_flops
+from ..util import median_seconds
 from .gated import GatedAdapter
 from .text import LMConfig, build_lm
 
@@ -23,10 +23,7 @@ def _check(M: int, L: int, d: int, layers: int) -> None:
 def prefix_flops(M: int, L: int, d: int, layers: int, ff: int | None = None) -> int:
     """Forward FLOPs of a Llama LM over ``M`` image + ``L`` text tokens (dense attention). §5.9."""
     _check(M, L, d, layers)
-    ff = ff or 3 * d
-    T = M + L
-    per_layer = 2 * (4 * T * d * d + 3 * T * d * ff) + 2 * (2 * T * T * d)
-    return layers * per_layer
+    return layers * layer_flops(M + L, d, ff or 3 * d, mlp_matrices=3).total
 
 
 def gated_flops(M: int, L: int, d: int, layers: int, every: int = 1, ff: int | None = None, ffn_mult: int = 2) -> int:
@@ -36,7 +33,8 @@ def gated_flops(M: int, L: int, d: int, layers: int, every: int = 1, ff: int | N
         raise ValueError(f"every must be >= 1, got {every}")
     lm = prefix_flops(0, L, d, layers, ff)
     blocks = len(range(0, layers, every))
-    xattn = 2 * (2 * L * d * d + 2 * M * d * d) + 2 * (2 * L * M * d) + 2 * (2 * L * d * ffn_mult * d)
+    # with no media only the query and output projections of the cross-attention run
+    xattn = (attention_flops(L, M, d) if M else 4 * L * d * d) + ffn_flops(L, d, ffn_mult)
     return lm + blocks * xattn
 
 
@@ -60,10 +58,4 @@ def measure_forward(route: str, M: int, L: int, cfg: LMConfig | None = None, eve
         def run():
             with adapter.media(media):
                 return lm.model(inputs_embeds=x)
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(run, repeats=repeats, warmup=1)

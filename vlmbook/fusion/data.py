@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ..util import step_generator
 from ..data.museum import (COLOUR_NAMES, QUESTION_TYPES, SHAPES, SIZE_NAMES, Museum, generate_scene, questions,
                            support_patches)
 
@@ -184,7 +185,7 @@ class Batcher:
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """The batch of training step ``step`` (seeded by ``seed`` and ``step`` only)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = step_generator(self.seed, step)
         n_cap = int(round(self.batch_size * self.caption_frac))
         pool = self.pool_size(step)
         idx = torch.randint(pool, (self.batch_size - n_cap,), generator=g)

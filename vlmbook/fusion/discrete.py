@@ -1,8 +1,10 @@
 """The discrete route: image codes become ``<v_k>`` words of the language model (Chapter 5 §5.2).
 
 Any image tokenizer fits: it only has to turn images into integer codes ``(B, h, w)`` from a
-codebook of size ``K``. Chapter 2's VQ tokenizer plugs in here; so does this chapter's small,
-fixed default: k-means over colour statistics of patches (:class:`PatchQuantizer`).
+codebook of size ``K``. Chapter 2's VQ tokenizer plugs in here (``VLMConfig.image_side="vq"``:
+the ``vq-tokenizer-cell`` artifact, 48 px → one code per museum cell); so does a small, fixed
+alternative: k-means over colour statistics of patches (:class:`PatchQuantizer`).
+:func:`code_readout` measures how much of each cell's object a code alone names.
 """
 from __future__ import annotations
 
@@ -160,3 +162,55 @@ def image_string(codes: torch.Tensor | None = None, n_placeholders: int | None =
     if n_placeholders < 1:
         raise ValueError(f"n_placeholders must be >= 1, got {n_placeholders}")
     return IMAGE * n_placeholders
+
+
+ATTRIBUTES = ("colour", "shape", "size")
+
+
+def code_readout(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
+                 test_labels: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """How much of each cell's (colour, shape, size) its code alone tells: held-out accuracy of the
+    best code → attribute lookup table, learned on training cells. §5.2.
+
+    ``*_codes`` (n, h, w) or (n, M) codes, one per exhibit cell; ``*_labels`` (n, M, 3) from
+    :func:`vlmbook.fusion.data.patch_labels` (0 = empty cell). This is what a discrete-route LM
+    can learn at best from one ``<v_k>`` embedding per code. Returns, per attribute, the accuracy
+    on all cells and on occupied cells (``*_object``), beside the majority-class baseline.
+    """
+    def flat(codes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = check_codes(codes.reshape(codes.shape[0], -1, 1), codebook_size).reshape(-1)
+        if labels.ndim != 3 or labels.shape[-1] != 3 or labels.shape[0] * labels.shape[1] != codes.numel():
+            raise ValueError(f"labels must be (n, M, 3) with n·M = {codes.numel()} cells, got {tuple(labels.shape)}")
+        return codes, labels.reshape(-1, 3).long()
+
+    c_tr, y_tr = flat(train_codes, train_labels)
+    c_te, y_te = flat(test_codes, test_labels)
+    occupied = y_te[:, 0] > 0
+    out: dict[str, float] = {}
+    for j, name in enumerate(ATTRIBUTES):
+        n_cls = int(max(y_tr[:, j].max(), y_te[:, j].max())) + 1
+        table = torch.zeros(codebook_size, n_cls).index_put_((c_tr, y_tr[:, j]), torch.ones(len(c_tr)), accumulate=True)
+        # codes never seen in training fall back to the most common label overall
+        fallback = int(table.sum(0).argmax())
+        lookup = torch.where(table.sum(1) > 0, table.argmax(1), torch.full((codebook_size,), fallback))
+        hit = lookup[c_te] == y_te[:, j]
+        out[name] = round(float(hit.float().mean()), 4)
+        out[f"{name}_object"] = round(float(hit[occupied].float().mean()), 4)
+        out[f"{name}_baseline"] = round(float((y_te[:, j] == fallback).float().mean()), 4)
+        obj = y_tr[y_tr[:, 0] > 0, j]
+        out[f"{name}_object_baseline"] = round(float((y_te[occupied, j] == obj.mode().values).float().mean()), 4)
+    return out
+
+
+@torch.no_grad()
+def tokenizer_cell_readout(tokenizer: nn.Module, train_scenes: int = 2000, test_scenes: int = 500) -> dict[str, float]:
+    """:func:`code_readout` of an image tokenizer whose code grid is the museum's cells, on
+    ``train_scenes`` training and ``test_scenes`` test exhibits at the tokenizer's image size. §5.2."""
+    from ..data import Museum
+    from .data import patch_labels
+
+    size, g = tokenizer.config.image_size, tokenizer.grid
+    codes = {s: torch.cat([tokenizer.encode(Museum(s, size, length=n).tensors(i, min(500, n - i)))
+                           for i in range(0, n, 500)]) for s, n in (("train", train_scenes), ("test", test_scenes))}
+    return code_readout(codes["train"], patch_labels("train", train_scenes, g), codes["test"],
+                        patch_labels("test", test_scenes, g), tokenizer.codebook_size)

@@ -3,7 +3,9 @@
 Three routes share one class and one prompt layout
 ``<bos><|user|>[image tokens]</image>question<|assistant|> answer<|end|>``:
 
-* ``discrete`` — ``<image>`` placeholders become ``<v_k>`` words from an image tokenizer;
+* ``discrete`` — ``<image>`` placeholders become ``<v_k>`` words from an image tokenizer: Chapter 2's
+  VQ tokenizer (``image_side="vq"``: the ``vq-tokenizer-cell`` artifact, one code per museum cell)
+  or this chapter's k-means :class:`~vlmbook.fusion.discrete.PatchQuantizer`;
 * ``continuous`` — placeholders are replaced by projected encoder features (masked scatter);
 * ``gated`` — a single ``<image>`` marker stays in the text and the LM reads the image through
   gated cross-attention blocks (Flamingo media mask).
@@ -52,7 +54,7 @@ ROUTES = ("discrete", "continuous", "gated")
 MASKS = ("causal", "prefix", "full_prefix")
 LAYOUTS = ("image_first", "question_first")
 CELL_EMBEDS = ("none", "learned", "sincos")
-IMAGE_SIDES = ("patch", "clip", "features")
+IMAGE_SIDES = ("patch", "clip", "features", "vq")
 COMPRESSORS = ("none", "cells", "perceiver", "qformer", "tokenlearner", "tome")
 #: The levers that make the tiny guide find the object a question names (§5.7's ablation).
 RECIPE = {"cell_embed": "learned", "layout": "question_first", "cite": True, "closed_answers": True, "qk_norm": True}
@@ -88,6 +90,11 @@ class VLMConfig(Config):
     attn_implementation: str = "sdpa"
     qk_norm: bool = False
     seed: int = 0
+    #: The discrete route's image tokenizer when ``image_side="vq"``: a Chapter 2 VQ tokenizer
+    #: artifact whose code grid is ``grid × grid`` and whose codebook has ``codebook_size`` codes
+    #: (``vq-tokenizer-cell``: 48 px → 3 × 3 codes, one per museum cell, K = 256). Its weights are
+    #: loaded when the model is built and then travel in the VLM's own safetensors (§5.2).
+    vq_artifact: str = "vq-tokenizer-cell"
     #: "" = the book's tiny Llama (``hidden``, ``layers``, ``heads``, ... build it); otherwise a
     #: reader's own Hugging Face causal LM, loaded from this local checkpoint folder when the model
     #: is built (``hidden`` must equal its width; ``heads`` sizes the gated cross-attention). A
@@ -97,9 +104,9 @@ class VLMConfig(Config):
     @classmethod
     def from_dict(cls, data: dict, require_all: bool = False) -> "VLMConfig":
         """:meth:`Config.from_dict`; a model saved before ``lm_path`` and ``qk_norm`` existed is on the
-        book's plain Llama."""
+        book's plain Llama (and one saved before ``vq_artifact`` existed never used it)."""
         if isinstance(data, dict):
-            data = {"lm_path": "", "qk_norm": False, **data}
+            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", **data}
         return super().from_dict(data, require_all)
 
     def validate(self) -> None:
@@ -109,6 +116,11 @@ class VLMConfig(Config):
         self.check_choice("layout", LAYOUTS)
         self.check_choice("cell_embed", CELL_EMBEDS)
         self.check_choice("image_side", IMAGE_SIDES)
+        if self.image_side == "vq":
+            if self.route != "discrete":
+                self._fail("image_side", "'vq' (Chapter 2's tokenizer) gives codes, not features: it needs route='discrete'")
+            if not self.vq_artifact:
+                self._fail("vq_artifact", "must name a VQ tokenizer artifact when image_side='vq'")
         for name in ("cite", "closed_answers", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be True or False")
@@ -121,7 +133,7 @@ class VLMConfig(Config):
                 self._fail("compressor", "clip-tiny gives 64 patch features: choose a compressor to reach grid² tokens")
         self.check_positive("image_size", "grid", "codebook_size", "quant_sub", "enc_channels", "gate_every",
                             "bpe_vocab", "corpus_scenes")
-        if self.route == "discrete" and self.image_size % (self.grid * self.quant_sub):
+        if self.route == "discrete" and self.image_side != "vq" and self.image_size % (self.grid * self.quant_sub):
             self._fail("image_size", f"must be divisible by grid * quant_sub = {self.grid * self.quant_sub}")
         if self.lm_path:
             # a reader's LM brings its own shape: only the width and the cross-attention heads matter
@@ -208,7 +220,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         feat = c.feature_dim or (CLIPConfig.tiny().vision_dim if c.image_side == "clip" else c.hidden)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed + 1)
-            self.quantizer = PatchQuantizer(c.codebook_size, c.grid, c.quant_sub) if c.route == "discrete" else None
+            self.quantizer = build_quantizer(c) if c.route == "discrete" else None
             self.encoder = build_image_side(c, feat) if c.route != "discrete" else None
             self.compressor = build_compressor(c, feat) if c.route != "discrete" else None
             self.projector = Projector(feat, c.hidden) if c.route != "discrete" else None
@@ -265,12 +277,19 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         self.projector = Projector(feature_dim, self.config.hidden)
 
     def replace_quantizer(self, quantizer: nn.Module) -> None:
-        """Use any image tokenizer with ``encode(images) -> (B, h, w)`` codes and ``codebook_size <= K``."""
+        """Use any image tokenizer with ``encode(images) -> (B, h, w)`` codes and ``codebook_size <= K``.
+
+        A tokenizer that states its code ``grid`` must give ``config.image_tokens`` codes per image.
+        """
         if self.config.route != "discrete":
             raise ValueError("replace_quantizer is for the discrete route")
         K = getattr(quantizer, "codebook_size", None)
         if not isinstance(K, int) or K > self.config.codebook_size:
             raise ValueError(f"quantizer.codebook_size must be an int <= {self.config.codebook_size}, got {K!r}")
+        g = getattr(quantizer, "grid", None)
+        if isinstance(g, int) and g * g != self.config.image_tokens:
+            raise ValueError(f"the tokenizer's {g} x {g} code grid gives {g * g} codes per image but "
+                             f"VLMConfig.grid={self.config.grid} asks for image_tokens={self.config.image_tokens}")
         self.quantizer = quantizer
 
     # -- prompts --------------------------------------------------------------------------
@@ -768,6 +787,47 @@ def check_width(c: VLMConfig, text: CausalLM) -> None:
     if c.route == "gated" and text.layer_hidden_size != text.hidden_size:
         raise ValueError(f"{name} embeds at width {text.hidden_size} but its decoder runs at "
                          f"{text.layer_hidden_size}: the gated route needs one width (use a prefix route)")
+
+
+def build_quantizer(c: VLMConfig) -> nn.Module:
+    """The discrete route's image tokenizer: Chapter 2's VQ tokenizer (``image_side="vq"``, the
+    ``c.vq_artifact`` weights, frozen) or this chapter's k-means :class:`PatchQuantizer` (fitted by
+    the trainer). Either maps (B, 3, H, W) images to (B, grid, grid) codes. §5.2."""
+    if c.image_side != "vq":
+        return PatchQuantizer(c.codebook_size, c.grid, c.quant_sub)
+    tok = vq_image_tokenizer(c.vq_artifact)
+    check_vq_tokenizer(c, tok)
+    return tok.requires_grad_(False).eval()
+
+
+def vq_image_tokenizer(name: str) -> nn.Module:
+    """The :class:`~vlmbook.vq.VQTokenizer` artifact ``name`` (Chapter 2), loaded without training
+    when it is committed or cached. On the meta device (``from_pretrained``'s shape check) only
+    its architecture is built, from the artifact's ``config.json``."""
+    from ..hub import REPO_ARTIFACTS, _spec, cache_dir, load_artifact
+    from ..vq.tokenizer import TokenizerConfig, VQTokenizer
+
+    if torch.empty(0).device.type == "meta":
+        key = _spec(name).key
+        for folder in (REPO_ARTIFACTS / key, cache_dir() / key):
+            if (folder / CONFIG_NAME).is_file():
+                return VQTokenizer(TokenizerConfig.from_dict(_read_json(folder / CONFIG_NAME)["config"], require_all=True))
+        raise ValueError(f"artifact {name!r} is neither committed nor cached")
+    return load_artifact(name, VQTokenizer)
+
+
+def check_vq_tokenizer(c: VLMConfig, tok: nn.Module) -> None:
+    """Raise ``ValueError`` naming the :class:`VLMConfig` field that a VQ tokenizer does not fit. §5.2."""
+    g, size, K = tok.grid, tok.config.image_size, tok.codebook_size
+    if g * g != c.image_tokens:
+        raise ValueError(f"VLMConfig.grid={c.grid} asks for image_tokens={c.image_tokens}, but the tokenizer "
+                         f"{c.vq_artifact!r} has a {g} x {g} code grid ({g * g} codes per image)")
+    if size != c.image_size:
+        raise ValueError(f"VLMConfig.image_size={c.image_size}, but the tokenizer {c.vq_artifact!r} reads "
+                         f"{size}-px images")
+    if K != c.codebook_size:
+        raise ValueError(f"VLMConfig.codebook_size={c.codebook_size} must equal the tokenizer "
+                         f"{c.vq_artifact!r}'s codebook size {K}")
 
 
 def build_image_side(c: VLMConfig, feat: int) -> nn.Module | None:

@@ -66,20 +66,24 @@ class LayerFlops:
 
     projections: int  # Q, K, V and output: 8 n d²
     attention: int  # scores QKᵀ and weighted values: 4 n² d
-    mlp: int  # two matrices: 4 n d d_ff
+    mlp: int  # two matrices: 4 n d d_ff (a gated MLP's three: 6 n d d_ff)
 
     @property
     def total(self) -> int:
         return self.projections + self.attention + self.mlp
 
 
-def layer_flops(n: int, d: int, d_ff: int | None = None) -> LayerFlops:
-    """FLOPs of one self-attention layer on n tokens of width d (softmax and norms neglected)."""
+def layer_flops(n: int, d: int, d_ff: int | None = None, mlp_matrices: int = 2) -> LayerFlops:
+    """FLOPs of one self-attention layer on n tokens of width d (softmax and norms neglected).
+
+    ``mlp_matrices`` is 2 for the classic MLP, 3 for a gated (SwiGLU) one as in Llama (Chapter 5)."""
     if n < 1 or d < 1:
         raise ValueError(f"n and d must be >= 1, got {n}, {d}")
+    if mlp_matrices not in (2, 3):
+        raise ValueError(f"mlp_matrices must be 2 (MLP) or 3 (gated MLP), got {mlp_matrices!r}")
     d_ff = 4 * d if d_ff is None else d_ff
     scores = 4 * n * n * d
-    return LayerFlops(attention_flops(n, n, d) - scores, scores, 4 * n * d * d_ff)
+    return LayerFlops(attention_flops(n, n, d) - scores, scores, 2 * mlp_matrices * n * d * d_ff)
 
 
 def prefill_flops(m_image: int, l_text: int, d: int, layers: int, d_ff: int | None = None) -> int:

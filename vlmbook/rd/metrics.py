@@ -46,8 +46,19 @@ def mse(x, y) -> float:
 def psnr(x, y, data_range: float | None = None) -> float:
     """10 log10(MAX² / MSE) in dB (MAX = 255 for uint8 arrays, else 1); ∞ for identical inputs."""
     a, b, peak = _pair(x, y, data_range)
-    m = float(torch.mean((a.double() - b.double()) ** 2))
-    return float("inf") if m == 0 else 10.0 * np.log10(peak**2 / m)
+    return psnr_from_mse(float(torch.mean((a.double() - b.double()) ** 2)), peak)
+
+
+def psnr_from_mse(mse, data_range: float = 1.0) -> float:
+    """10 log10(MAX² / MSE) in dB of an MSE already computed (a float or 0-dim tensor); ∞ for 0. §1.7.
+
+    Trainers log the PSNR of the loss's own MSE with this, so every PSNR in the book is one formula."""
+    m = float(mse)
+    if not m >= 0:
+        raise ValueError(f"mse must be >= 0, got {m}")
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0, got {data_range}")
+    return float("inf") if m == 0 else float(10.0 * np.log10(data_range**2 / m))
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

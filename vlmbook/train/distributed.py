@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..data.museum import Museum, preference_pairs, questions
+from ..util import step_generator
 from .losses import IGNORE, dpo_loss, sft_loss
 from .policy import Example, VLMPolicy, freeze
 
@@ -89,7 +90,7 @@ def _data(policy: VLMPolicy, task: str, n_scenes: int, size: int) -> tuple[torch
 
 def global_batch(items: Sequence, step: int, size: int, seed: int = 0) -> list:
     """The ``size`` items of global step ``step`` (a pure function of the step, as in ``loop.fit``)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    g = step_generator(seed, step)
     return [items[i] for i in torch.randint(len(items), (size,), generator=g).tolist()]
 
 

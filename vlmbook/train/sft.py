@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data.museum import LOCATIONS, QA, RELATIONAL_TYPES, Scene, cite, support_patches
+from ..util import step_generator
 from .losses import IGNORE
 
 THOUGHT, ANSWER = "[THOUGHT]", "[ANSWER]"
@@ -126,7 +127,7 @@ class Curriculum:
     def indices(self, step: int, batch_size: int) -> list[int]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = step_generator(self.seed, step)
         pick = torch.randint(self.pool_size(step), (batch_size,), generator=g).tolist()
         return [self.order[i] for i in pick]
 

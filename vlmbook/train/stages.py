@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import time
 from collections import defaultdict
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import torch
 from ..data.museum import Museum, QA, Scene, preference_pairs, questions, support_patches
 from ..fusion.grounding import format_citation, parse_citations
 from ..loop import LoopConfig
+from ..util import median_seconds_each, step_generator
 from .consistency import majority_vote, normalise_answer
 from .losses import distill_loss, dpo_loss, pairwise_accuracy, reward_loss, sft_loss
 from .policy import Example, VLMPolicy, freeze
@@ -131,7 +131,7 @@ def train_sft(policy: VLMPolicy, examples: Sequence[Example], images: torch.Tens
     groups = param_groups(vlm, lrs)
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return policy.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
                               images)
 
@@ -190,7 +190,7 @@ def train_reward_model(policy: VLMPolicy, pairs: list[tuple], images: torch.Tens
     freeze_all_but(rm, ["head", "body.lm", "body.projector"])
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return _pair_batch(policy, pairs, torch.randint(len(pairs), (batch_size,), generator=g).tolist(), images)
 
     def loss_fn(model, b, step):
@@ -228,7 +228,7 @@ def train_dpo(policy: VLMPolicy, ref: VLMPolicy, pairs: list[tuple], images: tor
     groups = param_groups(vlm, vlm_lrs(vlm, lr))
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return _pair_batch(policy, pairs, torch.randint(len(pairs), (batch_size,), generator=g).tolist(), images)
 
     def loss_fn(model, b, step):
@@ -298,20 +298,14 @@ def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, rep
     vlm = policy.module
     q = torch.tensor([policy.encode(question) + [vlm.ids["assistant"]]])
     img = image[None].to(policy.device)
-    vlm.generate(img, q, max_new_tokens=1)
     cacheable = vlm.config.layout == "image_first" and vlm.config.mask != "full_prefix"
     prefix = vlm.cache_prefix(img) if cacheable else None
-    cold, warm = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine load
-        t0 = time.perf_counter()
-        vlm.generate(img, q, max_new_tokens=1)
-        cold.append(time.perf_counter() - t0)
-        if prefix is not None:
-            t0 = time.perf_counter()
-            vlm.generate(img, q, max_new_tokens=1, prefix=prefix)
-            warm.append(time.perf_counter() - t0)
-    med = lambda xs: 1000 * sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {"ttft_ms": round(med(cold), 3), "ttft_cached_ms": round(med(warm), 3) if warm else None,
+    fns = {"cold": lambda: vlm.generate(img, q, max_new_tokens=1)}
+    if prefix is not None:
+        fns["warm"] = lambda: vlm.generate(img, q, max_new_tokens=1, prefix=prefix)
+    med = median_seconds_each(fns, repeats, warmup=1)  # interleaved, so both see the same machine load
+    return {"ttft_ms": round(1000 * med["cold"], 3),
+            "ttft_cached_ms": round(1000 * med["warm"], 3) if "warm" in med else None,
             "cacheable": cacheable, "repeats": repeats}
 
 
@@ -408,7 +402,7 @@ def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example],
     groups = param_groups(vlm, vlm_lrs(vlm, lr))
 
     def batch(step):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         return student.collate([examples[k] for k in torch.randint(len(examples), (batch_size,), generator=g).tolist()],
                                images)
 

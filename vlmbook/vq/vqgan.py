@@ -13,11 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..config import Config
 from ..hub import ArtifactSpec, PretrainedMixin, register_artifact
-from ..loop import LoopConfig, fit
+from ..loop import LoopConfig, Stage, fit
 from ..device import num_threads
 from .tokenizer import TRAIN_THREADS, VQTokenizer, training_batch
 
@@ -280,11 +279,10 @@ class VQGAN(nn.Module):
         self.tokenizer, self.disc, self.perceptual = tokenizer, disc, perceptual
 
 
-def vqgan_loss(model: VQGAN, batch: torch.Tensor, step: int, cfg: VQGANConfig):
-    """MSE + w_p·perceptual + quantiser loss + λ·w_d·hinge_G, plus hinge_D for the discriminator.
-
-    The generator's adversarial term uses detached discriminator weights and the discriminator's
-    term uses detached reconstructions, so one optimiser can step both. §2.7."""
+def generator_loss(model: VQGAN, batch: torch.Tensor, step: int,
+                   cfg: VQGANConfig) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """The tokenizer's objective MSE + w_p·perceptual + quantiser loss + λ·w_d·hinge_G on (B, 3, H, W)
+    images; returns ``(loss, metrics, reconstruction)``. §2.7 (Esser et al., 2021)."""
     out = model.tokenizer(batch)
     rec = out.reconstruction
     rec_loss = out.mse
@@ -293,20 +291,53 @@ def vqgan_loss(model: VQGAN, batch: torch.Tensor, step: int, cfg: VQGANConfig):
     loss = rec_loss + out.quant.loss
     metrics = {"mse": float(out.mse.detach())}
     if cfg.disc_weight > 0 and step >= cfg.disc_start:
-        frozen = {k: p.detach() for k, p in model.disc.named_parameters()}
-        g = hinge_g_loss(functional_call(model.disc, frozen, (rec,)))
+        # the hinge_G gradient also lands on the discriminator's weights; only the tokenizer's
+        # optimiser steps on this loss, and loop.fit clears those gradients before the next stage
+        g = hinge_g_loss(model.disc(rec))
         lam = adaptive_weight(rec_loss, g, model.tokenizer.last_layer)
-        d = hinge_d_loss(model.disc(batch), model.disc(rec.detach()))
-        loss = loss + cfg.disc_weight * lam * g + d
-        metrics.update(g=float(g.detach()), d=float(d.detach()), lam=float(lam))
-    return loss, metrics
+        loss = loss + cfg.disc_weight * lam * g
+        metrics.update(g=float(g.detach()), lam=float(lam))
+    return loss, metrics, rec
+
+
+def discriminator_loss(model: VQGAN, batch: torch.Tensor, rec: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """hinge_D of real (B, 3, H, W) images against detached reconstructions; metrics: mean logits. §2.7."""
+    real, fake = model.disc(batch), model.disc(rec.detach())
+    return hinge_d_loss(real, fake), {"real": float(real.detach().mean()), "fake": float(fake.detach().mean())}
+
+
+def vqgan_stages(model: VQGAN, cfg: VQGANConfig) -> list[Stage]:
+    """The VQ-GAN game as two :class:`vlmbook.loop.Stage` s, one optimiser each: the tokenizer
+    (generator) on :func:`generator_loss`, then the discriminator on :func:`discriminator_loss` of
+    the same batch and the reconstructions the generator just made. §2.7."""
+    train_disc = cfg.disc_weight > 0
+    recs: dict[tuple[int, int], torch.Tensor] = {}  # (step, batch) -> reconstruction, handed from G to D
+
+    def g_step(m: VQGAN, batch: torch.Tensor, step: int):
+        loss, metrics, rec = generator_loss(m, batch, step, cfg)
+        if train_disc and step >= cfg.disc_start:
+            recs[step, id(batch)] = rec.detach()
+        return loss, metrics
+
+    def d_step(m: VQGAN, batch: torch.Tensor, step: int):
+        rec = recs.pop((step, id(batch)), None)
+        if rec is None:  # the generator did not see this batch: reconstruct it without gradients
+            with torch.no_grad():
+                rec = m.tokenizer(batch).reconstruction
+        return discriminator_loss(m, batch, rec)
+
+    stages = [Stage("generator", g_step, model.tokenizer.parameters())]
+    if train_disc:
+        stages.append(Stage("discriminator", d_step, model.disc.parameters(), start=cfg.disc_start))
+    return stages
 
 
 def train_vqgan(model: VQGAN, cfg: VQGANConfig | None = None, progress: bool = True) -> list[dict[str, float]]:
-    """Fine-tune or train ``model.tokenizer`` with the VQ-GAN objective via :func:`vlmbook.loop.fit`. §2.7."""
+    """Fine-tune or train ``model.tokenizer`` against ``model.disc`` with :func:`vlmbook.loop.fit`
+    (generator and discriminator stages; history keys ``generator/…``, ``discriminator/…``). §2.7."""
     cfg = cfg or VQGANConfig()
     size = model.tokenizer.config.image_size
-    return fit(model, lambda m, b, s: vqgan_loss(m, b, s, cfg),
+    return fit(model, vqgan_stages(model, cfg),
                lambda s: training_batch(s + 10_000_000, cfg.batch_size, size, 0.25, cfg.seed), cfg.loop(progress), desc="vqgan")
 
 
