@@ -96,7 +96,7 @@ print("vlm-tiny on the test exhibits:", results["vlm-tiny"])
 # %%
 # NBVAL_CHECK_OUTPUT
 stage0 = guide()
-print("learning rates per part:", vlm_lrs(stage0.module, 1e-3))
+print("learning rates per part:", ", ".join(f"{k} {v:g}" for k, v in vlm_lrs(stage0.module, 1e-3).items()))
 hist0 = st.align_projector(stage0, train, steps=30, batch_size=16, lr=3e-3)
 print(f"stage 0 trains {100 * trainable_fraction(stage0.module):.1f} % of the weights: "
       f"{sorted({n.split('.')[0] for n, p in stage0.module.named_parameters() if p.requires_grad})}")
