@@ -275,14 +275,15 @@ print(f"DPO - SFT: accuracy {results['DPO']['accuracy'] - results['SFT (noisy)']
       " points")
 print(f"KL(DPO || SFT) per answer token: {kl:.4f} nats")
 
-# %% mystnb={"figure": {"caption": "Training loss of each stage on the guide: stage 0's caption loss (projector only), supervised fine-tuning on noisy citations, the Bradley\u2013Terry reward model and DPO. Each stage runs a few dozen steps on 40 training exhibits.", "name": "fig-ch6-losses"}, "image": {"alt": "Four falling training-loss curves against the step, one per stage: alignment, SFT, reward model and DPO; the DPO curve starts near log 2."}}
+# %% mystnb={"figure": {"caption": "Training loss of each stage on the guide, one point per logged batch: stage 0's caption loss (projector only), supervised fine-tuning on noisy citations, the Bradley\u2013Terry reward model and DPO. Each stage runs 30\u201340 steps on 40 training exhibits; single batches of 16 make the curves noisy.", "name": "fig-ch6-losses"}, "image": {"alt": "Four training-loss curves against the step. The stage-0 caption curve lies far above the others and falls over its 30 steps; the SFT, reward-model and DPO curves lie close together near the bottom, the SFT one jumping up and down."}}
 show(line_plot({name: ([r["step"] for r in h], [r["loss"] for r in h])
                 for name, h in (("stage 0 (captions)", hist0), ("SFT", hist_sft), ("reward model", hist_rm),
                                 ("DPO", hist_dpo))},
                xlabel="step", ylabel="training loss", title="the stages at toy scale"))
 
 # %% [markdown]
-# {numref}`fig-ch6-losses` shows the four losses. DPO starts at $\log 2 \approx 0.69$: policy and
+# {numref}`fig-ch6-losses` shows the four losses. The caption loss is
+# far above the others: describing an exhibit is a new task for a guide that answers questions. DPO starts at $\log 2 \approx 0.69$: policy and
 # reference are the same model, so every margin is zero.
 #
 # ### PPO, piece by piece
