@@ -9,7 +9,7 @@ from vlmbook.fusion import VisionLanguageModel, VLMConfig
 from vlmbook.loop import LoopConfig
 from vlmbook.train import (ANSWER, IGNORE, THOUGHT, ChatTemplate, Curriculum, Turn, apply_lora, chain_of_thought,
                            cot_text, difficulty, dpo_loss, freeze_all_but, load_lora, param_groups, reward_loss,
-                           sequence_logprobs, sft_loss, trainable_fraction)
+                           sequence_logprobs, sft_loss, trainable_fraction, vlm_lrs)
 from vlmbook.train.policy import VLMPolicy, freeze
 from vlmbook.train.reward import RewardModel
 from vlmbook.train.runner import fit_groups
@@ -49,8 +49,8 @@ def test_chain_of_thought_from_ground_truth():
     sc = generate_scene("train", 3)
     for qa in questions(sc):
         thought, answer = chain_of_thought(sc, qa, 3)
-        assert answer.startswith(qa.answer)
-        assert all(f"<v_{k}>" in answer for k in support_patches(sc, qa, 3))
+        assert answer.endswith(qa.answer)  # museum.cite writes the guide's cite-first form
+        assert all(f"<p_{k}>" in answer for k in support_patches(sc, qa, 3))
         for i in qa.objects:
             assert sc.objects[i].name in thought
         if not qa.objects:
@@ -185,6 +185,17 @@ def test_param_groups_and_stage0_freezing(policy):
     assert not any(p.requires_grad for p in vlm.encoder.parameters())
     with pytest.raises(ValueError, match="under none"):
         param_groups(vlm, {"lm": 1e-4})  # the projector would silently not train
+
+
+def test_vlm_lrs_covers_top_level_parameters_such_as_learned_cell_embeddings():
+    vlm = _vlm(cell_embed="learned")
+    lrs = vlm_lrs(vlm, 1e-3)
+    assert lrs["cell_embed"] == 1e-3 and lrs["encoder"] == 0.0 and lrs["lm"] == 1e-3
+    with pytest.raises(ValueError, match="under none"):
+        param_groups(vlm, {"lm": 1e-3, "projector": 1e-3, "encoder": 0.0})  # cell_embed would not train
+    groups = {g["name"]: g for g in param_groups(vlm, lrs)}
+    assert groups["cell_embed"]["params"] == [vlm.cell_embed] and "encoder" not in groups
+    assert freeze_all_but(vlm, ["cell_embed"]) == ["cell_embed"]
 
 
 def test_fit_groups_trains_resumes_and_uses_each_lr(policy, images, tmp_path):

@@ -16,7 +16,7 @@ from .quant import Int8Linear, dequantize, linear_bytes, model_bytes, quantize_l
 from .reward import RewardModel
 from .runner import fit_groups
 from .sft import (ANSWER, THOUGHT, ChatTemplate, Curriculum, LoRAHandle, Turn, apply_lora, chain_of_thought, cot_text,
-                  difficulty, freeze_all_but, load_lora, param_groups, trainable_fraction)
+                  difficulty, freeze_all_but, load_lora, param_groups, trainable_fraction, vlm_lrs)
 
 __all__ = [
     "majority_vote", "normalise_answer", "self_consistency", "IGNORE", "distill_loss", "dpo_loss", "dpo_rewards",
@@ -25,5 +25,5 @@ __all__ = [
     "group_relative_advantages", "kl_penalty", "masked_mean", "ppo_policy_loss", "ppo_value_loss", "shaped_rewards",
     "shaped_score", "whiten", "Int8Linear", "dequantize", "linear_bytes", "model_bytes", "quantize_linear_layers",
     "quantize_per_channel", "ANSWER", "THOUGHT", "ChatTemplate", "Curriculum", "LoRAHandle", "Turn", "apply_lora",
-    "chain_of_thought", "cot_text", "difficulty", "freeze_all_but", "load_lora", "param_groups", "trainable_fraction",
+    "chain_of_thought", "cot_text", "difficulty", "freeze_all_but", "load_lora", "param_groups", "trainable_fraction", "vlm_lrs",
 ]

@@ -1,4 +1,4 @@
-"""Self-consistency: sample K answers, vote (Chapter 6 §6.5, Wang et al., 2023).
+"""Self-consistency: sample K answers, vote (Chapter 6 §6.4, Wang et al., 2023).
 
 Answers are compared after ``normalise`` (by default: the text before the first citation,
 lower-cased, whitespace collapsed), so that ``'[CITE:<p_3>] red'`` and ``'Red'`` vote together.
@@ -25,7 +25,7 @@ def normalise_answer(text: str) -> str:
 
 def majority_vote(answers: Sequence[str], weights: Sequence[float] | None = None,
                   normalise: Callable[[str], str] = normalise_answer) -> tuple[str, float]:
-    """K answers (and optional weights) -> ``(winning answer, its share of the vote)``. §6.5.
+    """K answers (and optional weights) -> ``(winning answer, its share of the vote)``. §6.4.
 
     Ties go to the answer seen first, so the vote is deterministic. The winner is returned in its
     first original form (citations kept).
@@ -51,7 +51,7 @@ def majority_vote(answers: Sequence[str], weights: Sequence[float] | None = None
 
 def self_consistency(sample: Callable[[int], str], k: int, score: Callable[[str], float] | None = None,
                      normalise: Callable[[str], str] = normalise_answer) -> tuple[str, float]:
-    """Draw ``k`` answers with ``sample(i)`` and vote, optionally weighted by ``score(answer)`` >= 0. §6.5."""
+    """Draw ``k`` answers with ``sample(i)`` and vote, optionally weighted by ``score(answer)`` >= 0. §6.4."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     answers = [sample(i) for i in range(k)]

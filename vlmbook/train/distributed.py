@@ -1,4 +1,4 @@
-"""SFT and DPO steps that run unchanged on one process or many, through ``accelerate`` (Chapter 6 §6.7).
+"""SFT and DPO steps that run unchanged on one process or many, through ``accelerate`` (Chapter 6 §6.6).
 
 ``accelerate`` wraps the model in DistributedDataParallel, which all-reduces (averages) the
 gradients of the processes after ``backward``. Averaging is right for a loss that is a mean over
@@ -36,7 +36,7 @@ from .policy import Example, VLMPolicy, freeze
 
 
 def sft_step(accelerator, model, opt, policy: VLMPolicy, batch: dict) -> float:
-    """One SFT step on this process's share of the global batch; returns the global loss. §6.7."""
+    """One SFT step on this process's share of the global batch; returns the global loss. §6.6."""
     logits, labels = policy.logits(batch, model=model)
     n_local = (labels != IGNORE).sum().to(torch.float32)
     n_global = accelerator.reduce(n_local.detach().clone(), reduction="sum")
@@ -51,7 +51,7 @@ def sft_step(accelerator, model, opt, policy: VLMPolicy, batch: dict) -> float:
 
 def dpo_step(accelerator, model, opt, policy: VLMPolicy, batch: dict, ref_logps: torch.Tensor,
              beta: float = 0.1) -> float:
-    """One DPO step: ``batch`` holds B chosen then B rejected sequences, ``ref_logps`` (2B,) the reference's. §6.7."""
+    """One DPO step: ``batch`` holds B chosen then B rejected sequences, ``ref_logps`` (2B,) the reference's. §6.6."""
     lp = policy.sequence_logprobs(batch, model=model)
     if lp.shape != ref_logps.shape or lp.shape[0] % 2:
         raise ValueError(f"need 2B policy and reference log-probs, got {tuple(lp.shape)} and {tuple(ref_logps.shape)}")

@@ -1,4 +1,4 @@
-"""Sequence log-probabilities and the preference and distillation losses (Chapter 6 §6.3–6.5).
+"""Sequence log-probabilities and the preference and distillation losses (Chapter 6 §6.3–6.4).
 
 Everything here takes plain tensors — per-token logits, per-sequence log-probabilities,
 scalar rewards — so that the losses do not depend on how a model produces them; the one place
@@ -78,7 +78,7 @@ def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float = 0.1, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Four (B,) sequence log-probs -> DPO sigmoid loss (mean). §6.4, Rafailov et al. (2023).
+    """Four (B,) sequence log-probs -> DPO sigmoid loss (mean). §6.3, Rafailov et al. (2023).
 
     ``-log σ(β[(log π_c - log π_ref,c) - (log π_r - log π_ref,r)])``; ``label_smoothing`` ε mixes
     in the flipped preference (conservative DPO).
@@ -93,13 +93,13 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 def dpo_rewards(policy: torch.Tensor, ref: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """(B,), (B,) -> DPO's implicit reward ``β (log π - log π_ref)`` (B,). §6.4."""
+    """(B,), (B,) -> DPO's implicit reward ``β (log π - log π_ref)`` (B,). §6.3."""
     return beta * (policy - ref).detach()
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., V) student and teacher logits -> T² · KL(p_T^teacher ‖ p_T^student), mean over positions. §6.5.
+    """(..., V) student and teacher logits -> T² · KL(p_T^teacher ‖ p_T^student), mean over positions. §6.4.
 
     Hinton, Vinyals & Dean (2015): softened by ``temperature`` T; the T² keeps gradient size
     independent of T. ``mask`` (...) selects the positions that count.
@@ -123,7 +123,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
                proj: torch.nn.Module | None = None) -> torch.Tensor:
-    """(..., Ds), (..., Dt) hidden states -> MSE after an optional projection Ds -> Dt. §6.5 (FitNets-style)."""
+    """(..., Ds), (..., Dt) hidden states -> MSE after an optional projection Ds -> Dt. §6.4 (FitNets-style)."""
     s = proj(student_hidden) if proj is not None else student_hidden
     if s.shape != teacher_hidden.shape:
         raise ValueError(f"hidden states differ in shape: {tuple(s.shape)} vs {tuple(teacher_hidden.shape)}; "

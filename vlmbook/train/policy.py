@@ -155,7 +155,7 @@ class VLMPolicy:
         return sequence_logprobs(logits, labels)
 
     def token_logprobs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch -> ``(logp, mask)`` (B, T−1): per-token log-probs of labelled tokens and their mask. §6.4."""
+        """Batch -> ``(logp, mask)`` (B, T−1): per-token log-probs of labelled tokens and their mask. §6.3."""
         logits, labels = self.logits(batch)
         return token_logprobs(logits, labels), labels != IGNORE
 
@@ -170,7 +170,7 @@ class VLMPolicy:
     def sample(self, images: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 16,
                do_sample: bool = True, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> list[str]:
-        """Images (B, 3, H, W) and B questions -> B answer texts (sampled, or greedy with ``do_sample=False``). §6.4."""
+        """Images (B, 3, H, W) and B questions -> B answer texts (sampled, or greedy with ``do_sample=False``). §6.3."""
         if len(questions) == 0 or images.shape[0] != len(questions):
             raise ValueError(f"need one question per image, got {images.shape[0]} images and {len(questions)} questions")
         vlm = self.module

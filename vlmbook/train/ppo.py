@@ -1,4 +1,4 @@
-"""PPO for language models: value head, KL-shaped rewards, GAE, clipped objective, adaptive KL (Chapter 6 §6.4).
+"""PPO for language models: value head, KL-shaped rewards, GAE, clipped objective, adaptive KL (Chapter 6 §6.3).
 
 The recipe of Ziegler et al. (2019) and Stiennon et al. (2020): the reward model scores a whole
 answer; each generated token pays ``β · KL`` to the reference model; GAE turns per-token rewards
@@ -32,7 +32,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
 
 
 class ValueHead(nn.Module):
-    """(B, T, D) hidden states -> (B, T) value estimates: one linear layer on the LM's last hidden state. §6.4."""
+    """(B, T, D) hidden states -> (B, T) value estimates: one linear layer on the LM's last hidden state. §6.3."""
 
     def __init__(self, hidden: int):
         super().__init__()
@@ -47,7 +47,7 @@ class ValueHead(nn.Module):
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """(B, T) log-probs of the sampled tokens under policy and reference -> (B, T) KL estimate. §6.4.
+    """(B, T) log-probs of the sampled tokens under policy and reference -> (B, T) KL estimate. §6.3.
 
     ``k1`` = log π − log π_ref (unbiased, can be negative); ``k3`` = (r − 1) − log r with
     r = π_ref/π (unbiased, never negative; Schulman 2020); ``mse`` = ½(log π − log π_ref)²; ``abs``.
@@ -67,7 +67,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> 
 
 def shaped_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
                    kl_coef: float, kind: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) sequence scores + (B, T) log-probs -> ``(rewards, kl)`` (B, T): −β·KL per token, score on the last. §6.4."""
+    """(B,) sequence scores + (B, T) log-probs -> ``(rewards, kl)`` (B, T): −β·KL per token, score on the last. §6.3."""
     _check("shaped_rewards", logp, ref_logp, mask)
     if score.shape != logp.shape[:1]:
         raise ValueError(f"score must be (B,) = {tuple(logp.shape[:1])}, got {tuple(score.shape)}")
@@ -83,7 +83,7 @@ def shaped_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tens
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) per-token rewards and values -> ``(advantages, returns)`` (B, T). §6.4, Schulman et al. (2016).
+    """(B, T) per-token rewards and values -> ``(advantages, returns)`` (B, T). §6.3, Schulman et al. (2016).
 
     ``A_t = δ_t + γλ A_{t+1}``, ``δ_t = r_t + γ V_{t+1} − V_t``, with ``V`` and ``A`` zero after the
     last generated token (the episode ends there). Returns are ``A + V`` (the value target).
@@ -109,7 +109,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                     clip: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
-    """(B, T) -> clipped surrogate ``E[max(−A·ρ, −A·clip(ρ, 1±ε))]`` and stats. §6.4, Schulman et al. (2017)."""
+    """(B, T) -> clipped surrogate ``E[max(−A·ρ, −A·clip(ρ, 1±ε))]`` and stats. §6.3, Schulman et al. (2017)."""
     _check("ppo_policy_loss", logp, old_logp, advantages, mask)
     if clip <= 0:
         raise ValueError(f"clip must be > 0, got {clip}")
@@ -125,7 +125,7 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                    clip: float = 0.2) -> torch.Tensor:
-    """(B, T) -> clipped value loss ``½ E[max((V − R)², (V_clip − R)²)]``. §6.4."""
+    """(B, T) -> clipped value loss ``½ E[max((V − R)², (V_clip − R)²)]``. §6.3."""
     _check("ppo_value_loss", values, old_values, returns, mask)
     v_clip = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clip - returns) ** 2), mask)
@@ -157,7 +157,7 @@ class FixedKLController:
 
 
 def citation_precision_of(cited, truth) -> float:
-    """Cited patches vs supporting patches -> precision; citing nothing scores 1 only when nothing needed citing. §6.4.
+    """Cited patches vs supporting patches -> precision; citing nothing scores 1 only when nothing needed citing. §6.3.
 
     (Chapter 5's audit metric gives 1 to an empty citation; as a *reward* that would pay the guide
     to stop citing, so here an empty citation of a provable answer scores 0.)
@@ -169,14 +169,14 @@ def citation_precision_of(cited, truth) -> float:
 
 
 def shaped_score(correct: bool, cited, truth, precision_weight: float = 0.5) -> float:
-    """One answer's sequence reward: 1 if the answer is right, plus ``w ×`` citation precision. §6.4."""
+    """One answer's sequence reward: 1 if the answer is right, plus ``w ×`` citation precision. §6.3."""
     if precision_weight < 0:
         raise ValueError(f"precision_weight must be >= 0, got {precision_weight}")
     return float(bool(correct)) + precision_weight * citation_precision_of(cited, truth)
 
 
 def group_relative_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
-    """(N, G) rewards of G answers to each of N prompts -> (N, G) advantages ``(r − mean_g) / std_g``. §6.4, GRPO."""
+    """(N, G) rewards of G answers to each of N prompts -> (N, G) advantages ``(r − mean_g) / std_g``. §6.3, GRPO."""
     if rewards.ndim != 2 or rewards.numel() == 0:
         raise ValueError(f"rewards must be a non-empty (N, G) tensor, got shape {tuple(rewards.shape)}")
     if rewards.shape[1] < 2:

@@ -1,4 +1,4 @@
-"""Post-training int8 weight quantisation of linear layers, per output channel, symmetric (Chapter 6 §6.6).
+"""Post-training int8 weight quantisation of linear layers, per output channel, symmetric (Chapter 6 §6.5).
 
 ``w ≈ s · q`` with ``q ∈ {−127 … 127}`` (int8) and one float scale ``s = max|w_row| / 127`` per
 output row: a row's outliers only cost that row precision. Activations stay in floating point
@@ -15,7 +15,7 @@ from torch import nn
 
 
 def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> ``(q, scale)``: (out, in) int8 and (out,) float32, symmetric per row. §6.6."""
+    """(out, in) float weight -> ``(q, scale)``: (out, in) int8 and (out,) float32, symmetric per row. §6.5."""
     if w.ndim != 2 or w.numel() == 0:
         raise ValueError(f"need a non-empty (out, in) weight, got shape {tuple(w.shape)}")
     if not torch.isfinite(w).all():
@@ -33,7 +33,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
-    """A linear layer whose weight is stored as int8 + per-row scales; (…, in) -> (…, out). §6.6."""
+    """A linear layer whose weight is stored as int8 + per-row scales; (…, in) -> (…, out). §6.5."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -55,7 +55,7 @@ class Int8Linear(nn.Module):
 
 
 def quantize_linear_layers(model: nn.Module, skip: Iterable[str] = (), inplace: bool = False) -> tuple[nn.Module, list[str]]:
-    """Replace every ``nn.Linear`` (names not in ``skip``) by :class:`Int8Linear`; returns ``(model, names)``. §6.6.
+    """Replace every ``nn.Linear`` (names not in ``skip``) by :class:`Int8Linear`; returns ``(model, names)``. §6.5.
 
     A linear layer whose weight is shared with another module (a tied LM head) is skipped: its
     float copy is kept anyway, so quantising it would add bytes instead of saving them.
@@ -81,7 +81,7 @@ def quantize_linear_layers(model: nn.Module, skip: Iterable[str] = (), inplace: 
 
 
 def model_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, each shared tensor counted once. §6.6."""
+    """Bytes of a module's parameters and buffers, each shared tensor counted once. §6.5."""
     seen, total = set(), 0
     for t in list(module.parameters()) + list(module.buffers()):
         key = (t.data_ptr(), t.numel(), t.dtype)
@@ -93,7 +93,7 @@ def model_bytes(module: nn.Module) -> int:
 
 
 def linear_bytes(module: nn.Module) -> int:
-    """Bytes held by the weights, scales and biases of its ``nn.Linear`` and :class:`Int8Linear` layers. §6.6."""
+    """Bytes held by the weights, scales and biases of its ``nn.Linear`` and :class:`Int8Linear` layers. §6.5."""
     total = 0
     for mod in module.modules():
         if isinstance(mod, (nn.Linear, Int8Linear)):

@@ -133,9 +133,24 @@ class Curriculum:
 
 
 # -- which parameters train -------------------------------------------------------------
+def _owners(model: nn.Module) -> set[str]:
+    """Names that can own parameters: submodules and parameters themselves (e.g. a VLM's ``cell_embed``)."""
+    return {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
+
+
+def vlm_lrs(vlm: nn.Module, lr: float, encoder_lr: float = 0.0) -> dict[str, float]:
+    """Per-group learning rates for every top-level part of a VLM: the vision encoder at ``encoder_lr``, the rest at ``lr``. §6.2.
+
+    Built from the model's own children and top-level parameters, so that a part a newer model adds
+    (Chapter 5's learned cell embeddings, a token compressor) trains instead of raising.
+    """
+    names = [n for n, _ in vlm.named_children()] + [n for n, _ in vlm.named_parameters(recurse=False)]
+    return {n: (encoder_lr if n == "encoder" else lr) for n in names}
+
+
 def freeze_all_but(model: nn.Module, trainable: Sequence[str]) -> list[str]:
     """Freeze every parameter except those under the named submodules; returns the trainable names. §6.1."""
-    present = {n for n, _ in model.named_modules()}
+    present = _owners(model)
     missing = [t for t in trainable if t not in present]
     if missing:
         raise ValueError(f"no submodule named {missing}; have e.g. {sorted(n for n in present if '.' not in n and n)}")
@@ -157,7 +172,7 @@ def param_groups(model: nn.Module, lrs: dict[str, float], weight_decay: float = 
     """
     if not lrs:
         raise ValueError("lrs must name at least one submodule")
-    present = {n for n, _ in model.named_modules()}
+    present = _owners(model)
     missing = [k for k in lrs if k not in present]
     if missing:
         raise ValueError(f"no submodule named {missing}")
@@ -247,6 +262,6 @@ def trainable_fraction(model: nn.Module) -> float:
 
 
 __all__ = ["THOUGHT", "ANSWER", "ROLES", "Turn", "ChatTemplate", "chain_of_thought", "cot_text", "difficulty",
-           "Curriculum", "freeze_all_but", "param_groups", "LoRAHandle", "apply_lora", "load_lora",
+           "Curriculum", "freeze_all_but", "param_groups", "vlm_lrs", "LoRAHandle", "apply_lora", "load_lora",
            "trainable_fraction"]
 

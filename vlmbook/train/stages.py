@@ -26,7 +26,7 @@ from .ppo import (ValueHead, citation_precision_of, gae, group_relative_advantag
 from .quant import linear_bytes, model_bytes, quantize_linear_layers
 from .reward import RewardModel
 from .runner import fit_groups
-from .sft import freeze_all_but, param_groups
+from .sft import freeze_all_but, param_groups, vlm_lrs
 
 EXCLUDED = ("plaque",)  # plaque digits are unreadable at 72 px (as in Chapter 5)
 
@@ -127,7 +127,7 @@ def train_sft(policy: VLMPolicy, examples: Sequence[Example], images: torch.Tens
               lrs: dict[str, float] | None = None, seed: int = 0) -> list[dict]:
     """Supervised fine-tuning on ``examples`` (answer tokens only) with per-group learning rates. §6.2."""
     vlm = policy.module
-    lrs = lrs or {"lm": 1e-3, "projector": 1e-3, "encoder": 0.0}
+    lrs = lrs or vlm_lrs(vlm, 1e-3)
     groups = param_groups(vlm, lrs)
 
     def batch(step):
@@ -149,7 +149,7 @@ def align_projector(policy: VLMPolicy, ex: Exhibits, steps: int, batch_size: int
     vlm = policy.module
     freeze_all_but(vlm, ["projector"])
     examples = [policy.response("Describe the exhibit.", c, i) for i, c in enumerate(ex.captions)]
-    return train_sft(policy, examples, ex.images, steps, batch_size, {"projector": lr, "lm": 0.0, "encoder": 0.0}, seed)
+    return train_sft(policy, examples, ex.images, steps, batch_size, {**vlm_lrs(vlm, 0.0), "projector": lr}, seed)
 
 
 # -- stage 2 ------------------------------------------------------------------------------------
@@ -221,11 +221,11 @@ def reward_accuracy(rm: RewardModel, pairs: list[tuple], images: torch.Tensor, b
 
 def train_dpo(policy: VLMPolicy, ref: VLMPolicy, pairs: list[tuple], images: torch.Tensor, steps: int,
               beta: float = 0.1, batch_size: int = 16, lr: float = 3e-4, seed: int = 0) -> list[dict]:
-    """DPO against a frozen reference (same vocabulary) on (chosen, rejected) pairs. §6.4."""
+    """DPO against a frozen reference (same vocabulary) on (chosen, rejected) pairs. §6.3."""
     policy.check_compatible(ref)
     freeze(ref.module)
     vlm = policy.module
-    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+    groups = param_groups(vlm, vlm_lrs(vlm, lr))
 
     def batch(step):
         g = step_generator(seed, step)
@@ -260,7 +260,7 @@ def kl_to_reference(policy: VLMPolicy, ref: VLMPolicy, examples: Sequence[Exampl
 @torch.no_grad()
 def self_consistency_accuracy(policy: VLMPolicy, ex: Exhibits, ks: Sequence[int] = (1, 5, 9),
                               temperature: float = 0.7, seed: int = 0) -> dict:
-    """Accuracy (%) of the majority vote over K sampled answers, for each K (the first K of max(ks) draws). §6.5."""
+    """Accuracy (%) of the majority vote over K sampled answers, for each K (the first K of max(ks) draws). §6.4."""
     g = torch.Generator().manual_seed(seed)
     draws = [answer_all(policy, ex, do_sample=True, temperature=temperature, generator=g) for _ in range(max(ks))]
     out = {}
@@ -272,7 +272,7 @@ def self_consistency_accuracy(policy: VLMPolicy, ex: Exhibits, ks: Sequence[int]
 
 # -- stage 4 ------------------------------------------------------------------------------------
 def int8_language_model(policy: VLMPolicy) -> tuple[VLMPolicy, dict]:
-    """A copy whose LM linear layers are int8 (per-channel); returns it and the sizes (bytes). §6.6."""
+    """A copy whose LM linear layers are int8 (per-channel); returns it and the sizes (bytes). §6.5."""
     vlm = copy.deepcopy(policy.module)
     before = linear_bytes(vlm.lm)
     whole_before = model_bytes(vlm.lm)
@@ -290,7 +290,7 @@ def int8_language_model(policy: VLMPolicy) -> tuple[VLMPolicy, dict]:
 
 @torch.no_grad()
 def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, repeats: int = 5) -> dict:
-    """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.6.
+    """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.5.
 
     Only an image-first model (mask other than ``full_prefix``) can reuse its image prefix across
     questions; for any other ``ttft_cached_ms`` is ``None`` (``cacheable`` says which).
@@ -325,7 +325,7 @@ def _answer_rewards(policy: VLMPolicy, ex: Exhibits, items: Sequence[tuple[int, 
 def ppo_step(policy: VLMPolicy, ref: VLMPolicy, value_head: ValueHead, opt: torch.optim.Optimizer, ex: Exhibits,
              items: Sequence[tuple[int, QA]], kl_ctl, generator: torch.Generator, epochs: int = 2,
              precision_weight: float = 0.5, vf_coef: float = 0.5, temperature: float = 1.0) -> dict:
-    """One PPO iteration: sample answers, score them, KL-shape, GAE, ``epochs`` clipped updates. §6.4."""
+    """One PPO iteration: sample answers, score them, KL-shape, GAE, ``epochs`` clipped updates. §6.3."""
     answers = answer_all(policy, ex, items, do_sample=True, temperature=temperature, generator=generator)
     score = _answer_rewards(policy, ex, items, answers, precision_weight)
     batch = policy.collate([policy.response(qa.question, a, i) for (i, qa), a in zip(items, answers)], ex.images)
@@ -355,7 +355,7 @@ def ppo_step(policy: VLMPolicy, ref: VLMPolicy, value_head: ValueHead, opt: torc
 def grpo_step(policy: VLMPolicy, ref: VLMPolicy, opt: torch.optim.Optimizer, ex: Exhibits,
               items: Sequence[tuple[int, QA]], generator: torch.Generator, group: int = 4, beta: float = 0.04,
               precision_weight: float = 0.5, temperature: float = 1.0) -> dict:
-    """One group-relative step (GRPO-style): G answers per question, advantages within the group, k3 KL. §6.4."""
+    """One group-relative step (GRPO-style): G answers per question, advantages within the group, k3 KL. §6.3."""
     rep = [it for it in items for _ in range(group)]
     answers = answer_all(policy, ex, rep, do_sample=True, temperature=temperature, generator=generator)
     score = _answer_rewards(policy, ex, rep, answers, precision_weight)
@@ -378,7 +378,7 @@ def grpo_step(policy: VLMPolicy, ref: VLMPolicy, opt: torch.optim.Optimizer, ex:
 
 # -- stage 3: distillation -------------------------------------------------------------------------
 def half_size_student(teacher: VLMPolicy, seed: int = 0) -> VLMPolicy:
-    """A fresh VLM with half the teacher's LM layers (same tokenizer, so the logits are comparable). §6.5."""
+    """A fresh VLM with half the teacher's LM layers (same tokenizer, so the logits are comparable). §6.4."""
     from ..fusion.model import VisionLanguageModel
 
     cfg = teacher.module.config.replace(layers=max(1, teacher.module.config.layers // 2), seed=seed)
@@ -395,11 +395,11 @@ def half_size_student(teacher: VLMPolicy, seed: int = 0) -> VLMPolicy:
 def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example], images: torch.Tensor, steps: int,
             temperature: float = 2.0, alpha: float = 0.5, batch_size: int = 32, lr: float = 1e-3,
             seed: int = 0) -> list[dict]:
-    """Train ``student`` on ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at answer positions. §6.5."""
+    """Train ``student`` on ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at answer positions. §6.4."""
     teacher.check_compatible(student)
     freeze(teacher.module)
     vlm = student.module
-    groups = param_groups(vlm, {"lm": lr, "projector": lr, "encoder": 0.0})
+    groups = param_groups(vlm, vlm_lrs(vlm, lr))
 
     def batch(step):
         g = step_generator(seed, step)
