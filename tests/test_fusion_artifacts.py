@@ -31,7 +31,7 @@ def test_set(guide):
 
 def test_registered_and_committed():
     spec = artifact_specs()["vlm-tiny"]
-    assert spec == VLM_TINY and spec.builder == "vlmbook.fusion.train:build_vlm_tiny" and spec.seed == 1
+    assert spec == VLM_TINY and spec.builder == "vlmbook.fusion.train:build_vlm_tiny" and spec.seed == 0
     for f in ("model.safetensors", "training_log.json", "tokenizer/tokenizer.json"):
         assert (REPO_ARTIFACTS / spec.key / f).is_file(), f
 

@@ -601,8 +601,8 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
 
             vlm = VisionLanguageModel.from_lm("checkpoints/my-gpt2", route="continuous")
             vlm.apply_lora(r=8)                      # LoRA on the LM; projector trains in full
-            vlm.save_pretrained("runs/guide")        # LM config + tokenizer + adapter travel along
-            guide = VisionLanguageModel.from_pretrained("runs/guide")   # no checkpoint needed
+            vlm.save_pretrained("./runs/guide")      # LM config + tokenizer + adapter travel along
+            guide = VisionLanguageModel.from_pretrained("./runs/guide") # no checkpoint needed
         """
         if "lm_path" in fields:
             raise ValueError("from_lm sets lm_path itself; pass the checkpoint as its first argument")

@@ -218,11 +218,12 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
 
 def build_vlm_tiny(seed: int = 0) -> VisionLanguageModel:
     """Artifact ``vlm-tiny``: the recipe of ``VLMConfig.tiny()`` (Chapter 4's encoder, continuous
-    route) trained with ``DemoConfig.offline()`` on one thread, scored greedily on the 200 test
-    exhibits. The same run as the ablation's ``recipe``/``clip`` cell of this seed. §5.7."""
+    route) with a curriculum, trained with ``DemoConfig.offline()`` on one thread and scored
+    greedily on the 200 test exhibits. The same run as the ablation's ``curriculum``/``clip`` cell
+    of this seed. §5.7."""
     from .ablation import run_cell
 
-    return run_cell("recipe", seed, DemoConfig.offline().steps, "clip", return_model=True)[1].eval()
+    return run_cell("curriculum", seed, DemoConfig.offline().steps, "clip", return_model=True)[1].eval()
 
 
 def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, routes: Sequence[str] | None = None,
