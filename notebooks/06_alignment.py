@@ -359,10 +359,11 @@ print("accuracy by K:", sc, "| greedy:", results["DPO"]["accuracy"])
 show(tplot.self_consistency_figure(sc, title="majority vote over K samples"))
 
 # %% [markdown]
-# Compare the vote with the greedy answer printed beside it: a single sample at temperature 0.7 is
-# usually worse than the greedy answer, and the vote must first win that back before it gains
-# anything. Voting helps most where the model's errors are spread over many wrong answers and
-# its right answer is the most frequent one.
+# Compare the vote with the greedy answer printed beside it. Sampling at temperature 0.7 trades
+# the greedy answer's certainty for diversity, and on a guide this small the votes and the greedy
+# answer stay within a point or two of each other — about the noise of 205 questions (Chapter 7
+# shows how to test that). Voting helps most where the model's errors are spread over many wrong
+# answers and its right answer is the most frequent one.
 #
 # **Distillation** {cite:p}`hinton2015distilling` trains a smaller student on the teacher's
 # *softened* distribution: both logits are divided by a temperature $T$, and the KL between them
@@ -396,10 +397,10 @@ for k in ("DPO", "student, untrained", "student, CE only", "student, distilled")
     print(f"{k:18s} {results[k]}")
 
 # %% [markdown]
-# 150 steps from scratch bring the student only part of the way to its teacher. On 205 test
-# questions a difference of a point or two between the two students is within the noise (Chapter
-# 7 shows how to test it); distillation's advantage shows when the student's data is scarce or its
-# training long enough to imitate the teacher's uncertainty, which exercise 4 explores.
+# 150 steps from scratch bring the student only part of the way to its teacher. Whether the gap
+# between the two students is real on 205 test questions is a question for Chapter 7's paired
+# tests; distillation's advantage grows when the student's data is scarce or its training long
+# enough to imitate the teacher's uncertainty, which exercise 4 explores.
 #
 # ## 6.5 Post-training: int8 weights and prompt caching
 #
@@ -476,8 +477,9 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 #   on the policy's log-ratio to a frozen reference and needs no reward model; PPO learns online
 #   with GAE, a clipped ratio and a KL penalty whose weight adapts; GRPO replaces the value head
 #   by comparing answers within a group.
-# - At answer time, sampling several answers and voting trades compute for accuracy; offline, a
-#   student half the size learns from the teacher's softened distribution.
+# - At answer time, sampling several answers and voting can trade compute for accuracy — it did
+#   not here, where the votes stayed level with the greedy answer; offline, a student half the
+#   size learns from the teacher's softened distribution.
 # - After training, int8 weights shrink the quantised layers almost four-fold (the per-row scales
 #   and biases stay in float); prompt caching needs a
 #   prefix that does not depend on the question, which a question-first guide does not have.
