@@ -295,3 +295,17 @@ def test_base_preset_trains_one_step_on_cpu():
                             train=data, device="cpu")
     assert len(hist) == 1 and torch.isfinite(torch.tensor(hist[0]["loss"]))
     assert vlm.config.hidden == 256 and vlm.lm.config.num_key_value_heads == 2
+
+
+def test_museum_stream_draws_fresh_labelled_exhibits():
+    from vlmbook.data import Museum
+    from vlmbook.fusion.train import museum_stream
+
+    draw = museum_stream(64, 3, start=100)
+    imgs, labs = draw(2, 4)  # exhibits 108..111
+    assert imgs.shape == (4, 3, 64, 64) and imgs.dtype == torch.float32 and labs.shape == (4, 9, 3)
+    assert torch.equal(imgs, Museum("train", size=64, length=200).tensors(108, 4))
+    assert torch.equal(labs, patch_labels("train", 4, 3, start=108))
+    again, _ = museum_stream(64, 3, start=100)(2, 4)
+    assert torch.equal(imgs, again)
+    assert int((labs[..., 0] > 0).sum()) == sum(len(generate_scene("train", 108 + i).objects) for i in range(4))
