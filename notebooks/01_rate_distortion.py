@@ -315,11 +315,12 @@ print(f"{len(hull)} of {len(R)} points are on the hull; the λ sweep picks {len(
 
 # %% [markdown]
 # :::{tip}
-# In Jupyter, drag the slider to watch $\lambda$ move the chosen point along the hull (the built
-# site shows the static figure above instead).
+# In Jupyter, run the next cell and drag the slider to watch $\lambda$ move the chosen point
+# along the hull (the built site shows the static figure above instead; the book build skips the
+# cell, whose widget needs a live kernel).
 # :::
 
-# %% tags=["remove-output"]
+# %% tags=["remove-output", "skip-execution"]
 import ipywidgets as widgets
 
 
