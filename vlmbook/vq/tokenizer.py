@@ -314,19 +314,14 @@ TRAIN_THREADS = 2
 TINY_TRAIN = TokenizerTrainConfig(steps=1200, batch_size=32, lr=2e-3, photo_fraction=0.125)
 
 
-def _build_tokenizer(config: TokenizerConfig, train: TokenizerTrainConfig, threads: int, seed: int,
-                     steps: int | None) -> VQTokenizer:
-    torch.manual_seed(seed)
-    model = VQTokenizer(config)
-    cfg = train.replace(seed=seed, **({"steps": steps} if steps else {}))
-    with num_threads(threads):
-        train_tokenizer(model, cfg, progress=False)
-    return model.eval()
-
-
 def build_tiny_tokenizer(seed: int = 0, steps: int | None = None) -> VQTokenizer:
     """Train the ``tiny`` tokenizer (64 px → 8 × 8 codes, K = 512) from scratch with ``seed``. §2.6."""
-    return _build_tokenizer(TokenizerConfig.tiny(), TINY_TRAIN, TRAIN_THREADS, seed, steps)
+    torch.manual_seed(seed)
+    model = VQTokenizer(TokenizerConfig.tiny())
+    cfg = TINY_TRAIN.replace(seed=seed, **({"steps": steps} if steps else {}))
+    with num_threads(TRAIN_THREADS):
+        train_tokenizer(model, cfg, progress=False)
+    return model.eval()
 
 
 TINY_ARTIFACT = register_artifact(ArtifactSpec(
@@ -360,7 +355,12 @@ CELL_THREADS = 1
 
 def build_cell_tokenizer(seed: int = 0, steps: int | None = None) -> VQTokenizer:
     """Train the museum-cell tokenizer (48 px → 3 × 3 codes, K = 256) from scratch with ``seed``. §2.6."""
-    return _build_tokenizer(CELL_CONFIG, CELL_TRAIN, CELL_THREADS, seed, steps)
+    torch.manual_seed(seed)
+    model = VQTokenizer(CELL_CONFIG)
+    cfg = CELL_TRAIN.replace(seed=seed, **({"steps": steps} if steps else {}))
+    with num_threads(CELL_THREADS):
+        train_tokenizer(model, cfg, progress=False)
+    return model.eval()
 
 
 CELL_ARTIFACT = register_artifact(ArtifactSpec(
