@@ -29,7 +29,9 @@
 # 5. a **token budget**: how much the guide still knows with M tokens, a fitted curve Q(M),
 #    and the M a reader should pick for a given context length.
 #
-# Later chapters use the frozen encoder trained here (the artifact `clip-tiny`).
+# Chapter 5's museum guide starts from the encoder trained here (the artifact `clip-tiny`) and
+# from this chapter's Perceiver Resampler with nine latents: it trains the two further on
+# per-cell labels, so that latent k describes exhibit cell k, and then freezes them.
 
 # %%
 from vlmbook import nb; nb.start_chapter(4)

@@ -1,8 +1,8 @@
 """Chapter 5: the committed ``vlm-tiny`` artifact (``vlmbook artifacts build vlm-tiny``).
 
-``vlmbook.fusion.train.build_vlm_tiny`` trains ``VLMConfig.tiny()`` — Chapter 4's ``clip-tiny`` ViT
-(trained further on per-cell labels, then frozen), cell pooling to nine image tokens and the
-recipe of §5.7 — for ``DemoConfig.offline().steps`` LM steps on one thread, and scores the 200
+``vlmbook.fusion.train.build_vlm_tiny`` trains ``VLMConfig.tiny()`` — Chapter 4's ``clip-tiny`` ViT and
+Perceiver Resampler (nine latents, trained further together on per-cell labels, then frozen) and
+the recipe of §5.7 — for ``DemoConfig.offline().steps`` LM steps on one thread, and scores the 200
 test exhibits greedily; the score travels with the weights. Rebuilding takes minutes of one core,
 so that check runs only with ``VLMBOOK_SLOW=1`` (as ``make test`` sets it).
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
-from vlmbook.fusion import VLM_TINY, CellPool, VisionLanguageModel, VLMConfig
+from vlmbook.fusion import VLM_TINY, VisionLanguageModel, VLMConfig
 from vlmbook.fusion.data import museum_qa
 from vlmbook.fusion.evaluate import evaluate, majority_baseline
 from vlmbook.hub import REPO_ARTIFACTS, artifact_specs, load_artifact
+from vlmbook.resample.compressors import PerceiverResampler
 from vlmbook.vision import VisionEncoder
 
 
@@ -38,8 +40,11 @@ def test_registered_and_committed():
 
 def test_artifact_is_the_composed_guide(guide):
     assert guide.config == VLMConfig.tiny().replace(seed=artifact_specs()["vlm-tiny"].seed)
-    assert isinstance(guide.encoder, VisionEncoder) and isinstance(guide.compressor, CellPool)
-    assert guide.config.image_tokens == 9 and guide.config.cite
+    assert isinstance(guide.encoder, VisionEncoder) and isinstance(guide.compressor, PerceiverResampler)
+    assert guide.config.image_tokens == 9 and guide.config.cite and guide.config.compressor_depth == 1
+    # the warm-up trained the compressor: its latents are no longer Chapter 4's initialisation
+    fresh = VisionLanguageModel(guide.config)
+    assert not torch.equal(fresh.compressor.latents, guide.compressor.latents)
 
 
 def test_committed_model_scores_its_logged_accuracy(guide, test_set):
@@ -58,3 +63,17 @@ def test_rebuild_reproduces_the_artifact(guide):
 
     rebuilt = build_vlm_tiny(artifact_specs()["vlm-tiny"].seed)
     assert rebuilt.training_log[-1]["all"] == pytest.approx(guide.training_log[-1]["all"], abs=1.0)
+
+
+def test_artifact_is_the_ablation_cell_it_claims(guide):
+    """vlm-tiny is seed 0 of the committed ablation's clip/continuous/curriculum row (same run, same score)."""
+    from vlmbook.bench.vlm import load_ablation, load_readout
+
+    recs = [r for r in load_ablation() if (r["source"], r["route"], r["variant"], r["seed"], r["steps"])
+            == ("clip", "continuous", "curriculum", artifact_specs()["vlm-tiny"].seed, 3000)]
+    assert len(recs) == 1
+    assert recs[0]["compressor"] == guide.config.compressor and recs[0]["encoder_lr"] == 3e-3
+    assert guide.training_log[-1]["all"] == pytest.approx(recs[0]["accuracy"]["all"], abs=1.0)
+    # every run read from Chapter 4's encoder records how its image side was warmed up
+    assert all("compressor" in r and "encoder_lr" in r for r in load_ablation() if r["source"] == "clip")
+    assert {(r["compressor"], r["encoder_lr"]) for r in load_readout()} >= {("cells", 1e-3), ("perceiver", 3e-3)}

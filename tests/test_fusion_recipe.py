@@ -309,3 +309,111 @@ def test_museum_stream_draws_fresh_labelled_exhibits():
     again, _ = museum_stream(64, 3, start=100)(2, 4)
     assert torch.equal(imgs, again)
     assert int((labs[..., 0] > 0).sum()) == sum(len(generate_scene("train", 108 + i).objects) for i in range(4))
+
+
+def test_clip_warm_up_trains_chapter4_perceiver_with_the_vit_and_both_stay_frozen():
+    """The recipe's image side is Chapter 4's ViT + Perceiver Resampler, warmed up together on cell labels;
+    the LM run loads both and trains neither (cached ViT features give the same logits as images)."""
+    from vlmbook.fusion.train import DemoConfig, _ENCODERS, clip_encoder, encode_all, train_route
+    from vlmbook.resample.compressors import PerceiverResampler
+    from vlmbook.vision.clip import load_clip_tiny
+
+    cfg = VLMConfig.tiny().replace(hidden=32, intermediate=64, corpus_scenes=200)
+    assert cfg.compressor == "perceiver" and cfg.compressor_depth == 1
+    demo = DemoConfig(train_scenes=6, test_scenes=2, steps=2, batch_size=4, warmup=1, encoder_steps=2,
+                      encoder_fresh=True, caption_frac=0.0)
+    data = museum_qa("train", 6, 64, grid=3)
+    _ENCODERS.clear()
+    vision, comp = clip_encoder(cfg, demo, data)
+    assert isinstance(comp, PerceiverResampler) and len(comp.layers) == 1
+    # the warm-up moved the ViT away from Chapter 4's contrastive weights
+    clip = load_clip_tiny().vision.state_dict()
+    assert any(not torch.equal(clip[k], v) for k, v in vision.state_dict().items())
+    again_v, again_c = clip_encoder(cfg, demo, data)  # cached: the same weights, a fresh copy
+    assert again_c is not comp and all(torch.equal(a, b) for a, b in zip(comp.state_dict().values(),
+                                                                         again_c.state_dict().values()))
+    # a different encoder_lr is a different warm-up
+    _, other = clip_encoder(cfg, demo.replace(encoder_lr=1e-4), data)
+    assert any(not torch.equal(a, b) for a, b in zip(comp.state_dict().values(), other.state_dict().values()))
+    m, _ = train_route("continuous", cfg, demo, train=data, encoder=(vision, comp))
+    assert not any(p.requires_grad for p in [*m.encoder.parameters(), *m.compressor.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(comp.state_dict().values(), m.compressor.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(vision.state_dict().values(), m.encoder.state_dict().values()))
+    m.eval()
+    ids = torch.tensor([m.prompt_ids("What colour is the star?", "red")] * 2)
+    feats = encode_all(m.encoder, data.images[:2])
+    assert feats.shape == (2, 64, 64)
+    assert torch.allclose(m(ids, features=feats), m(ids, images=data.images[:2]), atol=1e-5)
+    _ENCODERS.clear()
+
+
+def test_vlm_and_demo_config_name_bad_encoder_fields():
+    from vlmbook.fusion.train import DemoConfig
+
+    with pytest.raises(ValueError, match="compressor_depth"):
+        VLMConfig.tiny().replace(compressor_depth=0)
+    with pytest.raises(ValueError, match="encoder_lr"):
+        DemoConfig(encoder_lr=0.0)
+    assert VLMConfig.tiny().replace(compressor_depth=2).compressor_depth == 2
+
+
+def test_cell_probe_readout_scores_occupied_cells():
+    """Heads that read oracle one-hots exactly score 100 %; a head that always says 'empty' scores 0 on occupied cells."""
+    from vlmbook.data.museum import COLOUR_NAMES, SHAPES, SIZE_NAMES
+    from vlmbook.fusion.train import CellProbe
+
+    labels = patch_labels("test", 20, 3)
+    feats = oracle_features(labels)
+    probe = CellProbe(torch.nn.Identity(), ORACLE_DIM)
+    start = 0
+    with torch.no_grad():
+        for head, n in zip(probe.heads, (len(COLOUR_NAMES), len(SHAPES), len(SIZE_NAMES))):
+            head.weight.zero_(); head.bias.zero_()
+            head.weight[:, start:start + n + 1] = torch.eye(n + 1)
+            start += n + 1
+    read = probe.readout(feats, labels, batch=7)
+    assert read["colour"] == read["shape"] == read["size"] == read["all_three"] == 100.0
+    assert set(read) == {"colour", "shape", "size", "all_three", "shape_small", "shape_medium", "shape_large"}
+    with torch.no_grad():
+        probe.heads[1].weight.zero_(); probe.heads[1].bias.zero_(); probe.heads[1].bias[0] = 1.0  # always "empty"
+    read = probe.readout(feats, labels)
+    assert read["shape"] == 0.0 and read["colour"] == 100.0 and read["all_three"] == 0.0
+    with pytest.raises(ValueError, match="labels must be"):
+        probe.readout(feats, labels[:3])
+
+
+def test_encoder_readout_record():
+    from vlmbook.fusion.ablation import encoder_readout
+
+    rec = encoder_readout("cells", 3e-3, steps=2, test_scenes=6)
+    assert rec["compressor"] == "cells" and rec["steps"] == 2 and rec["threads"] == 1
+    assert all(0.0 <= rec[k] <= 100.0 for k in ("colour", "shape", "size", "all_three"))
+
+
+def test_cite_cells_puts_cell_k_embedding_on_p_k():
+    """With cite_cells, <p_k>'s input embedding is its token row plus cell k's vector, in the prompt and
+    in generation (cached = uncached); other tokens are untouched; the flag needs citations and cells."""
+    cfg = VLMConfig(route="continuous", image_side="features", feature_dim=ORACLE_DIM, grid=3, hidden=32,
+                    intermediate=64, corpus_scenes=200, codebook_size=16, **RECIPE).replace(cite_cells=True)
+    m = VisionLanguageModel(cfg).eval()
+    with torch.no_grad():
+        m.cell_embed.normal_()
+    lo, _ = m.patch_range
+    ids = torch.tensor([[m.ids["bos"], lo + 4, lo + 0, m.ids["end"]]])
+    plain = m.text.embed(ids)
+    got = m.embed_tokens(ids)
+    assert torch.equal(got[0, [0, 3]], plain[0, [0, 3]])
+    assert torch.allclose(got[0, 1], plain[0, 1] + m.cell_embed[4]) and torch.allclose(got[0, 2], plain[0, 2] + m.cell_embed[0])
+    off = VisionLanguageModel(cfg.replace(cite_cells=False))
+    assert torch.equal(off.embed_tokens(ids), off.text.embed(ids))
+    feats = oracle_features(patch_labels("test", 2, 3))
+    q = torch.tensor([m.encode_text("What colour is the star?") + [m.ids["assistant"]]] * 2)
+    # near-uniform sampling from the untrained guide emits some <p_k>, which generation then reads back
+    kw = dict(features=feats, max_new_tokens=60, stop_token=-1, do_sample=True, temperature=100.0)
+    a = m.generate(None, q, use_cache=True, generator=torch.Generator().manual_seed(0), **kw)
+    b = m.generate(None, q, use_cache=False, generator=torch.Generator().manual_seed(0), **kw)
+    assert ((a >= lo) & (a < lo + 9)).any() and torch.equal(a, b)
+    with pytest.raises(ValueError, match="cite_cells"):
+        cfg.replace(cell_embed="none")
+    with pytest.raises(ValueError, match="cite_cells"):
+        cfg.replace(cite=False)

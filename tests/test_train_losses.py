@@ -304,3 +304,39 @@ def test_int8_skips_a_tied_head():
     model = nn.ModuleDict({"emb": emb, "head": head, "mlp": nn.Linear(8, 8)})
     _, names = quantize_linear_layers(model)
     assert names == ["mlp"]
+
+
+def test_int8_embeddings_share_one_table_with_a_tied_head():
+    """quantize_embeddings: a Llama's embedding rows and its tied head read one int8 table."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vlmbook.train.quant import Int8Embedding, quantize_embeddings
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, tie_word_embeddings=True)
+    lm = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 96, (2, 7))
+    w = lm.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():
+        ref = lm(ids).logits
+    before = model_bytes(lm)
+    qlm, names = quantize_linear_layers(lm)
+    qlm, emb_names = quantize_embeddings(qlm)
+    assert emb_names == ["input_embeddings", "output_embeddings"]
+    emb, head = qlm.get_input_embeddings(), qlm.get_output_embeddings()
+    assert isinstance(emb, Int8Embedding) and isinstance(head, Int8Linear)
+    assert head.weight_int8 is emb.weight_int8 and head.scale is emb.scale
+    # each looked-up row is within half a quantisation step of the float row
+    rows = emb(ids)
+    assert rows.shape == (2, 7, 32) and rows.dtype == torch.float32
+    assert torch.all((rows - w[ids]).abs() <= emb.scale[ids, None] / 2 + 1e-7)
+    assert emb.weight.shape == (96, 32) and emb.weight.dtype == torch.float32
+    with torch.no_grad():
+        out = qlm(ids).logits
+    assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    assert before / model_bytes(qlm) > 3.5
+    untied = nn.Module()
+    untied.get_input_embeddings = lambda: nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="nn.Embedding"):
+        quantize_embeddings(untied)

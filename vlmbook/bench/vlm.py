@@ -23,8 +23,15 @@ from ..util import median_seconds_each
 from . import BenchResult
 
 ABLATION = Path(__file__).resolve().parents[2] / "bench" / "results" / "vlm_ablation.jsonl"
+#: ``python -m vlmbook.fusion.ablation --readout ...``: per-cell read-out of each encoder warm-up
+READOUT = ABLATION.with_name("encoder_readout.jsonl")
 METRICS = ("all", "single", "relational", "colour", "shape", "count", "exists", "locate", "spatial", "compare",
            "cite_precision", "cite_recall")
+
+
+def load_readout(path: str | Path = READOUT) -> list[dict]:
+    """The encoder read-out records (one per warm-up); a missing or corrupt file raises ``ValueError``."""
+    return load_ablation(path)
 
 
 def load_ablation(path: str | Path = ABLATION) -> list[dict]:
@@ -78,7 +85,7 @@ def run(quick: bool = False) -> BenchResult:
     from ..fusion.model import VisionLanguageModel
     from ..hub import load_artifact
 
-    table: dict = {"ablation": summarise(load_ablation())}
+    table: dict = {"ablation": summarise(load_ablation()), "encoder_readout": load_readout()}
     with num_threads(1):
         guide = load_artifact("vlm-tiny", VisionLanguageModel)
         c = guide.config

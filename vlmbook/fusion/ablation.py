@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from .model import RECIPE, VLMConfig
 
 OFF = {"cell_embed": "none", "layout": "image_first", "cite": False, "closed_answers": False, "qk_norm": False}
@@ -31,10 +33,16 @@ VARIANTS: dict[str, dict] = {
     "open_answers": {"closed_answers": False},
     "full_prefix": {"mask": "full_prefix"},
     "curriculum": {},
+    "curriculum_sincos": {"cell_embed": "sincos"},
+    "curriculum_long": {},
+    "curriculum_cite_cells": {"cite_cells": True},
+    "curriculum_cellpool": {"compressor": "cells"},
     "answer_only": dict(OFF),
 }
 #: Variant name -> DemoConfig fields changed from the run's (training levers, not model ones).
-DEMO_VARIANTS: dict[str, dict] = {"curriculum": {"curriculum": 1000}}
+DEMO_VARIANTS: dict[str, dict] = {"curriculum": {"curriculum": 1000}, "curriculum_sincos": {"curriculum": 1000},
+                                   "curriculum_long": {"curriculum": 2000}, "curriculum_cite_cells": {"curriculum": 1000},
+                                   "curriculum_cellpool": {"curriculum": 1000}}
 SOURCES = ("oracle", "patch", "clip", "vq")
 
 
@@ -97,10 +105,47 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
     rec = {"variant": name, "seed": seed, "steps": steps, "source": source, "route": route,
             "levers": {**{k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask",
                                                        "qk_norm")}, "curriculum": demo.curriculum},
-            "image_side": cfg.image_side, "image_tokens": cfg.image_tokens, "train_seconds": round(secs, 1),
-            "threads": 1, "encoder_steps": demo.encoder_steps if source not in ("oracle", "vq", "patch") else 0,
+            "image_side": cfg.image_side, "compressor": cfg.compressor, "image_tokens": cfg.image_tokens,
+            "train_seconds": round(secs, 1), "threads": 1,
+            "encoder_steps": demo.encoder_steps if source not in ("oracle", "vq", "patch") else 0,
+            "encoder_lr": demo.encoder_lr if source == "clip" else None,
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec
+
+
+def encoder_readout(compressor: str = "perceiver", encoder_lr: float = 3e-3, steps: int = 1500, seed: int = 0,
+                    test_scenes: int = 500) -> dict:
+    """Warm up Chapter 4's ViT with ``compressor`` on fresh exhibits (one thread) and measure how well
+    linear heads read each occupied cell's colour, shape and size on held-out exhibits. §5.7.
+
+    The encoder half of the guide on its own: the language model can only name what these
+    per-cell features say.
+    """
+    from ..data.museum import Museum
+    from ..device import num_threads
+    from ..vision.clip import CLIPConfig, load_clip_tiny
+    from .data import patch_labels
+    from .model import build_compressor
+    from .train import DemoConfig, museum_stream, pretrain_encoder
+
+    cfg = VLMConfig.tiny().replace(compressor=compressor)
+    demo = DemoConfig.tiny()
+    with num_threads(1):
+        vision = load_clip_tiny().vision.requires_grad_(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            comp = build_compressor(cfg, CLIPConfig.tiny().vision_dim)
+        t0 = time.perf_counter()
+        _, probe = pretrain_encoder(torch.nn.Sequential(vision, comp), torch.zeros(1, 3, 64, 64),
+                                    torch.zeros(1, cfg.image_tokens, 3, dtype=torch.long), steps, demo.batch_size,
+                                    encoder_lr, seed, "cpu", stream=museum_stream(cfg.image_size, cfg.grid, start=2000),
+                                    return_probe=True)
+        secs = time.perf_counter() - t0
+        images = Museum("test", size=cfg.image_size).tensors(0, test_scenes)
+        read = probe.readout(images, patch_labels("test", test_scenes, cfg.grid))
+    return {"compressor": compressor, "compressor_depth": cfg.compressor_depth, "encoder_lr": encoder_lr,
+            "steps": steps, "seed": seed, "batch_size": demo.batch_size, "test_scenes": test_scenes, "threads": 1,
+            "train_seconds": round(secs, 1), **{k: round(v, 2) for k, v in read.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,7 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--save-dir", type=Path, default=None)
+    ap.add_argument("--readout", default=None, metavar="COMPRESSOR:LR,...",
+                    help="instead of the LM: warm up the encoder with each compressor at each learning rate "
+                         "(e.g. cells:1e-3,perceiver:3e-3) and record its per-cell read-out")
+    ap.add_argument("--encoder-steps", type=int, default=1500)
     a = ap.parse_args(argv)
+    if a.readout:
+        for item in a.readout.split(","):
+            comp, lr = item.split(":")
+            _emit(encoder_readout(comp, float(lr), a.encoder_steps, a.seed), a.out)
+        return
     if a.jobs is None:
         _emit(run_cell(a.variant, a.seed, a.steps, a.source, a.route, eval_every=a.eval_every, save_dir=a.save_dir), a.out)
         return

@@ -69,9 +69,15 @@ class VLMConfig(Config):
     layout: str = "image_first"
     cell_embed: str = "none"
     cite: bool = False
+    #: the citation token ``<p_k>`` also carries cell k's embedding (``cell_embed``): the place code
+    #: of image token k and of the token that cites it are one vector (§5.7)
+    cite_cells: bool = False
     closed_answers: bool = False
     image_side: str = "patch"
     compressor: str = "none"
+    #: layers of a Chapter 4 compressor (Perceiver, Q-Former): one cross-attention layer suffices
+    #: to gather each museum cell (and learns faster than two, §5.7)
+    compressor_depth: int = 1
     feature_dim: int = 0
     image_size: int = 64
     grid: int = 4
@@ -106,7 +112,7 @@ class VLMConfig(Config):
         """:meth:`Config.from_dict`; a model saved before ``lm_path`` and ``qk_norm`` existed is on the
         book's plain Llama (and one saved before ``vq_artifact`` existed never used it)."""
         if isinstance(data, dict):
-            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", **data}
+            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", "cite_cells": False, **data}
         return super().from_dict(data, require_all)
 
     def validate(self) -> None:
@@ -121,7 +127,9 @@ class VLMConfig(Config):
                 self._fail("image_side", "'vq' (Chapter 2's tokenizer) gives codes, not features: it needs route='discrete'")
             if not self.vq_artifact:
                 self._fail("vq_artifact", "must name a VQ tokenizer artifact when image_side='vq'")
-        for name in ("cite", "closed_answers", "qk_norm"):
+        if self.cite_cells and (not self.cite or self.cell_embed == "none"):
+            self._fail("cite_cells", "needs cite=True and a cell_embed other than 'none'")
+        for name in ("cite", "cite_cells", "closed_answers", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be True or False")
         self.check_non_negative("feature_dim")
@@ -131,7 +139,7 @@ class VLMConfig(Config):
                 self._fail("image_size", f"must be {CLIPConfig.tiny().image_size} for Chapter 4's clip-tiny encoder")
             if self.compressor == "none":
                 self._fail("compressor", "clip-tiny gives 64 patch features: choose a compressor to reach grid² tokens")
-        self.check_positive("image_size", "grid", "codebook_size", "quant_sub", "enc_channels", "gate_every",
+        self.check_positive("image_size", "grid", "codebook_size", "quant_sub", "enc_channels", "gate_every", "compressor_depth",
                             "bpe_vocab", "corpus_scenes")
         if self.route == "discrete" and self.image_side != "vq" and self.image_size % (self.grid * self.quant_sub):
             self._fail("image_size", f"must be divisible by grid * quant_sub = {self.grid * self.quant_sub}")
@@ -145,16 +153,18 @@ class VLMConfig(Config):
 
     @classmethod
     def tiny(cls) -> "VLMConfig":
-        """The museum guide: 64-px exhibits through Chapter 4's ``clip-tiny`` ViT (64 patch features),
-        pooled to the 3 × 3 exhibit cells (M = 9 image tokens), with the recipe that makes the guide
-        read the image: cell embeddings, question first, cite first, one token per answer (§5.7)."""
-        return cls(image_size=64, grid=3, image_side="clip", compressor="cells", **RECIPE)
+        """The museum guide: 64-px exhibits through Chapter 4's ``clip-tiny`` ViT (64 patch features) and
+        Chapter 4's Perceiver Resampler (9 latents, one layer; warmed up so that latent k describes
+        cell k of the 3 × 3 exhibit: M = 9 image tokens), with the recipe that makes the guide read the
+        image: cell embeddings, question first, cite first, one token per answer (§5.7)."""
+        return cls(image_size=64, grid=3, image_side="clip", compressor="perceiver", **RECIPE)
 
     @classmethod
     def base(cls) -> "VLMConfig":
-        """The guide for one GPU: the tiny recipe and image side (nine cell tokens from ``clip-tiny``)
-        with a 4× wider, 2× deeper language model (grouped-query attention, 2 key-value heads)."""
-        return cls(image_size=64, grid=3, image_side="clip", compressor="cells", hidden=256, layers=4, heads=4,
+        """The guide for one GPU: the tiny recipe and image side (nine cell tokens from ``clip-tiny``
+        through the Perceiver Resampler) with a 4× wider, 2× deeper language model (grouped-query
+        attention, 2 key-value heads)."""
+        return cls(image_size=64, grid=3, image_side="clip", compressor="perceiver", hidden=256, layers=4, heads=4,
                    kv_heads=2, intermediate=768, max_positions=256, **RECIPE)
 
     @property
@@ -356,6 +366,25 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         x = self.projector(x)
         return self.add_cell_embed(x)
 
+    def cell_vectors(self) -> torch.Tensor | None:
+        """(M, hidden) the place code added to image token k (and, with ``cite_cells``, to ``<p_k>``)."""
+        if self.cell_embed is None:
+            return None
+        return self.cell_embed * self.cell_gain if self.config.cell_embed == "sincos" else self.cell_embed
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) LM ids -> (B, T, hidden) token embeddings; with ``cite_cells`` each ``<p_k>`` also gets
+        cell k's embedding. Every id the LM reads goes through here (prompt, cache, generation). §5.7."""
+        x = self.text.embed(ids)
+        if not self.config.cite_cells or self.patch_range is None:
+            return x
+        lo, hi = self.patch_range
+        is_p = (ids >= lo) & (ids < hi)
+        if not bool(is_p.any()):
+            return x
+        e = self.cell_vectors().to(x.dtype)
+        return x + torch.where(is_p[..., None], e[(ids - lo).clamp(0, hi - lo - 1)], torch.zeros_like(x))
+
     def add_cell_embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, M, d) image tokens + their cell's embedding (``config.cell_embed``), so that what a
         question reads from a token says which cell it came from. §5.7."""
@@ -363,8 +392,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             return x
         if x.shape[1] != self.cell_embed.shape[0]:
             raise ValueError(f"cell embeddings are for {self.cell_embed.shape[0]} image tokens, got {x.shape[1]}")
-        e = self.cell_embed * self.cell_gain if self.config.cell_embed == "sincos" else self.cell_embed
-        return x + e.to(x.dtype)
+        return x + self.cell_vectors().to(x.dtype)
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
               features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -378,7 +406,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             raise ValueError("the prompt holds <image> tokens but no images were given")
         if features is not None and route == "discrete":
             raise ValueError("the discrete route reads codes, not encoder features")
-        table = self.text.embed
+        table = self.embed_tokens
         if route == "discrete" and has_slots:
             if codes is None:
                 codes = self.quantizer.encode(images)
@@ -522,7 +550,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if prefix is not None:
             past = copy.deepcopy(prefix.past)
             lm_ids, media = torch.cat([prefix.ids, q], 1), prefix.media
-            new_embeds = self.text.embed(q)
+            new_embeds = self.embed_tokens(q)
         else:
             ids = self.question_prompt(q)
             new_embeds, media, lm_ids = self.embed(ids, images, codes, features)
@@ -557,7 +585,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                 if bool(done.all()):
                     break
             lm_ids = torch.cat([lm_ids, nxt[:, None]], 1)
-            new_embeds = self.text.embed(nxt[:, None])
+            new_embeds = self.embed_tokens(nxt[:, None])
             full = torch.cat([full, new_embeds], 1)
         return (out, lps) if return_logprobs else out
 
@@ -875,7 +903,8 @@ def build_compressor(c: VLMConfig, feat: int) -> nn.Module | None:
     n_in = (CLIPConfig.tiny().image_size // CLIPConfig.tiny().patch_size) ** 2 if c.image_side == "clip" \
         else c.image_tokens
     return make_compressor(CompressorConfig(kind=c.compressor, in_dim=feat, dim=feat, out_dim=feat,
-                                            num_tokens=c.image_tokens, in_tokens=n_in, positions=True))
+                                            num_tokens=c.image_tokens, in_tokens=n_in, positions=True,
+                                            depth=c.compressor_depth))
 
 
 def batch_block_mask(blocks: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ class DemoConfig(Config):
     curriculum: int = 0
     caption_frac: float = 0.25
     encoder_steps: int = 0
+    encoder_lr: float = 3e-3
     encoder_fresh: bool = False
     encoder_seed: int = 0
     freeze_encoder: bool = True
@@ -55,13 +56,14 @@ class DemoConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        self.check_positive("train_scenes", "test_scenes", "steps", "batch_size", "lr")
+        self.check_positive("train_scenes", "test_scenes", "steps", "batch_size", "lr", "encoder_lr")
         self.check_non_negative("encoder_steps", "curriculum")
 
     @classmethod
     def tiny(cls) -> "DemoConfig":
-        """The recipe's run: a 1,500-step encoder warm-up on fresh exhibits, then 3,000 LM steps each
-        at a high learning rate (QK-norm keeps it stable) with AdamW β2 = 0.95."""
+        """The recipe's run: a 1,500-step warm-up of the image side on fresh exhibits at learning rate
+        3e-3 (at 1e-3 the ViT reads barely half of the cells' shapes after as many steps, §5.7), then
+        3,000 LM steps each at a high learning rate (QK-norm keeps it stable) with AdamW β2 = 0.95."""
         return cls(steps=3000, encoder_steps=1500, encoder_fresh=True, warmup=100, caption_frac=0.0, lr=1e-2,
                    beta2=0.95)
 
@@ -87,39 +89,45 @@ def warm_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | 
     return enc.cpu()
 
 
-def clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None) -> torch.nn.Module:
-    """Chapter 4's ``clip-tiny`` vision tower, then (with ``demo.encoder_steps``) trained further on
-    per-cell labels through cell pooling (seeded by ``demo.encoder_seed``). §5.7.
+def clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None
+                 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """Chapter 4's ``clip-tiny`` vision tower and ``cfg.compressor`` (Chapter 4's Perceiver Resampler in
+    the recipe), trained together on per-cell labels for ``demo.encoder_steps`` (seeded by
+    ``demo.encoder_seed``) so that image token k describes cell k; returns ``(vision, compressor)``. §5.7.
 
     Contrastive training on captions leaves where-is-what only partly readable from the patch
-    features; the extra step makes each cell's colour, shape and size linearly readable. The
-    result depends only on its own settings, so runs that share them (the seeds of the language
+    features; the warm-up makes each cell's colour, shape and size linearly readable from its token.
+    The result depends only on its own settings, so runs that share them (the seeds of the language
     model in the ablation) share one warm-up, kept in memory.
     """
-    key = (cfg.grid, cfg.image_size, demo.encoder_steps, demo.encoder_fresh, demo.encoder_seed, demo.batch_size,
-           len(train.images), train.split, train.start)
+    key = (cfg.grid, cfg.image_size, cfg.compressor, demo.encoder_steps, demo.encoder_lr, demo.encoder_fresh,
+           demo.encoder_seed, demo.batch_size, len(train.images), train.split, train.start)
     if key not in _ENCODERS:
         _ENCODERS.clear()  # one ViT is enough to keep
         _ENCODERS[key] = _train_clip_encoder(cfg, demo, train, device)
     return copy.deepcopy(_ENCODERS[key])
 
 
-_ENCODERS: dict[tuple, torch.nn.Module] = {}
+_ENCODERS: dict[tuple, tuple[torch.nn.Module, torch.nn.Module | None]] = {}
 
 
-def _train_clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None) -> torch.nn.Module:
-    from ..vision.clip import load_clip_tiny
-    from .model import CellPool
+def _train_clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None
+                        ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    from ..vision.clip import CLIPConfig, load_clip_tiny
+    from .model import build_compressor
 
     vision = copy.deepcopy(load_clip_tiny().vision).requires_grad_(True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(demo.encoder_seed + 1)
+        compressor = build_compressor(cfg, CLIPConfig.tiny().vision_dim)
     if demo.encoder_steps:
         # with encoder_fresh, every step draws new exhibits from the generator (labels are free):
         # on the 2,000 training exhibits alone the ViT memorises them and its shape read-out stalls
         stream = museum_stream(cfg.image_size, cfg.grid, start=len(train.images)) if demo.encoder_fresh else None
-        pretrain_encoder(torch.nn.Sequential(vision, CellPool(cfg.grid)), train.images,
-                         patch_labels("train", len(train.images), cfg.grid), demo.encoder_steps, demo.batch_size,
-                         1e-3, demo.encoder_seed, device, stream=stream)
-    return vision.cpu().eval()
+        parts = [vision] + ([compressor] if compressor is not None else [])
+        pretrain_encoder(torch.nn.Sequential(*parts), train.images, patch_labels("train", len(train.images), cfg.grid),
+                         demo.encoder_steps, demo.batch_size, demo.encoder_lr, demo.encoder_seed, device, stream=stream)
+    return vision.cpu().eval(), (compressor.cpu().eval() if compressor is not None else None)
 
 
 def museum_stream(size: int, grid: int, start: int = 0, split: str = "train"):
@@ -144,13 +152,14 @@ def encode_all(encoder: torch.nn.Module, images: torch.Tensor, batch: int = 500)
 
 def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
                 train: QAData | None = None, device: str | None = None,
-                encoder: PatchEncoder | None = None, eval_data: QAData | None = None,
+                encoder: PatchEncoder | tuple | None = None, eval_data: QAData | None = None,
                 eval_every: int = 0, callback: Callable[[int, VisionLanguageModel], None] | None = None,
                 ) -> tuple[VisionLanguageModel, list[dict]]:
     """Build and train one route on museum QA; returns ``(model, history)``. §5.7.
 
-    With ``demo.encoder_steps`` (or a warmed-up ``encoder`` to share between routes) the image
-    encoder starts from per-patch labels; with ``demo.freeze_encoder`` it then stays fixed and its
+    With ``demo.encoder_steps`` (or a warmed-up ``encoder`` to share between routes: a
+    :class:`PatchEncoder`, or ``(vision, compressor)`` from :func:`clip_encoder`) the image side
+    starts from per-cell labels; with ``demo.freeze_encoder`` it then stays fixed and its
     features are computed once, so each step costs only the projector and the LM. A model with
     ``image_side='features'`` reads the data's ``features`` (oracle cell features by default).
     With ``eval_data``, held-out accuracy (teacher-forced, cheap) is measured every ``eval_every``
@@ -183,10 +192,16 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
             vlm.encoder.requires_grad_(False)
             train.features = encode_all(vlm.encoder, train.images)
     elif cfg.image_side == "clip":
-        encoder = encoder if encoder is not None else clip_encoder(cfg, demo, train, device)
-        vlm.encoder.load_state_dict(encoder.state_dict())
+        vision, compressor = encoder if encoder is not None else clip_encoder(cfg, demo, train, device)
+        vlm.encoder.load_state_dict(vision.state_dict())
+        if compressor is not None and vlm.compressor is not None:
+            vlm.compressor.load_state_dict(compressor.state_dict())
         if demo.freeze_encoder:
+            # the compressor was trained with the ViT: both stay as the warm-up left them; the
+            # ViT's patch features are computed once, the (cheap) compressor runs every step
             vlm.encoder.requires_grad_(False)
+            if vlm.compressor is not None:
+                vlm.compressor.requires_grad_(False)
             train.features = encode_all(vlm.encoder, train.images)
     b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac, demo.curriculum)
     loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, beta2=demo.beta2,
@@ -253,22 +268,47 @@ def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, r
     return out
 
 
-class _Probe(torch.nn.Module):
+class CellProbe(torch.nn.Module):
+    """An encoder (B, 3, H, W) -> (B, M, D) plus linear (colour, shape, size) heads per image token. §5.7."""
+
     def __init__(self, encoder: torch.nn.Module, dim: int):
         super().__init__()
         self.encoder = encoder
         self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n + 1) for n in (len(COLOUR_NAMES), len(SHAPES),
                                                                                   len(SIZE_NAMES)))
 
+    @torch.no_grad()
+    def readout(self, images: torch.Tensor, labels: torch.Tensor, batch: int = 250) -> dict[str, float]:
+        """(n, 3, H, W) exhibits, (n, M, 3) cell labels -> % of occupied cells whose colour, shape and
+        size the heads read correctly, and shape by object size (``shape_small`` …). §5.7."""
+        if labels.ndim != 3 or labels.shape[0] != images.shape[0] or labels.shape[-1] != 3:
+            raise ValueError(f"labels must be (n, M, 3) for {images.shape[0]} images, got {tuple(labels.shape)}")
+        was = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        feats = torch.cat([self.encoder(images[i:i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
+        self.train(was)
+        pred = torch.stack([h.cpu()(feats).argmax(-1) for h in self.heads], -1)
+        occupied = labels[..., 0] > 0
+        right = pred == labels
+        out = {name: 100 * float(right[..., j][occupied].float().mean()) for j, name in
+               enumerate(("colour", "shape", "size"))}
+        out["all_three"] = 100 * float(right.all(-1)[occupied].float().mean())
+        for j, size in enumerate(SIZE_NAMES):
+            sel = labels[..., 2] == j + 1
+            out[f"shape_{size}"] = 100 * float(right[..., 1][sel].float().mean()) if sel.any() else float("nan")
+        return out
+
 
 def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None,
-                     stream=None) -> list[dict]:
+                     stream=None, return_probe: bool = False) -> list[dict] | tuple[list[dict], CellProbe]:
     """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
 
     Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
     museum's attributes are linearly readable. ``stream(step, n)`` (see :func:`museum_stream`), if
-    given, supplies each step's batch instead of sampling ``images``/``labels``.
+    given, supplies each step's batch instead of sampling ``images``/``labels``. Returns the
+    training history, and with ``return_probe`` also the :class:`CellProbe` (encoder + heads).
     """
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
@@ -276,7 +316,7 @@ def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: tor
         dim = encoder(images[:1]).shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = _Probe(encoder, dim)
+        probe = CellProbe(encoder, dim)
 
     def batch_fn(step: int):
         if stream is not None:
@@ -292,4 +332,5 @@ def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: tor
         return sum(losses)
 
     loop = LoopConfig(steps=steps, lr=lr, warmup=min(20, steps // 5), seed=seed, log_every=max(1, steps // 10))
-    return fit(probe, loss_fn, batch_fn, loop, device=device, desc="encoder")
+    hist = fit(probe, loss_fn, batch_fn, loop, device=device, desc="encoder")
+    return (hist, probe) if return_probe else hist

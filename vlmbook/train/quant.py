@@ -43,6 +43,20 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", s)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
+    @classmethod
+    def shared(cls, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
+        """An int8 linear layer over existing ``(q, scale)`` buffers (a head tied to an :class:`Int8Embedding`)."""
+        if q.dtype != torch.int8 or q.ndim != 2 or scale.shape != q.shape[:1]:
+            raise ValueError(f"need (out, in) int8 and (out,) scales, got {q.dtype} {tuple(q.shape)}, "
+                             f"{tuple(scale.shape)}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x · qᵀ) · s == x · (s·q)ᵀ: the scale can be applied to the output instead of the weight
         y = F.linear(x.float(), self.weight_int8.float()) * self.scale
@@ -50,8 +64,55 @@ class Int8Linear(nn.Module):
             y = y + self.bias
         return y.to(x.dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight it computes with, ``s · q`` (a fresh tensor: for shape, device and dtype)."""
+        return dequantize(self.weight_int8, self.scale)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 + one scale per token row; (…) ids -> (…, dim). §6.5."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        q, s = quantize_per_channel(embedding.weight)
+        self.num_embeddings, self.embedding_dim = q.shape
+        self.padding_idx = embedding.padding_idx
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", s)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # gather the int8 rows first: only the looked-up rows are converted to float
+        return F.embedding(ids, self.weight_int8).float() * self.scale[ids, None]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight it computes with, ``s · q`` (a fresh tensor: for shape, device and dtype)."""
+        return dequantize(self.weight_int8, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+def quantize_embeddings(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Make a Hugging Face causal LM's input embeddings int8 in place, and its output head too when it is
+    tied to them (the head then reads the same int8 table); returns ``(model, names)``. §6.5."""
+    emb = model.get_input_embeddings()
+    if not isinstance(emb, nn.Embedding):
+        raise ValueError(f"the input embeddings are {type(emb).__name__}, not nn.Embedding")
+    head = model.get_output_embeddings()
+    tied = isinstance(head, nn.Linear) and head.weight is emb.weight
+    q8 = Int8Embedding(emb)
+    model.set_input_embeddings(q8)
+    names = ["input_embeddings"]
+    if tied:
+        bias = None if head.bias is None else head.bias.detach().float().clone()
+        model.set_output_embeddings(Int8Linear.shared(q8.weight_int8, q8.scale, bias))
+        names.append("output_embeddings")
+    return model, names
 
 
 def quantize_linear_layers(model: nn.Module, skip: Iterable[str] = (), inplace: bool = False) -> tuple[nn.Module, list[str]]:

@@ -23,7 +23,7 @@ from .losses import distill_loss, dpo_loss, pairwise_accuracy, reward_loss, sft_
 from .policy import Example, VLMPolicy, freeze
 from .ppo import (ValueHead, citation_precision_of, gae, group_relative_advantages, kl_penalty, masked_mean,
                   ppo_policy_loss, ppo_value_loss, shaped_rewards, shaped_score, whiten)
-from .quant import linear_bytes, model_bytes, quantize_linear_layers
+from .quant import linear_bytes, model_bytes, quantize_embeddings, quantize_linear_layers
 from .reward import RewardModel
 from .runner import fit_groups
 from .sft import freeze_all_but, param_groups, vlm_lrs
@@ -271,21 +271,24 @@ def self_consistency_accuracy(policy: VLMPolicy, ex: Exhibits, ks: Sequence[int]
 
 
 # -- stage 4 ------------------------------------------------------------------------------------
-def int8_language_model(policy: VLMPolicy) -> tuple[VLMPolicy, dict]:
-    """A copy whose LM linear layers are int8 (per-channel); returns it and the sizes (bytes). §6.5."""
+def int8_language_model(policy: VLMPolicy, embeddings: bool = True) -> tuple[VLMPolicy, dict]:
+    """A copy whose LM linear layers (and, with ``embeddings``, its embedding table and the head tied to
+    it) are int8 per row; returns it and the sizes (bytes). §6.5."""
     vlm = copy.deepcopy(policy.module)
     before = linear_bytes(vlm.lm)
     whole_before = model_bytes(vlm.lm)
+    # the tied head is skipped by quantize_linear_layers; quantize_embeddings gives it the int8 table
     vlm.lm, names = quantize_linear_layers(vlm.lm, inplace=True)
     orig = dict(policy.module.lm.named_modules())
     q_before = sum(model_bytes(orig[n]) for n in names)
     q_after = sum(model_bytes(vlm.lm.get_submodule(n)) for n in names)
-    # the LM head tied to the embeddings is not quantised (see quantize_linear_layers), so the
-    # whole-LM ratio is lower than the ratio over the layers that were quantised
+    emb_names: list[str] = []
+    if embeddings:
+        _, emb_names = quantize_embeddings(vlm.lm)
     return VLMPolicy(vlm), {"lm_linear_bytes_fp32": before, "lm_linear_bytes_int8": linear_bytes(vlm.lm),
                             "quantised_bytes_fp32": q_before, "quantised_bytes_int8": q_after,
                             "lm_bytes_fp32": whole_before, "lm_bytes_int8": model_bytes(vlm.lm),
-                            "quantised_layers": len(names)}
+                            "quantised_layers": len(names), "quantised_embeddings": emb_names}
 
 
 @torch.no_grad()
