@@ -240,6 +240,21 @@ for kind, acc in rm_acc.items():
     print(f"held-out pairwise accuracy, {kind:16s} {acc:5.1f} %")
 
 # %% [markdown]
+# A scalar head on a small model, read at the last token after 30 steps, learns the easy flaw (a
+# missing citation) and not the hard one: whether the answer is *right* for this image. Yet the
+# guide already knows something about that — the log-probability it gives an answer. A reward
+# model can start from that judgement, $r(x, y) = w^	op h_	ext{end} + a \log \pi(y \mid x)$,
+# with $a$ learned (starting at 1) and the head learning what the likelihood misses
+# (`logprob_prior=True`). Built on the guide before the noisy fine-tuning, which answers more
+# questions right, and trained for the same 30 steps:
+
+# %%
+rm2, _ = st.train_reward_model(VLMPolicy(copy.deepcopy(guide().module)), pairs_tr, train.images, steps=30,
+                               batch_size=16, seed=0, logprob_prior=True)
+for kind, acc in st.reward_accuracy(rm2, pairs_te, test.images).items():
+    print(f"held-out pairwise accuracy, {kind:16s} {acc:5.1f} %   (head + log-likelihood)")
+
+# %% [markdown]
 # ### DPO
 #
 # Direct preference optimisation {cite:p}`rafailov2023dpo` skips the reward model. Its loss is
@@ -368,7 +383,9 @@ show(tplot.self_consistency_figure(sc, title="majority vote over K samples"))
 # **Distillation** {cite:p}`hinton2015distilling` trains a smaller student on the teacher's
 # *softened* distribution: both logits are divided by a temperature $T$, and the KL between them
 # is multiplied by $T^2$ so that its gradient keeps its size as $T$ grows. The student below has
-# half the teacher's language-model layers and starts from the teacher's image side. One copy
+# half the teacher's language-model layers and starts from the teacher, as DistilBERT's students
+# do {cite:p}`sanh2019distilbert`: the same image side, embeddings and head, and one of every two
+# of its layers (here: its first). One copy
 # learns from an even mix of the teacher's distribution and the right answers ($\alpha = 0.5$),
 # another, for comparison, from the right answers alone ($\alpha = 0$), for the same 150 steps.
 
@@ -397,7 +414,9 @@ for k in ("DPO", "student, untrained", "student, CE only", "student, distilled")
     print(f"{k:18s} {results[k]}")
 
 # %% [markdown]
-# 150 steps from scratch bring the student only part of the way to its teacher. Whether the gap
+# Half of the teacher's layers, copied, are not half of its skill: the untrained student answers
+# few questions, and 150 steps on 40 exhibits bring it only part of the way back (the teacher
+# itself trained for 3,000 steps on 2,000 exhibits). Whether the gap
 # between the two students is real on 205 test questions is a question for Chapter 7's paired
 # tests; distillation's advantage grows when the student's data is scarce or its training long
 # enough to imitate the teacher's uncertainty, which exercise 4 explores.
@@ -406,8 +425,9 @@ for k in ("DPO", "student, untrained", "student, CE only", "student, distilled")
 #
 # **Weight quantisation** stores each linear layer's weight as int8 with one float scale per
 # output row, $w \approx s\,q$, $q \in \{-127,\dots,127\}$: a quarter of the bytes of float32.
-# The language-model head shares its weight with the embeddings, so it stays in float (quantising
-# a shared tensor would add a copy, not remove one).
+# The embedding table is quantised the same way, one scale per token row, and the output head,
+# which shares its weight with the embeddings, reads that same int8 table: quantising the head on
+# its own would add a copy of a shared tensor instead of removing one.
 
 # %%
 q8, sizes = st.int8_language_model(dpo)
@@ -473,15 +493,16 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 #   conversations whose labels are −100 everywhere except the assistant's tokens; a chain of
 #   thought can be shown without being graded; a curriculum starts easy; LoRA and per-group
 #   learning rates decide how much of which part moves.
-# - Preferences are pairs. A Bradley–Terry reward model learns to rank them; DPO is the same loss
+# - Preferences are pairs. A Bradley–Terry reward model learns to rank them — on a model this
+#   small, whether an answer is right only once it starts from the guide's own log-likelihood; DPO is the same loss
 #   on the policy's log-ratio to a frozen reference and needs no reward model; PPO learns online
 #   with GAE, a clipped ratio and a KL penalty whose weight adapts; GRPO replaces the value head
 #   by comparing answers within a group.
 # - At answer time, sampling several answers and voting can trade compute for accuracy — it did
 #   not here, where the votes stayed level with the greedy answer; offline, a student half the
 #   size learns from the teacher's softened distribution.
-# - After training, int8 weights shrink the quantised layers almost four-fold (the per-row scales
-#   and biases stay in float); prompt caching needs a
+# - After training, int8 weights shrink the language model almost four-fold (the per-row scales,
+#   norms and biases stay in float); prompt caching needs a
 #   prefix that does not depend on the question, which a question-first guide does not have.
 #
 # ## Exercises

@@ -156,11 +156,12 @@ overlap = intervals[jpeg][2] >= intervals[guide][1]
 print(f"the two separate 95 % intervals of {guide} and {jpeg} overlap: {overlap}")
 
 # %% [markdown]
-# The guide beats answering blind by a margin no resampling explains away. Whether JPEG at
-# quality 10 hurts it is a finer question. Two separate intervals are a blunt tool here: most
-# questions are answered the same way with and without compression, and the pairing removes that
-# shared variation, so the paired tests can resolve differences that overlapping intervals hide. Now
-# the trap: the same comparisons on the first ten exhibits only, as one would after a quick test.
+# The guide beats answering blind by a margin no resampling explains away, and JPEG at quality 10
+# costs it more than the noise of the test questions too: here even the two separate intervals keep
+# apart. For smaller differences they are a blunt tool. Most questions are answered the same way
+# with and without compression; the paired tests remove that shared variation and can resolve
+# differences that two overlapping intervals hide (Exercise 2 looks for one). Now the trap: the same
+# comparisons on the first ten exhibits only, as one would after a quick test.
 
 # %%
 # NBVAL_CHECK_OUTPUT

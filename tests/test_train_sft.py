@@ -303,3 +303,22 @@ def test_policy_follows_the_guides_layout_and_cite_first_answers(images):
     assert out == [vlm.ask(images[i], s, max_new_tokens=3) for i, s in enumerate([q, "Is there a blue cube?"])]
     t = prompt_cache_ttft(p, images[0], q, repeats=1)
     assert t["ttft_ms"] > 0 and t["ttft_cached_ms"] is None and t["cacheable"] is False
+
+
+def test_reward_model_logprob_prior_adds_the_weighted_answer_logprob(images):
+    """score = head(h_end) + a · log π(y|x) with a learned a (= 1 at start); training moves a."""
+    policy = VLMPolicy(_vlm())
+    plain = RewardModel(policy)
+    prior = RewardModel(policy, logprob_prior=True)
+    prior.head.load_state_dict(plain.head.state_dict())
+    c, r = policy.pair("What colour is the star?", "red [CITE:<v_4>]", "blue [CITE:<v_4>]", 0)
+    b = policy.collate([c, r], images)
+    with torch.no_grad():
+        want = plain(b) + policy.sequence_logprobs(b)
+        assert torch.allclose(prior(b), want, atol=1e-5)
+    assert plain.logprob_weight is None and float(prior.logprob_weight.detach()) == 1.0
+    opt = torch.optim.Adam([prior.logprob_weight], lr=1e-2)
+    loss = reward_loss(prior(policy.collate([c], images)), prior(policy.collate([r], images)))
+    loss.backward()
+    opt.step()
+    assert float(prior.logprob_weight.detach()) != 1.0

@@ -57,6 +57,9 @@ def test_stage_drivers_run_and_learn(ex):
     rm, rh = train_reward_model(VLMPolicy(copy.deepcopy(p.module)), pairs, ex.images, steps=6, batch_size=8)
     acc = reward_accuracy(rm, pairs, ex.images)
     assert 0 <= acc["all"] <= 100 and "wrong_answer" in acc
+    rm2, _ = train_reward_model(VLMPolicy(copy.deepcopy(p.module)), pairs, ex.images, steps=2, batch_size=4,
+                                logprob_prior=True)
+    assert rm2.logprob_weight.requires_grad and float(rm2.logprob_weight.detach()) != 1.0
     ref = VLMPolicy(copy.deepcopy(p.module))
     dh = train_dpo(p, ref, pairs, ex.images, steps=4, batch_size=4, beta=0.5)
     assert abs(dh[0]["loss"] - 0.693147) < 1e-3  # first step: policy == reference
@@ -139,6 +142,28 @@ def test_distillation_student_is_half_size_and_approaches_the_teacher(ex):
     g0 = gap()
     hist = distill(s, t, examples[:8], ex.images, steps=8, batch_size=8, lr=1e-3, alpha=1.0)
     assert gap() < g0 and "kd" in hist[0]
+
+
+def test_half_size_student_starts_from_the_teacher_one_layer_in_two():
+    from vlmbook.train.stages import half_size_student
+
+    cfg = VLMConfig(route="continuous", seed=0, **{**SMALL, "layers": 4}).replace(cell_embed="learned")
+    t = VLMPolicy(VisionLanguageModel(cfg).eval())
+    with torch.no_grad():
+        t.module.cell_embed.normal_()
+    s = half_size_student(t, seed=1)
+    ts, ss = t.module.state_dict(), s.module.state_dict()
+    assert len(s.module.lm.model.layers) == 2
+    for i in (0, 1):  # student layer i is teacher layer 2i
+        for k, v in s.module.lm.model.layers[i].state_dict().items():
+            assert torch.equal(v, t.module.lm.model.layers[2 * i].state_dict()[k])
+    for k in ss:
+        if not k.startswith("lm.model.layers."):
+            assert torch.equal(ss[k], ts[k]), k  # image side, embeddings, norm, head
+    fresh = half_size_student(t, seed=1, from_teacher=False)
+    fs = fresh.module.state_dict()
+    assert all(torch.equal(fs[k], ts[k]) for k in fs if not k.startswith("lm."))  # the image side only
+    assert not torch.equal(fs["lm.model.embed_tokens.weight"], ts["lm.model.embed_tokens.weight"])
 
 
 def test_chapter6_figures():

@@ -58,6 +58,9 @@ def run(quick: bool = False, seeds: int = 3) -> BenchResult:
         pairs_te = preference_data(sft, test)
         rm, _ = train_reward_model(VLMPolicy(copy.deepcopy(sft.module)), pairs_tr, train.images, rm_steps, seed=seed)
         row["reward_pairwise_accuracy"] = reward_accuracy(rm, pairs_te, test.images)
+        # the same Bradley-Terry loss on the guide before noisy SFT, its answer log-likelihood as a prior
+        rm2, _ = train_reward_model(_guide(), pairs_tr, train.images, rm_steps, seed=seed, logprob_prior=True)
+        row["reward_logprob_prior_pairwise_accuracy"] = reward_accuracy(rm2, pairs_te, test.images)
         ref = VLMPolicy(copy.deepcopy(sft.module))
         dpo = VLMPolicy(copy.deepcopy(sft.module))
         train_dpo(dpo, ref, pairs_tr, train.images, dpo_steps, beta=0.1, seed=seed)

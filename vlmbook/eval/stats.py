@@ -9,6 +9,7 @@ jointly for both models.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -96,7 +97,8 @@ def mcnemar_exact(correct_a: Sequence, correct_b: Sequence) -> dict[str, float]:
         p = 1.0
     else:
         k = min(b, c)
-        p = min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n)
+        # exact integer arithmetic: 2.0**n overflows a float once n > 1023 discordant questions
+        p = min(1.0, float(Fraction(2 * sum(math.comb(n, i) for i in range(k + 1)), 2 ** n)))
     return {"only_a": b, "only_b": c, "p_value": p, "difference": float(a.mean() - b_.mean())}
 
 

@@ -184,10 +184,13 @@ def _pair_batch(policy, pairs, idx, images):
 
 
 def train_reward_model(policy: VLMPolicy, pairs: list[tuple], images: torch.Tensor, steps: int,
-                       batch_size: int = 16, lr: float = 1e-3, seed: int = 0) -> tuple[RewardModel, list[dict]]:
-    """Bradley–Terry reward model on (chosen, rejected) pairs; the VLM body trains with the head. §6.3."""
-    rm = RewardModel(policy)
-    freeze_all_but(rm, ["head", "body.lm", "body.projector"])
+                       batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+                       logprob_prior: bool = False) -> tuple[RewardModel, list[dict]]:
+    """Bradley–Terry reward model on (chosen, rejected) pairs; the VLM body trains with the head
+    (and, with ``logprob_prior``, the weight of the body's answer log-probability). §6.3."""
+    rm = RewardModel(policy, logprob_prior=logprob_prior)
+    extra = ["logprob_weight"] if logprob_prior else []
+    freeze_all_but(rm, ["head", *extra, "body.lm", "body.projector"])
 
     def batch(step):
         g = step_generator(seed, step)
@@ -198,7 +201,8 @@ def train_reward_model(policy: VLMPolicy, pairs: list[tuple], images: torch.Tens
         B = s.shape[0] // 2
         return reward_loss(s[:B], s[B:]), {"acc": pairwise_accuracy(s[:B].detach(), s[B:].detach())}
 
-    groups = param_groups(rm, {"head": lr, "body.lm": lr, "body.projector": lr, "body.encoder": 0.0})
+    groups = param_groups(rm, {"head": lr, **{k: lr for k in extra}, "body.lm": lr, "body.projector": lr,
+                               "body.encoder": 0.0})
     hist = fit_groups(rm, loss_fn, batch, LoopConfig(steps=steps, lr=lr, seed=seed, log_every=max(1, steps // 10)),
                       groups, desc="reward")
     return rm, hist
@@ -380,19 +384,40 @@ def grpo_step(policy: VLMPolicy, ref: VLMPolicy, opt: torch.optim.Optimizer, ex:
 
 
 # -- stage 3: distillation -------------------------------------------------------------------------
-def half_size_student(teacher: VLMPolicy, seed: int = 0) -> VLMPolicy:
-    """A fresh VLM with half the teacher's LM layers (same tokenizer, so the logits are comparable). §6.4."""
+def half_size_student(teacher: VLMPolicy, seed: int = 0, from_teacher: bool = True) -> VLMPolicy:
+    """A VLM with half the teacher's LM layers (same tokenizer, so the logits are comparable). §6.4.
+
+    The image side (encoder, compressor, projector or quantizer, cell embeddings) is the teacher's:
+    it is not what distillation studies. With ``from_teacher`` the language model starts from the
+    teacher's too, DistilBERT-style: embeddings, final norm and head copied, and student layer i
+    from teacher layer 2i; otherwise it starts from a fresh initialisation.
+    """
     from ..fusion.model import VisionLanguageModel
 
     cfg = teacher.module.config.replace(layers=max(1, teacher.module.config.layers // 2), seed=seed)
     student = VLMPolicy(VisionLanguageModel(cfg).eval())
     teacher.check_compatible(student)
-    # the image side is not what distillation studies: start the student's from the teacher's
-    for name in ("encoder", "projector", "quantizer"):
-        t, s = getattr(teacher.module, name, None), getattr(student.module, name, None)
-        if t is not None and s is not None:
-            s.load_state_dict(t.state_dict())
+    t_state = teacher.module.state_dict()
+    own = student.module.state_dict()
+    copied = {}
+    for key, value in own.items():
+        if key.startswith("lm."):
+            if not from_teacher:
+                continue
+            # "...layers.<i>." (Llama, Qwen, OPT) or "...h.<i>." (GPT-2): take the teacher's layer 2i
+            src = _LAYER.sub(lambda m: f"{m.group(1)}{2 * int(m.group(2))}.", key, count=1)
+        else:
+            src = key
+        if src in t_state and t_state[src].shape == value.shape:
+            copied[key] = t_state[src]
+    missing = [k for k in own if not k.startswith("lm.") and k not in copied]
+    if missing:
+        raise ValueError(f"the student's image side has parts the teacher lacks: {missing[:4]}")
+    student.module.load_state_dict(copied, strict=False)
     return student
+
+
+_LAYER = re.compile(r"(\.(?:layers|h)\.)(\d+)\.")
 
 
 def distill(student: VLMPolicy, teacher: VLMPolicy, examples: Sequence[Example], images: torch.Tensor, steps: int,
