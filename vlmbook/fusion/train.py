@@ -74,9 +74,11 @@ class DemoConfig(Config):
 
     @classmethod
     def base(cls) -> "DemoConfig":
-        """The ``base`` run for one GPU: 10× the exhibits, 2× the steps, batch 128 (not yet trained on a GPU)."""
+        """The ``base`` run for one GPU: 10× the exhibits, 2× the steps, batch 128, the curriculum of
+        ``vlm-tiny`` stretched to 2,000 steps, the encoder warmed up on fresh exhibits (not yet trained
+        on a GPU)."""
         return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=3e-3, beta2=0.95, warmup=300,
-                   caption_frac=0.0, encoder_steps=2000)
+                   caption_frac=0.0, encoder_steps=2000, encoder_fresh=True, curriculum=2000)
 
 
 def warm_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None) -> PatchEncoder:
