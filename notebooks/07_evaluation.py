@@ -228,6 +228,34 @@ for col in ("encode_ms", "ttft_ms", "tokens_per_s"):
           f"device {g.column('device')[0].as_py()})")
 
 # %% [markdown]
+# ### Accuracy against latency
+#
+# Every configuration Chapter 5 trained from an image — each route, compressor and lever in its
+# ablation — has an accuracy (over its seeds) and a cost. Time to first token depends on the
+# architecture and the length of the sequence, not on the trained weights, so
+# `sweeps.accuracy_latency` times a model of each configuration here, on one thread, and reads the
+# accuracies from the committed ablation. The **Pareto front** keeps the configurations that no
+# other beats on both axes: anything off it is slower, less accurate, or both, than a choice on it.
+
+# %%
+from vlmbook.bench.vlm import load_ablation  # noqa: E402
+from vlmbook.eval import sweeps  # noqa: E402
+
+sweep = sweeps.accuracy_latency(load_ablation(), repeats=5)
+for r in sweep:
+    print(f"{r['route']:10s} {r['variant']:22s} {r['compressor']:9s} M={r['image_tokens']}  "
+          f"accuracy {r['accuracy']:5.1f} % ({r['seeds']} seed{'s' * (r['seeds'] > 1)})  "
+          f"TTFT {r['ttft_ms']:5.2f} ms  {'on the front' if r['pareto'] else ''}")
+show(eplot.pareto_figure(sweep, title="Chapter 5's configurations: accuracy against time to first token"))
+
+# %% [markdown]
+# Variants that differ only in how they were trained (a curriculum, more steps) are one
+# architecture and share one timing. At nine image tokens the configurations' times to first token
+# lie within about a millisecond of each other, and a few percent of that is the noise of timing on
+# a shared machine, so the front here is decided mostly by accuracy. Every guide reads nine image
+# tokens, one per exhibit cell, because the citations name cells; a sweep over the number of
+# tokens $M$ needs a guide whose tokens are not tied to the cells (Exercise 5).
+#
 # ## 7.5 Every benchmark, one format
 #
 # Each chapter's benchmark keeps its own nested table. `vlmbook.eval.metrics` flattens any of them
@@ -271,18 +299,26 @@ print("\n".join(line for line in task.read_text().splitlines() if line.startswit
 #   pairing and resolve smaller differences than two separate intervals.
 # - Ground truth explains errors: the guide's mistakes are counted as perception, localisation,
 #   reasoning or language from the scene itself, per question type.
+# - Accuracy has a price: each of Chapter 5's configurations is a point of accuracy against time to
+#   first token, and only those on the Pareto front are worth choosing.
 #
 # ## Exercises
 #
 # 1. Evaluate the guide on the `val` split (`vlmbook eval vlm-tiny --split val --out val.parquet`).
 #    Is the difference from the test split significant? Which test applies, and why not McNemar?
 # 2. Change `JPEG_QUALITY` in `vlmbook/bench/eval.py` to 5 and 30. At which quality does the loss
-#    become significant on 200 exhibits? How many exhibits would resolve a 2-point loss?
+#    become significant on 200 exhibits? Find a quality at which the paired tests call the loss
+#    significant while the two separate intervals still overlap. How many exhibits would resolve a
+#    2-point loss?
 # 3. Train Chapter 5's routes with three seeds each and report mean ± std and a paired test between
 #    the best two. Is the ranking stable across seeds?
 # 4. Add a rule to the taxonomy for `count` questions: off by one versus off by more. What share of
 #    the guide's counting errors is off by one?
-# 5. Run `python -m vlmbook.bench all --quick` and compare the load average and the speed ratios
+# 5. Sweep the number of image tokens $M$: give Chapter 4's Perceiver Resampler 4, 16 and 36
+#    latents (`CompressorConfig(num_tokens=...)`) in front of a guide that answers without
+#    citations (`cite=False`, so its tokens need not be cells), train each, and add the points to
+#    the accuracy–latency figure. Does Chapter 4's token-budget curve $Q(M)$ predict their order?
+# 6. Run `python -m vlmbook.bench all --quick` and compare the load average and the speed ratios
 #    with the committed records; which ratios move with load?
 
 # %%

@@ -48,3 +48,25 @@ def accuracy_intervals(results: Mapping[str, tuple[float, float, float]], xlabel
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     return fig
+
+
+def pareto_figure(rows: Sequence[Mapping], title: str = "") -> Figure:
+    """Accuracy (with its range over seeds) against time to first token, one point per configuration,
+    the Pareto front joined by a line; ``rows`` from :func:`vlmbook.eval.sweeps.accuracy_latency`. §7.4."""
+    if not rows:
+        raise ValueError("pareto_figure needs at least one row")
+    fig, axes = figure(1, 1, width=6.4, height=3.8)
+    ax = axes[0, 0]
+    for i, r in enumerate(rows):
+        lo, hi = r["accuracy"] - r["accuracy_min"], r["accuracy_max"] - r["accuracy"]
+        ax.errorbar([r["ttft_ms"]], [r["accuracy"]], yerr=[[lo], [hi]], fmt="o" if r["pareto"] else "s", capsize=3,
+                    color=PALETTE[i % len(PALETTE)],
+                    label=f"{r['route']} · {r['variant']} ({r['compressor']}, {r['seeds']} seed{'s' * (r['seeds'] > 1)})")
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ttft_ms"])
+    ax.plot([r["ttft_ms"] for r in front], [r["accuracy"] for r in front], color="0.5", lw=1, ls="--", zorder=0,
+            label="Pareto front")
+    ax.set_xlabel("time to first token (ms, one thread)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    return fig
