@@ -126,7 +126,8 @@ def encoder_readout(compressor: str = "perceiver", encoder_lr: float = 3e-3, ste
     from ..vision.clip import CLIPConfig, load_clip_tiny
     from .data import patch_labels
     from .model import build_compressor
-    from .train import DemoConfig, museum_stream, pretrain_encoder
+    from .train import DemoConfig
+    from .warmup import museum_stream, pretrain_encoder
 
     cfg = VLMConfig.tiny().replace(compressor=compressor)
     demo = DemoConfig.tiny()

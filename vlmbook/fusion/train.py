@@ -1,4 +1,7 @@
-"""Teaching a VLM to answer museum questions: data, loss on answers only, evaluation (Chapter 5 §5.7).
+"""Teaching a VLM to answer museum questions: the loss on answers only, the run's settings, one route's
+training, the ``vlm-tiny`` builder (Chapter 5 §5.7). Data and batching live in ``fusion.data``,
+scoring in ``fusion.evaluate``, the image side's warm-up in ``fusion.warmup``, the lever ablation
+in ``fusion.ablation``.
 
 Questions, answers and images come from :class:`vlmbook.data.Museum`. Training minimises the
 next-token loss on the answer tokens (and ``<|end|>``) only; held-out accuracy is the exact
@@ -7,7 +10,6 @@ the reference answer iff the arg-max at every answer position equals the referen
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Any, Callable, Sequence
@@ -16,14 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..data.museum import COLOUR_NAMES, SHAPES, SIZE_NAMES
 from ..loop import LoopConfig, fit
-from ..util import step_generator
 from .continuous import PatchEncoder
 from .data import (CAPTION_PROMPT, EXCLUDED_TYPES, Batcher, QAData, museum_qa, patch_labels,  # noqa: F401
                    with_oracle_features)
 from .evaluate import accuracy_by_type, evaluate, majority_baseline, teacher_forced_accuracy  # noqa: F401
 from .model import VisionLanguageModel, VLMConfig
+# the image side's warm-up has its own module; its names stay importable from here
+from .warmup import (_ENCODERS, CellProbe, clip_encoder, encode_all, museum_stream, pretrain_encoder,  # noqa: F401
+                     warm_encoder)
 
 def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
     """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.7."""
@@ -79,77 +82,6 @@ class DemoConfig(Config):
         on a GPU)."""
         return cls(train_scenes=20000, test_scenes=1000, steps=6000, batch_size=128, lr=3e-3, beta2=0.95, warmup=300,
                    caption_frac=0.0, encoder_steps=2000, encoder_fresh=True, curriculum=2000)
-
-
-def warm_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None) -> PatchEncoder:
-    """A :class:`PatchEncoder` for ``cfg`` warmed up on the per-patch labels of ``train``'s exhibits. §5.7."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(demo.seed + 1)
-        enc = PatchEncoder(cfg.hidden, cfg.grid, cfg.enc_channels)
-    pretrain_encoder(enc, train.images, patch_labels("train", len(train.images), cfg.grid), demo.encoder_steps,
-                     demo.batch_size, demo.lr, demo.seed, device)
-    return enc.cpu()
-
-
-def clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None = None
-                 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """Chapter 4's ``clip-tiny`` vision tower and ``cfg.compressor`` (Chapter 4's Perceiver Resampler in
-    the recipe), trained together on per-cell labels for ``demo.encoder_steps`` (seeded by
-    ``demo.encoder_seed``) so that image token k describes cell k; returns ``(vision, compressor)``. §5.7.
-
-    Contrastive training on captions leaves where-is-what only partly readable from the patch
-    features; the warm-up makes each cell's colour, shape and size linearly readable from its token.
-    The result depends only on its own settings, so runs that share them (the seeds of the language
-    model in the ablation) share one warm-up, kept in memory.
-    """
-    key = (cfg.grid, cfg.image_size, cfg.compressor, demo.encoder_steps, demo.encoder_lr, demo.encoder_fresh,
-           demo.encoder_seed, demo.batch_size, len(train.images), train.split, train.start)
-    if key not in _ENCODERS:
-        _ENCODERS.clear()  # one ViT is enough to keep
-        _ENCODERS[key] = _train_clip_encoder(cfg, demo, train, device)
-    return copy.deepcopy(_ENCODERS[key])
-
-
-_ENCODERS: dict[tuple, tuple[torch.nn.Module, torch.nn.Module | None]] = {}
-
-
-def _train_clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None
-                        ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    from ..vision.clip import CLIPConfig, load_clip_tiny
-    from .model import build_compressor
-
-    vision = copy.deepcopy(load_clip_tiny().vision).requires_grad_(True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(demo.encoder_seed + 1)
-        compressor = build_compressor(cfg, CLIPConfig.tiny().vision_dim)
-    if demo.encoder_steps:
-        # with encoder_fresh, every step draws new exhibits from the generator (labels are free):
-        # on the 2,000 training exhibits alone the ViT memorises them and its shape read-out stalls
-        stream = museum_stream(cfg.image_size, cfg.grid, start=len(train.images)) if demo.encoder_fresh else None
-        parts = [vision] + ([compressor] if compressor is not None else [])
-        pretrain_encoder(torch.nn.Sequential(*parts), train.images, patch_labels("train", len(train.images), cfg.grid),
-                         demo.encoder_steps, demo.batch_size, demo.encoder_lr, demo.encoder_seed, device, stream=stream)
-    return vision.cpu().eval(), (compressor.cpu().eval() if compressor is not None else None)
-
-
-def museum_stream(size: int, grid: int, start: int = 0, split: str = "train"):
-    """``(step, n) -> (images (n, 3, size, size), labels (n, grid², 3))`` of fresh exhibits ``start + step * n …``. §5.7."""
-    from ..data.museum import Museum
-
-    museum = Museum(split, size=size, length=2 ** 31)
-
-    def draw(step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        first = start + step * n
-        return museum.tensors(first, n), patch_labels(split, n, grid, start=first)
-
-    return draw
-
-
-@torch.no_grad()
-def encode_all(encoder: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """(n, 3, H, W) -> (n, N, D) encoder features, computed once for a frozen encoder."""
-    dev = next(encoder.parameters()).device
-    return torch.cat([encoder(images[i:i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
 
 
 def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None,
@@ -268,71 +200,3 @@ def run_demo(vlm_cfg: VLMConfig | None = None, demo: DemoConfig | None = None, r
         secs = time.perf_counter() - t0
         out[r] = {"model": model, "history": hist, "accuracy": evaluate(model, test), "seconds": secs}
     return out
-
-
-class CellProbe(torch.nn.Module):
-    """An encoder (B, 3, H, W) -> (B, M, D) plus linear (colour, shape, size) heads per image token. §5.7."""
-
-    def __init__(self, encoder: torch.nn.Module, dim: int):
-        super().__init__()
-        self.encoder = encoder
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n + 1) for n in (len(COLOUR_NAMES), len(SHAPES),
-                                                                                  len(SIZE_NAMES)))
-
-    @torch.no_grad()
-    def readout(self, images: torch.Tensor, labels: torch.Tensor, batch: int = 250) -> dict[str, float]:
-        """(n, 3, H, W) exhibits, (n, M, 3) cell labels -> % of occupied cells whose colour, shape and
-        size the heads read correctly, and shape by object size (``shape_small`` …). §5.7."""
-        if labels.ndim != 3 or labels.shape[0] != images.shape[0] or labels.shape[-1] != 3:
-            raise ValueError(f"labels must be (n, M, 3) for {images.shape[0]} images, got {tuple(labels.shape)}")
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        feats = torch.cat([self.encoder(images[i:i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
-        self.train(was)
-        pred = torch.stack([h.cpu()(feats).argmax(-1) for h in self.heads], -1)
-        occupied = labels[..., 0] > 0
-        right = pred == labels
-        out = {name: 100 * float(right[..., j][occupied].float().mean()) for j, name in
-               enumerate(("colour", "shape", "size"))}
-        out["all_three"] = 100 * float(right.all(-1)[occupied].float().mean())
-        for j, size in enumerate(SIZE_NAMES):
-            sel = labels[..., 2] == j + 1
-            out[f"shape_{size}"] = 100 * float(right[..., 1][sel].float().mean()) if sel.any() else float("nan")
-        return out
-
-
-def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None,
-                     stream=None, return_probe: bool = False) -> list[dict] | tuple[list[dict], CellProbe]:
-    """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
-
-    Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
-    museum's attributes are linearly readable. ``stream(step, n)`` (see :func:`museum_stream`), if
-    given, supplies each step's batch instead of sampling ``images``/``labels``. Returns the
-    training history, and with ``return_probe`` also the :class:`CellProbe` (encoder + heads).
-    """
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
-    with torch.no_grad():
-        dim = encoder(images[:1]).shape[-1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        probe = CellProbe(encoder, dim)
-
-    def batch_fn(step: int):
-        if stream is not None:
-            imgs, labs = stream(step, batch_size)
-            return {"images": imgs, "labels": labs}
-        g = step_generator(seed, step, 7919)  # the stride the committed records were drawn with
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        return {"images": images[idx], "labels": labels[idx]}
-
-    def loss_fn(model, batch, step):
-        f = model.encoder(batch["images"])
-        losses = [F.cross_entropy(h(f).flatten(0, 1), batch["labels"][..., j].flatten()) for j, h in enumerate(model.heads)]
-        return sum(losses)
-
-    loop = LoopConfig(steps=steps, lr=lr, warmup=min(20, steps // 5), seed=seed, log_every=max(1, steps // 10))
-    hist = fit(probe, loss_fn, batch_fn, loop, device=device, desc="encoder")
-    return (hist, probe) if return_probe else hist
