@@ -16,7 +16,8 @@
 # %% [markdown]
 # # Chapter 6 — Training the guide: alignment, instructions, preferences
 #
-# Chapter 5 trained the museum guide in one stage: every weight, one loss, the museum's questions.
+# Chapter 5 trained the museum guide in two steps: its image side on the exhibits' per-cell
+# labels, then everything after it on the museum's questions, with one loss.
 # Real vision-language models are trained in several stages, each with its own data, its own loss
 # and its own set of weights that may move. This chapter walks through those stages on the guide,
 # at toy scale, with the package `vlmbook.train`: every loss is a function of tensors, tested
