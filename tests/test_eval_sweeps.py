@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from vlmbook.eval.sweeps import accuracy_latency, encoder_rows, pareto_front
+from vlmbook.eval.sweeps import accuracy_latency, pareto_front
 
 
 def test_pareto_front_golden_and_property():
@@ -27,7 +27,9 @@ def test_pareto_front_golden_and_property():
 
 
 def _rec(source, route, variant, seed, acc):
-    return {"source": source, "route": route, "variant": variant, "seed": seed, "accuracy": {"all": acc}}
+    # the fields an ablation record carries (vlmbook.fusion.ablation.run_cell)
+    return {"source": source, "route": route, "variant": variant, "seed": seed, "steps": 3000, "levers": {},
+            "image_tokens": 9, "threads": 1, "steps_per_s": 10.0, "accuracy": {"all": acc}}
 
 
 def test_accuracy_latency_measures_each_encoder_configuration():
@@ -36,12 +38,13 @@ def test_accuracy_latency_measures_each_encoder_configuration():
 
     records = [_rec("clip", "continuous", "curriculum", s, a) for s, a in ((0, 80.0), (1, 90.0))]
     records += [_rec("vq", "discrete", "recipe", 0, 30.0), _rec("oracle", "continuous", "recipe", 0, 99.0)]
-    assert set(encoder_rows(records)) == {("clip", "continuous", "curriculum"), ("vq", "discrete", "recipe")}
     rows = accuracy_latency(records, repeats=1)
+    assert [(r["source"], r["route"], r["variant"]) for r in rows] == [("clip", "continuous", "curriculum"),
+                                                                       ("vq", "discrete", "recipe")]
     assert [(r["route"], r["seeds"], r["accuracy"]) for r in rows] == [("continuous", 2, 85.0), ("discrete", 1, 30.0)]
     assert rows[0]["compressor"] == "perceiver" and rows[1]["compressor"] == "none"
     assert all(r["ttft_ms"] > 0 and r["tokens_per_s"] > 0 and r["image_tokens"] == 9 for r in rows)
     assert rows[0]["pareto"]  # the more accurate one is always on the front
     assert to_png(pareto_figure(rows))[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="nothing to sweep"):
-        encoder_rows(records[-1:])
+        accuracy_latency(records[-1:])

@@ -417,3 +417,14 @@ def test_cite_cells_puts_cell_k_embedding_on_p_k():
         cfg.replace(cell_embed="none")
     with pytest.raises(ValueError, match="cite_cells"):
         cfg.replace(cite=False)
+
+
+def test_configs_saved_before_cite_cells_and_compressor_depth_still_load():
+    """A saved config without the new fields reads as what it was built with: no cite_cells, and
+    Chapter 4's default of two compressor layers; a hand-written dict takes the dataclass defaults."""
+    cfg = VLMConfig.tiny()
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("cite_cells", "compressor_depth")}
+    saved = VLMConfig.from_dict(old, require_all=True)
+    assert saved.cite_cells is False and saved.compressor_depth == 2
+    assert saved == cfg.replace(compressor_depth=2)
+    assert VLMConfig.from_dict(old).compressor_depth == 1 == cfg.compressor_depth

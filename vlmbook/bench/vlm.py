@@ -63,6 +63,14 @@ def summarise(records: list[dict]) -> dict[str, dict]:
     return out
 
 
+def from_images(summary: dict[str, dict]) -> dict[str, dict]:
+    """The rows of :func:`summarise` read from an image (an encoder or a tokenizer), not oracle features."""
+    rows = {k: v for k, v in summary.items() if not k.startswith("oracle/")}
+    if not rows:
+        raise ValueError("the ablation holds no run that reads an image: nothing to sweep or compare")
+    return rows
+
+
 @torch.no_grad()
 def latency(vlm, image: torch.Tensor, question: str, new_tokens: int = 16, repeats: int = 3) -> dict[str, float]:
     """Time to first token (ms, prefill + one token) and decoding speed (tokens/s) for one question."""
@@ -97,9 +105,7 @@ def run(quick: bool = False) -> BenchResult:
                                   "threads": 1, "training_log": guide.training_log, "config": c.to_dict()}
     table["majority_baseline_pct"] = base
     table["load_average"] = list(os.getloadavg())
-    encoder_rows = {k: v for k, v in table["ablation"].items() if not k.startswith("oracle/")}
-    if not encoder_rows:
-        raise ValueError("the ablation holds no run from an image encoder")
+    encoder_rows = from_images(table["ablation"])
     # rows with the most seeds first (3 is the target), then the best seed-averaged accuracy
     best_key = max(encoder_rows, key=lambda k: (min(len(encoder_rows[k]["seeds"]), 3), encoder_rows[k]["all"]["mean"]))
     n = len(encoder_rows[best_key]["seeds"])

@@ -7,8 +7,6 @@ configurations that no other one beats on both axes.
 """
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from typing import Sequence
 
 import torch
@@ -30,42 +28,33 @@ def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> list[in
     return front
 
 
-def encoder_rows(records: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
-    """Ablation records read from an image (not oracle features), grouped by (source, route, variant)."""
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
-    for r in records:
-        if r["source"] != "oracle":
-            groups[(r["source"], r["route"], r["variant"])].append(r)
-    if not groups:
-        raise ValueError("no ablation record reads an image: nothing to sweep")
-    return dict(groups)
-
-
 @torch.no_grad()
 def accuracy_latency(records: Sequence[dict], repeats: int = 5, question: str = "What colour is the star?") -> list[dict]:
     """One row per (source, route, variant) of the ablation: accuracy over seeds, image tokens, and the
     time to first token (ms) and decoding speed (tokens/s) of that configuration, measured on one
     thread on a 64-px exhibit, plus ``pareto`` (on the front or not). §7.4."""
-    from ..bench.vlm import latency
+    from ..bench.vlm import from_images, latency, summarise
     from ..data.museum import Museum
     from ..device import num_threads
     from ..fusion.ablation import variant_config
     from ..fusion.model import VisionLanguageModel
 
+    # the ablation's own grouping (source/route/variant/steps) and statistics over seeds
+    groups = from_images(summarise(records))
     rows, timed = [], {}
     with num_threads(1):
-        for (source, route, variant), rs in sorted(encoder_rows(records).items()):
+        for key, g in groups.items():
+            source, route, variant, _ = key.split("/")
             cfg = variant_config(variant, route, source)
-            key = repr(sorted(cfg.to_dict().items()))
-            if key not in timed:  # variants that differ only in how they were trained share one model
+            arch = repr(sorted(cfg.to_dict().items()))
+            if arch not in timed:  # variants that differ only in how they were trained share one model
                 vlm = VisionLanguageModel(cfg).eval()
                 image = Museum("test", size=cfg.image_size).tensors(0, 1)[0]
-                timed[key] = latency(vlm, image, question, repeats=repeats)
-            lat = timed[key]
-            accs = [r["accuracy"]["all"] for r in rs]
+                timed[arch] = latency(vlm, image, question, repeats=repeats)
+            acc = g["all"]
             rows.append({"source": source, "route": route, "variant": variant, "compressor": cfg.compressor,
-                         "image_tokens": cfg.image_tokens, "seeds": len(rs), "accuracy": round(statistics.mean(accs), 2),
-                         "accuracy_min": min(accs), "accuracy_max": max(accs), **lat, "threads": 1})
+                         "image_tokens": cfg.image_tokens, "seeds": len(g["seeds"]), "accuracy": acc["mean"],
+                         "accuracy_min": acc["min"], "accuracy_max": acc["max"], **timed[arch], "threads": 1})
     front = set(pareto_front([r["ttft_ms"] for r in rows], [r["accuracy"] for r in rows]))
     for i, r in enumerate(rows):
         r["pareto"] = i in front

@@ -17,8 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from .model import RECIPE, VLMConfig
 
 OFF = {"cell_embed": "none", "layout": "image_first", "cite": False, "closed_answers": False, "qk_norm": False}
@@ -40,9 +38,9 @@ VARIANTS: dict[str, dict] = {
     "answer_only": dict(OFF),
 }
 #: Variant name -> DemoConfig fields changed from the run's (training levers, not model ones).
-DEMO_VARIANTS: dict[str, dict] = {"curriculum": {"curriculum": 1000}, "curriculum_sincos": {"curriculum": 1000},
-                                   "curriculum_long": {"curriculum": 2000}, "curriculum_cite_cells": {"curriculum": 1000},
-                                   "curriculum_cellpool": {"curriculum": 1000}}
+CURRICULUM = {"curriculum": 1000}
+DEMO_VARIANTS: dict[str, dict] = {"curriculum": CURRICULUM, "curriculum_sincos": CURRICULUM, "curriculum_cite_cells": CURRICULUM,
+                                   "curriculum_cellpool": CURRICULUM, "curriculum_long": {"curriculum": 2000}}
 SOURCES = ("oracle", "patch", "clip", "vq")
 
 
@@ -123,24 +121,16 @@ def encoder_readout(compressor: str = "perceiver", encoder_lr: float = 3e-3, ste
     """
     from ..data.museum import Museum
     from ..device import num_threads
-    from ..vision.clip import CLIPConfig, load_clip_tiny
     from .data import patch_labels
-    from .model import build_compressor
     from .train import DemoConfig
-    from .warmup import museum_stream, pretrain_encoder
+    from .warmup import museum_stream, train_clip_side
 
     cfg = VLMConfig.tiny().replace(compressor=compressor)
     demo = DemoConfig.tiny()
     with num_threads(1):
-        vision = load_clip_tiny().vision.requires_grad_(True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)
-            comp = build_compressor(cfg, CLIPConfig.tiny().vision_dim)
         t0 = time.perf_counter()
-        _, probe = pretrain_encoder(torch.nn.Sequential(vision, comp), torch.zeros(1, 3, 64, 64),
-                                    torch.zeros(1, cfg.image_tokens, 3, dtype=torch.long), steps, demo.batch_size,
-                                    encoder_lr, seed, "cpu", stream=museum_stream(cfg.image_size, cfg.grid, start=2000),
-                                    return_probe=True)
+        _, _, probe = train_clip_side(cfg, steps, demo.batch_size, encoder_lr, seed, "cpu",
+                                      stream=museum_stream(cfg.image_size, cfg.grid, start=2000))
         secs = time.perf_counter() - t0
         images = Museum("test", size=cfg.image_size).tensors(0, test_scenes)
         read = probe.readout(images, patch_labels("test", test_scenes, cfg.grid))

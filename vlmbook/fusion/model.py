@@ -110,9 +110,13 @@ class VLMConfig(Config):
     @classmethod
     def from_dict(cls, data: dict, require_all: bool = False) -> "VLMConfig":
         """:meth:`Config.from_dict`; a model saved before ``lm_path`` and ``qk_norm`` existed is on the
-        book's plain Llama (and one saved before ``vq_artifact`` existed never used it)."""
+        book's plain Llama (and one saved before ``vq_artifact`` or ``cite_cells`` existed never used
+        them). A saved model (``require_all``) without ``compressor_depth`` was built with Chapter 4's
+        default of two compressor layers."""
         if isinstance(data, dict):
-            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", "cite_cells": False, **data}
+            old = {"compressor_depth": 2} if require_all else {}
+            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", "cite_cells": False, **old,
+                    **data}
         return super().from_dict(data, require_all)
 
     def validate(self) -> None:
@@ -380,10 +384,8 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             return x
         lo, hi = self.patch_range
         is_p = (ids >= lo) & (ids < hi)
-        if not bool(is_p.any()):
-            return x
-        e = self.cell_vectors().to(x.dtype)
-        return x + torch.where(is_p[..., None], e[(ids - lo).clamp(0, hi - lo - 1)], torch.zeros_like(x))
+        cells = self.cell_vectors().to(x.dtype)[(ids - lo).clamp(0, hi - lo - 1)]
+        return x + cells * is_p[..., None]
 
     def add_cell_embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, M, d) image tokens + their cell's embedding (``config.cell_embed``), so that what a

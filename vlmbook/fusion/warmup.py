@@ -58,21 +58,35 @@ _ENCODERS: dict[tuple, tuple[torch.nn.Module, torch.nn.Module | None]] = {}
 
 def _train_clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | None
                         ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    # with encoder_fresh, every step draws new exhibits from the generator (labels are free):
+    # on the 2,000 training exhibits alone the ViT memorises them and its shape read-out stalls
+    stream = museum_stream(cfg.image_size, cfg.grid, start=len(train.images)) if demo.encoder_fresh else None
+    labels = patch_labels("train", len(train.images), cfg.grid) if demo.encoder_steps and stream is None else None
+    vision, compressor, _ = train_clip_side(cfg, demo.encoder_steps, demo.batch_size, demo.encoder_lr,
+                                            demo.encoder_seed, device, stream=stream,
+                                            images=None if stream is not None else train.images, labels=labels)
+    return vision, compressor
+
+
+def train_clip_side(cfg: VLMConfig, steps: int, batch_size: int, lr: float, seed: int, device: str | None = None,
+                    stream=None, images: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                    ) -> tuple[torch.nn.Module, torch.nn.Module | None, CellProbe | None]:
+    """Chapter 4's ``clip-tiny`` ViT and ``cfg.compressor`` (seeded by ``seed``) trained together for
+    ``steps`` on per-cell labels — drawn from ``stream`` or from ``images``/``labels`` — so that image
+    token k describes cell k; returns ``(vision, compressor, probe)`` (no probe without steps). §5.7."""
     from ..vision.clip import CLIPConfig, load_clip_tiny
     from .model import build_compressor
 
     vision = copy.deepcopy(load_clip_tiny().vision).requires_grad_(True)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(demo.encoder_seed + 1)
+        torch.manual_seed(seed + 1)
         compressor = build_compressor(cfg, CLIPConfig.tiny().vision_dim)
-    if demo.encoder_steps:
-        # with encoder_fresh, every step draws new exhibits from the generator (labels are free):
-        # on the 2,000 training exhibits alone the ViT memorises them and its shape read-out stalls
-        stream = museum_stream(cfg.image_size, cfg.grid, start=len(train.images)) if demo.encoder_fresh else None
+    probe = None
+    if steps:
         parts = [vision] + ([compressor] if compressor is not None else [])
-        pretrain_encoder(torch.nn.Sequential(*parts), train.images, patch_labels("train", len(train.images), cfg.grid),
-                         demo.encoder_steps, demo.batch_size, demo.encoder_lr, demo.encoder_seed, device, stream=stream)
-    return vision.cpu().eval(), (compressor.cpu().eval() if compressor is not None else None)
+        _, probe = pretrain_encoder(torch.nn.Sequential(*parts), images, labels, steps, batch_size, lr, seed, device,
+                                    stream=stream, return_probe=True)
+    return vision.cpu().eval(), (compressor.cpu().eval() if compressor is not None else None), probe
 
 
 def museum_stream(size: int, grid: int, start: int = 0, split: str = "train"):
@@ -113,9 +127,13 @@ class CellProbe(torch.nn.Module):
         was = self.training
         self.eval()
         dev = next(self.parameters()).device
-        feats = torch.cat([self.encoder(images[i:i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
+
+        def predict(x: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> (b, M, 3) predicted classes
+            f = self.encoder(x.to(dev))
+            return torch.stack([h(f).argmax(-1) for h in self.heads], -1).cpu()
+
+        pred = torch.cat([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
         self.train(was)
-        pred = torch.stack([h.cpu()(feats).argmax(-1) for h in self.heads], -1)
         occupied = labels[..., 0] > 0
         right = pred == labels
         out = {name: 100 * float(right[..., j][occupied].float().mean()) for j, name in
@@ -127,20 +145,23 @@ class CellProbe(torch.nn.Module):
         return out
 
 
-def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 200,
+def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor | None, labels: torch.Tensor | None, steps: int = 200,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None,
                      stream=None, return_probe: bool = False) -> list[dict] | tuple[list[dict], CellProbe]:
     """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
 
     Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
     museum's attributes are linearly readable. ``stream(step, n)`` (see :func:`museum_stream`), if
-    given, supplies each step's batch instead of sampling ``images``/``labels``. Returns the
+    given, supplies each step's batch instead of sampling ``images``/``labels`` (which may then be
+    None). Returns the
     training history, and with ``return_probe`` also the :class:`CellProbe` (encoder + heads).
     """
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows")
+    if images is None and stream is None:
+        raise ValueError("pretrain_encoder needs images and labels, or a stream of them")
+    if images is not None and (labels is None or images.shape[0] != labels.shape[0]):
+        raise ValueError(f"{images.shape[0]} images but {0 if labels is None else labels.shape[0]} label rows")
     with torch.no_grad():
-        dim = encoder(images[:1]).shape[-1]
+        dim = encoder(images[:1] if images is not None else stream(0, 1)[0]).shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probe = CellProbe(encoder, dim)

@@ -32,30 +32,40 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None]
 
 
-class Int8Linear(nn.Module):
-    """A linear layer whose weight is stored as int8 + per-row scales; (…, in) -> (…, out). §6.5."""
+class _Int8Rows(nn.Module):
+    """A (rows, cols) weight stored as int8 with one float scale per row."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor):
         super().__init__()
-        q, s = quantize_per_channel(linear.weight)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", q)
-        self.register_buffer("scale", s)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
-
-    @classmethod
-    def shared(cls, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> "Int8Linear":
-        """An int8 linear layer over existing ``(q, scale)`` buffers (a head tied to an :class:`Int8Embedding`)."""
         if q.dtype != torch.int8 or q.ndim != 2 or scale.shape != q.shape[:1]:
             raise ValueError(f"need (out, in) int8 and (out,) scales, got {q.dtype} {tuple(q.shape)}, "
                              f"{tuple(scale.shape)}")
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self.out_features, self.in_features = q.shape
         self.register_buffer("weight_int8", q)
         self.register_buffer("scale", scale)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight it computes with, ``s · q`` (a fresh tensor: for shape, device and dtype)."""
+        return dequantize(self.weight_int8, self.scale)
+
+
+class Int8Linear(_Int8Rows):
+    """A linear layer whose weight is stored as int8 + per-row scales; (…, in) -> (…, out). §6.5.
+
+    Built from ``(q, scale)`` buffers, which it may share (a head tied to an :class:`Int8Embedding`),
+    or from a float layer with :meth:`from_linear`.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__(q, scale)
+        self.out_features, self.in_features = q.shape
         self.register_buffer("bias", bias)
-        return self
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        """Quantise a float ``nn.Linear`` per output row."""
+        q, s = quantize_per_channel(linear.weight)
+        return cls(q, s, None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x · qᵀ) · s == x · (s·q)ᵀ: the scale can be applied to the output instead of the weight
@@ -64,34 +74,21 @@ class Int8Linear(nn.Module):
             y = y + self.bias
         return y.to(x.dtype)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The float weight it computes with, ``s · q`` (a fresh tensor: for shape, device and dtype)."""
-        return dequantize(self.weight_int8, self.scale)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Int8Rows):
     """An embedding table stored as int8 + one scale per token row; (…) ids -> (…, dim). §6.5."""
 
     def __init__(self, embedding: nn.Embedding):
-        super().__init__()
-        q, s = quantize_per_channel(embedding.weight)
-        self.num_embeddings, self.embedding_dim = q.shape
+        super().__init__(*quantize_per_channel(embedding.weight))
+        self.num_embeddings, self.embedding_dim = self.weight_int8.shape
         self.padding_idx = embedding.padding_idx
-        self.register_buffer("weight_int8", q)
-        self.register_buffer("scale", s)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # gather the int8 rows first: only the looked-up rows are converted to float
         return F.embedding(ids, self.weight_int8).float() * self.scale[ids, None]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The float weight it computes with, ``s · q`` (a fresh tensor: for shape, device and dtype)."""
-        return dequantize(self.weight_int8, self.scale)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8"
@@ -110,7 +107,7 @@ def quantize_embeddings(model: nn.Module) -> tuple[nn.Module, list[str]]:
     names = ["input_embeddings"]
     if tied:
         bias = None if head.bias is None else head.bias.detach().float().clone()
-        model.set_output_embeddings(Int8Linear.shared(q8.weight_int8, q8.scale, bias))
+        model.set_output_embeddings(Int8Linear(q8.weight_int8, q8.scale, bias))
         names.append("output_embeddings")
     return model, names
 
@@ -131,7 +128,7 @@ def quantize_linear_layers(model: nn.Module, skip: Iterable[str] = (), inplace: 
         if isinstance(mod, nn.Linear) and name not in skip and counts.get(id(mod.weight), 0) == 1:
             parent_name, _, child = name.rpartition(".")
             parent = m.get_submodule(parent_name) if parent_name else m
-            setattr(parent, child, Int8Linear(mod))
+            setattr(parent, child, Int8Linear.from_linear(mod))
             names.append(name)
     unknown = skip - {n for n, _ in m.named_modules()}
     if unknown:
