@@ -11,6 +11,7 @@ from vlmbook.fusion.cost import gated_flops, measure_forward, prefix_flops
 from vlmbook.fusion.grounding import (audit_json, audit_record, citation_boxes, citation_precision, citation_scores,
                                       format_citation, parse_citations)
 from vlmbook.fusion.train import Batcher, DemoConfig, answer_loss, evaluate, museum_qa, train_route
+from vlmbook.util import step_generator
 
 SMALL = dict(hidden=32, intermediate=64, enc_channels=8, layers=2, corpus_scenes=200, codebook_size=32)
 
@@ -190,6 +191,38 @@ def test_museum_qa_and_batches():
     codes = Batcher(d, dataclasses.replace(data, codes=None), 8).batch(5)
     assert "images" not in codes and codes["codes"].shape == (8, 4, 4)
     assert data.codes is None and data.features is None  # the caller's data is never filled in
+
+
+def test_packed_batches_are_conversations_about_one_exhibit():
+    """pack = k: batch_size / k rows, each a question plus k - 1 follow-ups about the same exhibit,
+    every answer with its loss; what the first turn sees is the unpacked sequence (equal logits)."""
+    data = museum_qa("train", 20)
+    m = VisionLanguageModel(VLMConfig(route="continuous", **SMALL)).eval()
+    flat, packed = Batcher(m, data, 8, seed=3), Batcher(m, data, 8, seed=3, pack=4)
+    x = packed.batch(2)
+    assert x["input_ids"].shape[0] == 2 and x["images"].shape[0] == 2
+    g = step_generator(3, 2)
+    first = torch.randint(packed.n_qa, (2,), generator=g).tolist()
+    follow = [packed._follow_ups(i, g) for i in first]
+    assert all(len(f) == 3 and i not in f and {packed.image_of[j] for j in f} == {packed.image_of[i]}
+               for i, f in zip(first, follow))
+    n_answers = sum(1 + len(f) for f in follow)
+    assert (x["labels"] == m.ids["end"]).sum() == n_answers == 8
+    assert int(x["targets"].sum()) == len(x["labels"]) == sum(packed.answer_len[j] for j in first + sum(follow, []))
+    assert torch.equal(packed.batch(2)["input_ids"], x["input_ids"])  # a pure function of the step
+    # the first turn of a packed row reads exactly what the unpacked sequence reads
+    one = flat.collate([first[0]])
+    L = one["input_ids"].shape[1]
+    with torch.no_grad():
+        a = m(one["input_ids"], images=one["images"])
+        b = m(x["input_ids"][:1], images=x["images"][:1])[:, :L]
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="pack"):
+        Batcher(m, data, 6, pack=4)
+    with pytest.raises(ValueError, match="caption_frac"):
+        Batcher(m, data, 8, pack=2, caption_frac=0.25)
+    with pytest.raises(ValueError, match="pack"):
+        DemoConfig(batch_size=64, pack=3)
 
 
 def test_shared_test_set_serves_every_route(models):

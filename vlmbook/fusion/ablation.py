@@ -35,12 +35,17 @@ VARIANTS: dict[str, dict] = {
     "curriculum_long": {},
     "curriculum_cite_cells": {"cite_cells": True},
     "curriculum_cellpool": {"compressor": "cells"},
+    "pack4": {},
+    "pack4_wide": {},
     "answer_only": dict(OFF),
 }
 #: Variant name -> DemoConfig fields changed from the run's (training levers, not model ones).
 CURRICULUM = {"curriculum": 1000}
 DEMO_VARIANTS: dict[str, dict] = {"curriculum": CURRICULUM, "curriculum_sincos": CURRICULUM, "curriculum_cite_cells": CURRICULUM,
-                                   "curriculum_cellpool": CURRICULUM, "curriculum_long": {"curriculum": 2000}}
+                                   "curriculum_cellpool": CURRICULUM, "curriculum_long": {"curriculum": 2000},
+                                   # four questions about one exhibit per sequence: as many questions per step
+                                   # (16 sequences), or as many sequences (64, four times the questions)
+                                   "pack4": {"pack": 4}, "pack4_wide": {"pack": 4, "batch_size": 256}}
 SOURCES = ("oracle", "patch", "clip", "vq")
 
 
@@ -82,29 +87,37 @@ def _data(split: str, n: int, size: int, grid: int):
 
 def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: str = "continuous",
              train_scenes: int = 2000, test_scenes: int = 200, eval_every: int = 0,
-             save_dir: Path | None = None, return_model: bool = False):
+             save_dir: Path | None = None, return_model: bool = False, encoder_steps: int | None = None):
     """Train one (variant, seed) on one thread and score it on held-out exhibits; returns the record
     (and saves the model under ``save_dir/<variant>-<source>-s<seed>`` if given)."""
     from ..device import num_threads
     from .train import DemoConfig, train_route
+    from .warmup import clip_encoder
 
     cfg = variant_config(name, route, source)
     demo = DemoConfig.tiny().replace(steps=steps, seed=seed, train_scenes=train_scenes, test_scenes=test_scenes,
                                      warmup=min(100, steps // 10), **DEMO_VARIANTS.get(name, {}))
+    if encoder_steps is not None:
+        demo = demo.replace(encoder_steps=encoder_steps)
     with num_threads(1):
         train = _data("train", train_scenes, cfg.image_size, cfg.grid)
         test = _data("test", test_scenes, cfg.image_size, cfg.grid)
         t0 = time.perf_counter()
-        vlm, _ = train_route(route, cfg, demo, train=train, device="cpu", eval_data=test, eval_every=eval_every)
+        # the image side's warm-up, timed apart (runs that share its settings share it, kept in memory)
+        encoder = clip_encoder(cfg, demo, train, "cpu") if cfg.image_side == "clip" else None
+        enc_secs = time.perf_counter() - t0
+        vlm, _ = train_route(route, cfg, demo, train=train, device="cpu", eval_data=test, eval_every=eval_every,
+                             encoder=encoder)
         secs = time.perf_counter() - t0
     if save_dir is not None:
         vlm.save_pretrained(Path(save_dir) / f"{name}-{source}-s{seed}")
     log = vlm.training_log
     rec = {"variant": name, "seed": seed, "steps": steps, "source": source, "route": route,
             "levers": {**{k: getattr(cfg, k) for k in ("cell_embed", "layout", "cite", "closed_answers", "mask",
-                                                       "qk_norm")}, "curriculum": demo.curriculum},
+                                                       "qk_norm")}, "curriculum": demo.curriculum, "pack": demo.pack},
+            "batch_size": demo.batch_size,
             "image_side": cfg.image_side, "compressor": cfg.compressor, "image_tokens": cfg.image_tokens,
-            "train_seconds": round(secs, 1), "threads": 1,
+            "train_seconds": round(secs, 1), "encoder_seconds": round(enc_secs, 1), "threads": 1,
             "encoder_steps": demo.encoder_steps if source not in ("oracle", "vq", "patch") else 0,
             "encoder_lr": demo.encoder_lr if source == "clip" else None,
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--readout", default=None, metavar="COMPRESSOR:LR,...",
                     help="instead of the LM: warm up the encoder with each compressor at each learning rate "
                          "(e.g. cells:1e-3,perceiver:3e-3) and record its per-cell read-out")
-    ap.add_argument("--encoder-steps", type=int, default=1500)
+    ap.add_argument("--encoder-steps", type=int, default=1500, help="warm-up steps of the image side (clip source, --readout)")
     a = ap.parse_args(argv)
     if a.readout:
         for item in a.readout.split(","):
@@ -162,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             _emit(encoder_readout(comp, float(lr), a.encoder_steps, a.seed), a.out)
         return
     if a.jobs is None:
-        _emit(run_cell(a.variant, a.seed, a.steps, a.source, a.route, eval_every=a.eval_every, save_dir=a.save_dir), a.out)
+        _emit(run_cell(a.variant, a.seed, a.steps, a.source, a.route, eval_every=a.eval_every, save_dir=a.save_dir,
+                       encoder_steps=a.encoder_steps), a.out)
         return
     done = 0
     while True:
@@ -170,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         if done >= len(lines) or lines[done][0] == "stop":
             return
         v, s, src = lines[done][:3]
-        _emit(run_cell(v, int(s), a.steps, src, a.route, eval_every=a.eval_every, save_dir=a.save_dir), a.out)
+        _emit(run_cell(v, int(s), a.steps, src, a.route, eval_every=a.eval_every, save_dir=a.save_dir,
+                       encoder_steps=a.encoder_steps), a.out)
         done += 1
 
 

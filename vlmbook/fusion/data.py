@@ -103,12 +103,21 @@ def with_oracle_features(data: QAData, grid: int = 3) -> QAData:
 
 
 class Batcher:
-    """Pre-tokenised QA items -> padded batches; ``batch(step)`` is a pure function of the step. §5.7."""
+    """Pre-tokenised QA items -> padded batches; ``batch(step)`` is a pure function of the step. §5.7.
+
+    ``batch_size`` counts QA items per step. With ``pack = k`` they come as ``batch_size / k``
+    sequences, each one exhibit's question with ``k - 1`` follow-up questions about it (a
+    conversation: the image tokens appear once, every answer has its loss).
+    """
 
     def __init__(self, vlm, data: QAData, batch_size: int = 64, seed: int = 0, caption_frac: float = 0.0,
-                 curriculum: int = 0):
+                 curriculum: int = 0, pack: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if pack < 1 or batch_size % pack:
+            raise ValueError(f"pack must be >= 1 and divide batch_size ({batch_size}), got {pack}")
+        if pack > 1 and caption_frac:
+            raise ValueError("pack > 1 packs questions about one exhibit; it does not mix with caption_frac")
         if curriculum < 0 or (curriculum and data.n_objects is None):
             raise ValueError(f"curriculum must be >= 0 and needs data with n_objects, got {curriculum}")
         if not 0.0 <= caption_frac < 1.0:
@@ -118,6 +127,7 @@ class Batcher:
         if vlm.config.cite and data.patches is None:
             raise ValueError("a citing model needs data with supporting patches (QAData.patches)")
         self.batch_size, self.seed, self.caption_frac, self.curriculum = batch_size, seed, caption_frac, curriculum
+        self.pack = pack
         self.pad = vlm.ids["pad"]
         qcache: dict[str, list[int]] = {}
         self.seqs, self.answer_len = [], []
@@ -129,6 +139,14 @@ class Batcher:
             self.answer_len.append(len(ans))
         self.image_of = [it[0] for it in data.items]
         self.n_qa = len(self.seqs)
+        if pack > 1:
+            # a follow-up turn about the same exhibit: the image is already in the sequence
+            i = vlm.ids
+            self.turns = [[i["user"]] + qcache[q] + [i["assistant"]] + seq[-n:]
+                          for (_, q, _, _), seq, n in zip(data.items, self.seqs, self.answer_len)]
+            self.qas_of: dict[int, list[int]] = {}
+            for n, img in enumerate(self.image_of):
+                self.qas_of.setdefault(img, []).append(n)
         if curriculum:
             n = torch.tensor([data.n_objects[i] for i in self.image_of])
             # QA items ordered by how many objects their exhibit holds (stable, so ties keep data order)
@@ -151,16 +169,28 @@ class Batcher:
         else:
             self.data = dataclasses.replace(data, codes=None)
 
-    def collate(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+    def collate(self, idx: Sequence[int], follow: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``, boolean ``targets`` (positions predicting answer tokens), ``labels``,
-        and the image side: cached ``codes`` and/or ``features`` if the data holds them, else ``images``."""
-        T = max(len(self.seqs[i]) for i in idx)
+        and the image side: cached ``codes`` and/or ``features`` if the data holds them, else ``images``.
+
+        ``follow[r]`` (packing) lists QA items about the same exhibit appended to row ``r`` as
+        follow-up turns, each answer with its own loss.
+        """
+        rows, spans = [], []
+        for r, i in enumerate(idx):
+            s, ends = list(self.seqs[i]), [(len(self.seqs[i]), self.answer_len[i])]
+            for j in (follow[r] if follow is not None else ()):
+                s += self.turns[j]
+                ends.append((len(s), self.answer_len[j]))
+            rows.append(s)
+            spans.append(ends)
+        T = max(len(s) for s in rows)
         ids = torch.full((len(idx), T), self.pad, dtype=torch.long)
         targets = torch.zeros(len(idx), T, dtype=torch.bool)
-        for r, i in enumerate(idx):
-            s = self.seqs[i]
+        for r, s in enumerate(rows):
             ids[r, :len(s)] = torch.tensor(s)
-            targets[r, len(s) - 1 - self.answer_len[i]:len(s) - 1] = True  # position t predicts token t + 1
+            for end, n in spans[r]:
+                targets[r, end - 1 - n:end - 1] = True  # position t predicts token t + 1
         labels = torch.roll(ids, -1, 1)[targets]
         img = torch.tensor([self.image_of[i] for i in idx])
         out = {"input_ids": ids, "targets": targets, "labels": labels}
@@ -188,8 +218,16 @@ class Batcher:
         g = step_generator(self.seed, step)
         n_cap = int(round(self.batch_size * self.caption_frac))
         pool = self.pool_size(step)
-        idx = torch.randint(pool, (self.batch_size - n_cap,), generator=g)
+        idx = torch.randint(pool, ((self.batch_size - n_cap) // self.pack,), generator=g)
         idx = (self.by_difficulty[idx] if pool < self.n_qa else idx).tolist()
+        if self.pack > 1:
+            return self.collate(idx, [self._follow_ups(i, g) for i in idx])
         if n_cap:
             idx += (self.n_qa + torch.randint(len(self.seqs) - self.n_qa, (n_cap,), generator=g)).tolist()
         return self.collate(idx)
+
+    def _follow_ups(self, i: int, g: torch.Generator) -> list[int]:
+        """Up to ``pack - 1`` other QA items about item ``i``'s exhibit, in random order. §5.7."""
+        others = [j for j in self.qas_of[self.image_of[i]] if j != i]
+        order = torch.randperm(len(others), generator=g)[:self.pack - 1].tolist()
+        return [others[k] for k in order]

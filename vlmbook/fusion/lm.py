@@ -33,11 +33,12 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Cache, DynamicCache, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
@@ -124,6 +125,8 @@ class CausalLM(nn.Module):
             raise TypeError(f"CausalLM needs a transformers causal LM (with an output head), got {type(hf).__name__}")
         self.model = model
         self.tokenizer = tokenizer
+        #: builds the empty KV cache of :meth:`new_cache` (Chapter 6 §6.5 swaps in a compressed one)
+        self.cache_factory: Callable[[PretrainedConfig], Cache] | None = None
 
     # -- what lives where -------------------------------------------------------------
     @property
@@ -317,8 +320,10 @@ class CausalLM(nn.Module):
         """(B, T) ids -> (B, T, V) logits through :meth:`embed`, :meth:`decode`, :meth:`head`."""
         return self.head(self.decode(self.embed(input_ids), attention_mask)[0])
 
-    def new_cache(self) -> DynamicCache:
-        """An empty KV cache for :meth:`decode`."""
+    def new_cache(self) -> Cache:
+        """An empty KV cache for :meth:`decode`: a ``DynamicCache``, or ``cache_factory(config)`` if set."""
+        if self.cache_factory is not None:
+            return self.cache_factory(self.config)
         return DynamicCache(config=self.config)
 
     @torch.no_grad()

@@ -49,6 +49,7 @@ class DemoConfig(Config):
     beta2: float = 0.999
     warmup: int = 30
     curriculum: int = 0
+    pack: int = 1
     caption_frac: float = 0.25
     encoder_steps: int = 0
     encoder_lr: float = 3e-3
@@ -61,6 +62,9 @@ class DemoConfig(Config):
         super().validate()
         self.check_positive("train_scenes", "test_scenes", "steps", "batch_size", "lr", "encoder_lr")
         self.check_non_negative("encoder_steps", "curriculum")
+        self.check_positive("pack")
+        if self.batch_size % self.pack:
+            self._fail("pack", f"must divide batch_size ({self.batch_size}), got {self.pack}")
 
     @classmethod
     def tiny(cls) -> "DemoConfig":
@@ -88,7 +92,7 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
                 train: QAData | None = None, device: str | None = None,
                 encoder: PatchEncoder | tuple | None = None, eval_data: QAData | None = None,
                 eval_every: int = 0, callback: Callable[[int, VisionLanguageModel], None] | None = None,
-                ) -> tuple[VisionLanguageModel, list[dict]]:
+                loss: Callable | None = None) -> tuple[VisionLanguageModel, list[dict]]:
     """Build and train one route on museum QA; returns ``(model, history)``. §5.7.
 
     With ``demo.encoder_steps`` (or a warmed-up ``encoder`` to share between routes: a
@@ -98,7 +102,8 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
     ``image_side='features'`` reads the data's ``features`` (oracle cell features by default).
     With ``eval_data``, held-out accuracy (teacher-forced, cheap) is measured every ``eval_every``
     steps, and greedy accuracy at the end, and kept as the model's ``training_log`` (saved with
-    it). ``callback(step, model)`` runs before each step, outside the loss function.
+    it). ``callback(step, model)`` runs before each step, outside the loss function. ``loss``
+    replaces :func:`answer_loss` (same signature; Chapter 6's distillation passes its own).
     """
     if eval_every < 0 or (eval_every and eval_data is None):
         raise ValueError(f"eval_every must be >= 0 and needs eval_data, got {eval_every} with "
@@ -137,7 +142,7 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
             if vlm.compressor is not None:
                 vlm.compressor.requires_grad_(False)
             train.features = encode_all(vlm.encoder, train.images)
-    b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac, demo.curriculum)
+    b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac, demo.curriculum, demo.pack)
     loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, beta2=demo.beta2,
                       seed=demo.seed, log_every=max(1, demo.steps // 20), eval_every=eval_every)
     log: list[dict] = []
@@ -157,7 +162,7 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
             vlm.train()
         return b.batch(step)
 
-    hist = fit(vlm, answer_loss, batch_fn, loop, device=device, desc=f"vlm-{route}",
+    hist = fit(vlm, loss or answer_loss, batch_fn, loop, device=device, desc=f"vlm-{route}",
                eval_fn=eval_fn if eval_every else None)
     if eval_data is not None:
         log.append({"step": demo.steps, "greedy": True, **evaluate(vlm, eval_data)})

@@ -296,6 +296,42 @@ def int8_language_model(policy: VLMPolicy, embeddings: bool = True) -> tuple[VLM
 
 
 @torch.no_grad()
+def kv_cache_compression(policy: VLMPolicy, ex: Exhibits, kinds: Sequence[str] = ("fp32", "int8", "fp8"),
+                         repeats: int = 5) -> dict:
+    """Per KV-cache kind: held-out accuracy and citation precision, the bytes the cache holds after the
+    first question's prompt (and the same keys and values in fp32), and the median time to generate
+    its answer (ms). §6.5."""
+    from .kvcache import cache_bytes, kv_cache
+
+    vlm = policy.module
+    i, qa = ex.items[0]
+    img = ex.images[i:i + 1].to(policy.device)
+    q = torch.tensor([policy.encode(qa.question) + [vlm.ids["assistant"]]])
+    out: dict = {}
+    fns = {}
+    for kind in kinds:
+        with kv_cache(vlm, kind):
+            scores = evaluate(policy, ex)["all"]
+            cache = vlm.text.new_cache()
+        prompt = vlm.question_prompt(q)
+        embeds, media, lm_ids = vlm.embed(prompt, img)
+        _, cache = vlm._run_lm(embeds, media, lm_ids, cache)
+        out[kind] = {"accuracy": scores["accuracy"], "citation_precision": scores["citation_precision"],
+                     **cache_bytes(cache)}
+
+        def gen(kind=kind):
+            with kv_cache(vlm, kind):
+                vlm.generate(img, q, max_new_tokens=16)
+        fns[kind] = gen
+    med = median_seconds_each(fns, repeats, warmup=1)  # interleaved: every kind sees the same load
+    for kind in kinds:
+        out[kind]["answer_ms"] = round(1000 * med[kind], 3)
+        out[kind]["ratio"] = round(out[kind]["fp32_bytes"] / out[kind]["stored_bytes"], 2)
+    out["prompt_tokens"] = int(vlm.question_prompt(q).shape[1])
+    return out
+
+
+@torch.no_grad()
 def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, repeats: int = 5) -> dict:
     """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.5.
 
@@ -357,6 +393,38 @@ def ppo_step(policy: VLMPolicy, ref: VLMPolicy, value_head: ValueHead, opt: torc
     seq_kl = float((kl * mask).sum(1).mean())
     kl_ctl.update(seq_kl, len(items))
     return {"score": float(score.mean()), "kl": seq_kl, "beta": kl_ctl.value, **stats}
+
+
+def train_ppo(policy: VLMPolicy, ref: VLMPolicy, ex: Exhibits, steps: int, batch_items: int = 32,
+              lr: float = 1e-4, seed: int = 0, kl_ctl=None, precision_weight: float = 0.5,
+              temperature: float = 1.0, progress: bool = True) -> list[dict]:
+    """``steps`` PPO iterations (:func:`ppo_step`) on questions drawn from ``ex``, with a fresh value head
+    and an adaptive KL controller (target 1 nat per answer) unless ``kl_ctl`` is given. §6.3."""
+    from tqdm.auto import tqdm
+
+    from .ppo import AdaptiveKLController
+
+    if steps < 1 or batch_items < 1:
+        raise ValueError(f"steps and batch_items must be >= 1, got {steps}, {batch_items}")
+    policy.check_compatible(ref)
+    freeze(ref.module)
+    kl_ctl = kl_ctl if kl_ctl is not None else AdaptiveKLController(0.1, target=1.0, horizon=steps * batch_items)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = ValueHead(policy.hidden_size).to(policy.device)
+    params = [p for p in policy.module.lm.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    log = []
+    bar = tqdm(range(steps), desc="ppo", disable=not progress)
+    for step in bar:
+        g = step_generator(seed, step)
+        items = [ex.items[k] for k in torch.randint(len(ex.items), (batch_items,), generator=g).tolist()]
+        row = {"step": step, **ppo_step(policy, ref, head, opt, ex, items, kl_ctl, gen,
+                                        precision_weight=precision_weight, temperature=temperature)}
+        bar.set_postfix(score=f"{row['score']:.3f}", kl=f"{row['kl']:.3f}")
+        log.append(row)
+    return log
 
 
 def grpo_step(policy: VLMPolicy, ref: VLMPolicy, opt: torch.optim.Optimizer, ex: Exhibits,
