@@ -119,6 +119,36 @@ def test_ppo_and_grpo_steps_update_the_policy_and_track_kl(ex):
     assert {"score", "kl", "clipfrac"} <= set(s3)
 
 
+def test_train_ppo_loop_is_seeded_and_leaves_the_reference_alone(ex):
+    from vlmbook.train.stages import train_ppo
+
+    runs = []
+    for _ in range(2):
+        p = _policy()
+        ref = VLMPolicy(copy.deepcopy(p.module))
+        ref_state = {k: v.clone() for k, v in ref.module.state_dict().items()}
+        log = train_ppo(p, ref, ex, steps=2, batch_items=3, lr=1e-3, seed=5, progress=False)
+        assert [r["step"] for r in log] == [0, 1] and {"score", "kl", "beta"} <= set(log[0])
+        assert all(torch.equal(v, ref.module.state_dict()[k]) for k, v in ref_state.items())
+        assert log[1]["kl"] != 0  # the second iteration samples from the updated policy
+        runs.append(log)
+    assert runs[0] == runs[1]  # seeded: the same questions, samples and updates
+    with pytest.raises(ValueError, match="steps"):
+        train_ppo(_policy(), _policy(), ex, steps=0)
+
+
+def test_kv_cache_compression_measures_every_kind(ex):
+    from vlmbook.train.stages import kv_cache_compression
+
+    p = _policy()
+    out = kv_cache_compression(p, ex, repeats=1)
+    assert set(out) == {"fp32", "int8", "fp8", "prompt_tokens"}
+    assert out["fp32"]["ratio"] == 1.0 and out["int8"]["ratio"] > 2.5 and out["fp8"]["ratio"] > 3.5
+    assert out["int8"]["fp32_bytes"] == out["fp32"]["stored_bytes"]
+    assert all(out[k]["answer_ms"] > 0 and 0 <= out[k]["accuracy"] <= 100 for k in ("fp32", "int8", "fp8"))
+    assert p.module.text.cache_factory is None
+
+
 def test_distillation_student_is_half_size_and_approaches_the_teacher(ex):
     from vlmbook.train.stages import distill, half_size_student
 
