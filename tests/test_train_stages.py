@@ -91,7 +91,22 @@ def test_int8_guide_is_smaller_and_close(ex):
         c, _ = q.logits(b)
     assert float((a - c).abs().max()) < 0.05 * float(a.abs().max())
     t = prompt_cache_ttft(p, ex.images[0], ex.items[0][1].question, repeats=2)
-    assert t["ttft_ms"] > 0 and t["ttft_cached_ms"] > 0
+    assert t["ttft_ms"] > 0 and t["ttft_cached_ms"] > 0 and t["cache"] == "kv-prefix"
+
+
+def test_question_first_guide_caches_its_image_features(ex):
+    torch.manual_seed(0)
+    p = VLMPolicy(VisionLanguageModel(VLMConfig(route="continuous", layout="question_first", **SMALL)).eval())
+    t = prompt_cache_ttft(p, ex.images[0], ex.items[0][1].question, repeats=2)
+    assert t["cache"] == "image-features" and t["ttft_cached_ms"] > 0
+    img = ex.images[:2]
+    q = torch.tensor([p.encode(ex.items[0][1].question) + [p.module.ids["assistant"]]] * 2)
+    with torch.no_grad():
+        assert torch.equal(p.module.generate(img, q, max_new_tokens=4),
+                           p.module.generate(None, q, max_new_tokens=4, features=p.module.encoder(img)))
+    d = VLMPolicy(VisionLanguageModel(VLMConfig(route="discrete", layout="question_first", **SMALL)).eval())
+    d.module.quantizer.fit(exhibits("train", 8, 48).images, seed=0)
+    assert prompt_cache_ttft(d, ex.images[0], ex.items[0][1].question, repeats=1)["ttft_cached_ms"] is None
 
 
 def test_ppo_and_grpo_steps_update_the_policy_and_track_kl(ex):

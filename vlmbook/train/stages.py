@@ -333,23 +333,30 @@ def kv_cache_compression(policy: VLMPolicy, ex: Exhibits, kinds: Sequence[str] =
 
 @torch.no_grad()
 def prompt_cache_ttft(policy: VLMPolicy, image: torch.Tensor, question: str, repeats: int = 5) -> dict:
-    """Time to first token (ms, median) for a repeated exhibit, without and with its image prefix cached. §6.5.
+    """Time to first token (ms, median) for a repeated exhibit, without and with what can be cached. §6.5.
 
-    Only an image-first model (mask other than ``full_prefix``) can reuse its image prefix across
-    questions; for any other ``ttft_cached_ms`` is ``None`` (``cacheable`` says which).
+    An image-first model (mask other than ``full_prefix``) keeps the KV cache of its image prefix
+    (``cache="kv-prefix"``). In a question-first model the image tokens follow the question, so
+    their keys and values depend on it; what stays the same is the image encoder's output, which
+    is cached instead (``cache="image-features"``). Models without an encoder cache nothing
+    (``ttft_cached_ms`` is ``None``).
     """
     vlm = policy.module
     q = torch.tensor([policy.encode(question) + [vlm.ids["assistant"]]])
     img = image[None].to(policy.device)
-    cacheable = vlm.config.layout == "image_first" and vlm.config.mask != "full_prefix"
-    prefix = vlm.cache_prefix(img) if cacheable else None
     fns = {"cold": lambda: vlm.generate(img, q, max_new_tokens=1)}
-    if prefix is not None:
+    if vlm.config.layout == "image_first" and vlm.config.mask != "full_prefix":
+        kind, prefix = "kv-prefix", vlm.cache_prefix(img)
         fns["warm"] = lambda: vlm.generate(img, q, max_new_tokens=1, prefix=prefix)
+    elif vlm.encoder is not None and vlm.config.route != "discrete":
+        kind, feats = "image-features", vlm.encoder(img)
+        fns["warm"] = lambda: vlm.generate(None, q, max_new_tokens=1, features=feats)
+    else:
+        kind = None
     med = median_seconds_each(fns, repeats, warmup=1)  # interleaved, so both see the same machine load
     return {"ttft_ms": round(1000 * med["cold"], 3),
             "ttft_cached_ms": round(1000 * med["warm"], 3) if "warm" in med else None,
-            "cacheable": cacheable, "repeats": repeats}
+            "cache": kind, "cacheable": kind is not None, "repeats": repeats}
 
 
 # -- stage 2, online: PPO and the group-relative variant ----------------------------------------------
