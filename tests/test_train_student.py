@@ -60,3 +60,21 @@ def test_distill_student_shares_the_frozen_image_side_and_learns():
     with pytest.raises(ValueError, match="clip image side"):
         distill_student(VisionLanguageModel(VLMConfig(route="continuous", hidden=32, intermediate=64,
                                                       corpus_scenes=200)), demo)
+
+
+def test_summarise_students(tmp_path):
+    import json
+
+    from vlmbook.train.student import summarise_students
+
+    def rec(seed, alpha, acc):
+        return {"seed": seed, "alpha": alpha, "steps": 10, "accuracy": {"all": acc}, "retention": round(acc / 80, 4),
+                "teacher_accuracy": 80.0, "lm_parameters": 47, "teacher_lm_parameters": 100}
+    p = tmp_path / "s.jsonl"
+    p.write_text("".join(json.dumps(rec(*a)) + "\n" for a in ((0, 0.5, 76.0), (1, 0.5, 80.0), (0, 0.0, 60.0))))
+    out = summarise_students(p)
+    assert out["distilled"]["accuracy"] == {"mean": 78.0, "min": 76.0, "max": 80.0}
+    assert out["distilled"]["retention"]["mean"] == 0.975 and out["distilled"]["seeds"] == [0, 1]
+    assert out["answers only"]["parameter_ratio"] == 0.47
+    with pytest.raises(ValueError, match="not found"):
+        summarise_students(tmp_path / "missing.jsonl")

@@ -85,6 +85,11 @@ def run(quick: bool = False, seeds: int = 3) -> BenchResult:
     table["seeds"] = per_seed
     table["seconds"] = round(time.perf_counter() - t0, 1)
     gain = sum(r["dpo_minus_sft_citation_precision"] for r in per_seed) / len(per_seed)
-    table["not_measured"] = ["distillation into a half-size student", "stage 0 alignment run"]
+    # the half-width students train for minutes each: their records come from
+    # python -m vlmbook.train.student SEED --out bench/results/student.jsonl
+    from ..train.student import RECORDS, summarise_students
+
+    table["student"] = summarise_students() if RECORDS.is_file() else "no records"
+    table["not_measured"] = ["stage 0 alignment run"]
     return BenchResult("train", gain, f"points citation precision (DPO over SFT, tiny, {len(per_seed)} seeds)",
                        table, fmt="{:+.1f}")

@@ -111,6 +111,30 @@ def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: f
             "retention": round(acc["all"] / t_acc["all"], 4) if t_acc else None}
 
 
+#: ``python -m vlmbook.train.student SEED --out ...``: one record per seed (and alpha)
+RECORDS = Path(__file__).resolve().parents[2] / "bench" / "results" / "student.jsonl"
+
+
+def summarise_students(path: str | Path = RECORDS) -> dict[str, dict]:
+    """Per ``alpha``: seeds, mean/min/max accuracy and retention, parameter ratio (records of :func:`run_student`)."""
+    from ..bench.vlm import load_ablation
+
+    out: dict[str, dict] = {}
+    for r in load_ablation(path):
+        key = "distilled" if r["alpha"] > 0 else "answers only"
+        out.setdefault(key, {"alpha": r["alpha"], "runs": []})["runs"].append(r)
+    for row in out.values():
+        runs = row.pop("runs")
+        acc = [r["accuracy"]["all"] for r in runs]
+        ret = [r["retention"] for r in runs]
+        row.update(seeds=sorted(r["seed"] for r in runs), steps=runs[0]["steps"],
+                   accuracy={"mean": round(sum(acc) / len(acc), 2), "min": min(acc), "max": max(acc)},
+                   retention={"mean": round(sum(ret) / len(ret), 4), "min": min(ret), "max": max(ret)},
+                   teacher_accuracy=runs[0]["teacher_accuracy"],
+                   parameter_ratio=round(runs[0]["lm_parameters"] / runs[0]["teacher_lm_parameters"], 3))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("seed", type=int)
