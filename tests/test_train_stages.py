@@ -69,6 +69,24 @@ def test_stage_drivers_run_and_learn(ex):
     assert set(sc) == {1, 3}
 
 
+def test_dpo_nll_term_adds_the_chosen_answers_token_nll(ex):
+    """At step 0 (policy == reference) DPO's loss is log 2; the RPO term adds the chosen tokens' mean NLL."""
+    from vlmbook.train.stages import _pair_batch
+    from vlmbook.util import step_generator
+
+    p = _policy()
+    pairs = preference_data(p, ex)
+    idx = torch.randint(len(pairs), (4,), generator=step_generator(0, 0)).tolist()
+    with torch.no_grad():
+        tok, mask = p.token_logprobs(_pair_batch(p, pairs, idx, ex.images))
+    nll = float(-(tok[:4] * mask[:4]).sum() / mask[:4].sum())
+    h = train_dpo(VLMPolicy(copy.deepcopy(p.module)), VLMPolicy(copy.deepcopy(p.module)), pairs, ex.images, steps=1,
+                  batch_size=4, beta=0.5, nll_weight=2.0)
+    assert h[0]["loss"] == pytest.approx(0.693147 + 2.0 * nll, abs=1e-3)
+    with pytest.raises(ValueError, match="nll_weight"):
+        train_dpo(p, VLMPolicy(copy.deepcopy(p.module)), pairs, ex.images, steps=1, nll_weight=-1.0)
+
+
 def test_stage0_trains_only_the_projector(ex):
     p = _policy()
     lm = {k: v.clone() for k, v in p.module.lm.state_dict().items()}

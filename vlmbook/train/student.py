@@ -84,9 +84,11 @@ def distill_student(teacher: VisionLanguageModel, demo=None, student_config: VLM
                        eval_data=eval_data, loss=kd_loss(teacher, temperature, alpha))
 
 
-def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: float = 2.0) -> dict:
+def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: float = 2.0,
+                return_model: bool = False):
     """One seed on one thread: the half-width student of ``vlm-tiny`` distilled (``alpha`` > 0) or
-    trained on answers alone (``alpha`` = 0), scored greedily on the 200 test exhibits. §6.4."""
+    trained on answers alone (``alpha`` = 0), scored greedily on the 200 test exhibits; returns the
+    record (and the student with ``return_model``). §6.4."""
     from ..device import num_threads
     from ..fusion.ablation import CURRICULUM, _data
     from ..fusion.train import DemoConfig
@@ -103,12 +105,19 @@ def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: f
         secs = time.perf_counter() - t0
     acc = student.training_log[-1]
     t_acc = teacher.training_log[-1] if getattr(teacher, "training_log", None) else None
-    return {"seed": seed, "steps": steps, "alpha": alpha, "temperature": temperature, "threads": 1,
+    rec = {"seed": seed, "steps": steps, "alpha": alpha, "temperature": temperature, "threads": 1,
             "student": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "intermediate": cfg.intermediate},
             "lm_parameters": lm_parameters(student), "teacher_lm_parameters": lm_parameters(teacher),
             "train_seconds": round(secs, 1), "accuracy": acc,
             "teacher_accuracy": t_acc["all"] if t_acc else None,
             "retention": round(acc["all"] / t_acc["all"], 4) if t_acc else None}
+    return (rec, student.eval()) if return_model else rec
+
+
+def build_student_tiny(seed: int = 0) -> VisionLanguageModel:
+    """Artifact ``vlm-student-tiny``: the half-width student of ``vlm-tiny``, distilled for 3,000 steps
+    (alpha 0.5, T = 2) with Chapter 5's recipe on one thread; the same run as the seed's record. §6.4."""
+    return run_student(seed, return_model=True)[1]
 
 
 #: ``python -m vlmbook.train.student SEED --out ...``: one record per seed (and alpha)
