@@ -44,28 +44,55 @@ def lm_parameters(vlm: VisionLanguageModel) -> int:
     return sum(p.numel() for p in vlm.lm.parameters())
 
 
-def kd_loss(teacher: VisionLanguageModel, temperature: float = 2.0, alpha: float = 0.5) -> Callable:
-    """A ``train_route`` loss: ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at the answer positions. §6.4."""
+def hidden_projection(student_width: int, teacher_width: int, seed: int = 0) -> torch.Tensor:
+    """(teacher_width, student_width) fixed matrix with orthonormal columns: the teacher's hidden states,
+    projected to the student's width, are what the student's are pulled towards. §6.4."""
+    if student_width > teacher_width:
+        raise ValueError(f"the student ({student_width}) must not be wider than the teacher ({teacher_width})")
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(teacher_width, student_width, generator=g))
+    return q
+
+
+def kd_loss(teacher: VisionLanguageModel, temperature: float = 2.0, alpha: float = 0.5,
+            hidden_weight: float = 0.0, projection: torch.Tensor | None = None) -> Callable:
+    """A ``train_route`` loss: ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at the answer positions,
+    plus ``hidden_weight`` × the MSE between the student's last hidden states and the teacher's
+    projected by ``projection`` (teacher width × student width) at every non-padding position. §6.4."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if hidden_weight < 0 or (hidden_weight and projection is None):
+        raise ValueError(f"hidden_weight must be >= 0 and needs a projection, got {hidden_weight}")
     teacher.eval().requires_grad_(False)
 
+    def states(m: VisionLanguageModel, batch: dict) -> torch.Tensor:
+        embeds, media, lm_ids = m.embed(batch["input_ids"], batch.get("images"), batch.get("codes"),
+                                        batch.get("features"))
+        return m._run_lm(embeds, media, lm_ids, None)[0]
+
     def loss(model: VisionLanguageModel, batch: dict, step: int = 0):
-        inputs = dict(images=batch.get("images"), codes=batch.get("codes"), positions=batch["targets"],
-                      features=batch.get("features"))
-        logits = model(batch["input_ids"], **inputs).float()
+        h = states(model, batch)
         with torch.no_grad():
-            t_logits = teacher.to(logits.device)(batch["input_ids"], **inputs).float()
+            t_h = states(teacher.to(h.device), batch)
+        pos = batch["targets"]
+        logits, t_logits = model.text.head(h[pos]).float(), teacher.text.head(t_h[pos]).float()
         kd = distill_loss(logits, t_logits, temperature)
         ce = F.cross_entropy(logits, batch["labels"])
-        return alpha * kd + (1 - alpha) * ce, {"kd": float(kd.detach()), "ce": float(ce.detach())}
+        out = alpha * kd + (1 - alpha) * ce
+        stats = {"kd": float(kd.detach()), "ce": float(ce.detach())}
+        if hidden_weight:
+            keep = batch["input_ids"] != model.ids["pad"]
+            mse = F.mse_loss(h[keep].float(), t_h[keep].float() @ projection.to(h.device))
+            out = out + hidden_weight * mse
+            stats["hidden_mse"] = float(mse.detach())
+        return out, stats
 
     return loss
 
 
 def distill_student(teacher: VisionLanguageModel, demo=None, student_config: VLMConfig | None = None,
                     temperature: float = 2.0, alpha: float = 0.5, train=None, eval_data=None,
-                    device: str | None = None) -> tuple[VisionLanguageModel, list[dict]]:
+                    device: str | None = None, hidden_weight: float = 0.0) -> tuple[VisionLanguageModel, list[dict]]:
     """Train a half-width student of ``teacher`` (or ``student_config``) with Chapter 5's recipe and
     the distillation loss; the image side is the teacher's, frozen. Returns ``(student, history)``. §6.4."""
     from ..fusion.train import DemoConfig, train_route
@@ -80,12 +107,13 @@ def distill_student(teacher: VisionLanguageModel, demo=None, student_config: VLM
     if probe.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise ValueError("the student's tokenizer differs from the teacher's: their logits are not comparable")
     encoder = (copy.deepcopy(teacher.encoder), copy.deepcopy(teacher.compressor))
+    proj = hidden_projection(cfg.hidden, teacher.config.hidden, demo.seed) if hidden_weight else None
     return train_route(teacher.config.route, cfg, demo, train=train, device=device, encoder=encoder,
-                       eval_data=eval_data, loss=kd_loss(teacher, temperature, alpha))
+                       eval_data=eval_data, loss=kd_loss(teacher, temperature, alpha, hidden_weight, proj))
 
 
 def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: float = 2.0,
-                return_model: bool = False):
+                return_model: bool = False, hidden_weight: float = 0.0):
     """One seed on one thread: the half-width student of ``vlm-tiny`` distilled (``alpha`` > 0) or
     trained on answers alone (``alpha`` = 0), scored greedily on the 200 test exhibits; returns the
     record (and the student with ``return_model``). §6.4."""
@@ -101,11 +129,13 @@ def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: f
         train = _data("train", demo.train_scenes, cfg.image_size, cfg.grid)
         test = _data("test", demo.test_scenes, cfg.image_size, cfg.grid)
         t0 = time.perf_counter()
-        student, _ = distill_student(teacher, demo, cfg, temperature, alpha, train=train, eval_data=test, device="cpu")
+        student, _ = distill_student(teacher, demo, cfg, temperature, alpha, train=train, eval_data=test, device="cpu",
+                                     hidden_weight=hidden_weight)
         secs = time.perf_counter() - t0
     acc = student.training_log[-1]
     t_acc = teacher.training_log[-1] if getattr(teacher, "training_log", None) else None
-    rec = {"seed": seed, "steps": steps, "alpha": alpha, "temperature": temperature, "threads": 1,
+    rec = {"seed": seed, "steps": steps, "alpha": alpha, "temperature": temperature, "hidden_weight": hidden_weight,
+           "threads": 1,
             "student": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "intermediate": cfg.intermediate},
             "lm_parameters": lm_parameters(student), "teacher_lm_parameters": lm_parameters(teacher),
             "train_seconds": round(secs, 1), "accuracy": acc,
@@ -150,9 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--hidden-weight", type=float, default=0.0)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
-    line = json.dumps(run_student(a.seed, a.steps, a.alpha, a.temperature))
+    line = json.dumps(run_student(a.seed, a.steps, a.alpha, a.temperature, hidden_weight=a.hidden_weight))
     print(line, flush=True)
     if a.out is not None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
