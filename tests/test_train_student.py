@@ -78,3 +78,33 @@ def test_summarise_students(tmp_path):
     assert out["answers only"]["parameter_ratio"] == 0.47
     with pytest.raises(ValueError, match="not found"):
         summarise_students(tmp_path / "missing.jsonl")
+
+
+def test_hidden_projection_and_hidden_mse_term():
+    from vlmbook.train.student import hidden_projection
+
+    P = hidden_projection(40, 64, seed=3)
+    assert P.shape == (64, 40) and torch.allclose(P.T @ P, torch.eye(40), atol=1e-5)
+    assert torch.equal(P, hidden_projection(40, 64, seed=3))
+    with pytest.raises(ValueError, match="wider"):
+        hidden_projection(65, 64)
+    torch.manual_seed(0)
+    cfg = VLMConfig(route="continuous", image_side="features", compressor="none", feature_dim=8, hidden=32,
+                    intermediate=64, layers=2, corpus_scenes=200, grid=3)
+    teacher, student = VisionLanguageModel(cfg).eval(), VisionLanguageModel(cfg.replace(hidden=16, seed=1)).eval()
+    data = museum_qa("train", 6)
+    data.features = torch.randn(len(data.images), 9, 8)
+    batch = Batcher(student, data, 8).batch(0)
+    Q = hidden_projection(16, 32)
+    with torch.no_grad():
+        base, _ = kd_loss(teacher, 2.0, 0.5)(student, batch)
+        full, stats = kd_loss(teacher, 2.0, 0.5, hidden_weight=0.5, projection=Q)(student, batch)
+        keep = batch["input_ids"] != student.ids["pad"]
+
+        def states(m):
+            e, media, ids = m.embed(batch["input_ids"], features=batch["features"])
+            return m._run_lm(e, media, ids, None)[0]
+        mse = F.mse_loss(states(student)[keep], states(teacher)[keep] @ Q)
+    assert torch.allclose(full, base + 0.5 * mse, atol=1e-6) and stats["hidden_mse"] == pytest.approx(float(mse))
+    with pytest.raises(ValueError, match="projection"):
+        kd_loss(teacher, 2.0, 0.5, hidden_weight=1.0)
