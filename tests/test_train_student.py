@@ -71,10 +71,14 @@ def test_summarise_students(tmp_path):
         return {"seed": seed, "alpha": alpha, "steps": 10, "accuracy": {"all": acc}, "retention": round(acc / 80, 4),
                 "teacher_accuracy": 80.0, "lm_parameters": 47, "teacher_lm_parameters": 100}
     p = tmp_path / "s.jsonl"
-    p.write_text("".join(json.dumps(rec(*a)) + "\n" for a in ((0, 0.5, 76.0), (1, 0.5, 80.0), (0, 0.0, 60.0))))
+    hidden = {**rec(2, 0.5, 88.0), "hidden_weight": 1.0}
+    p.write_text("".join(json.dumps(rec(*a)) + "\n" for a in ((0, 0.5, 76.0), (1, 0.5, 80.0), (0, 0.0, 60.0)))
+                 + json.dumps(hidden) + "\n")
     out = summarise_students(p)
-    assert out["distilled"]["accuracy"] == {"mean": 78.0, "min": 76.0, "max": 80.0}
-    assert out["distilled"]["retention"]["mean"] == 0.975 and out["distilled"]["seeds"] == [0, 1]
+    assert set(out) == {"logits", "answers only", "logits + hidden states"}
+    assert out["logits"]["accuracy"] == {"mean": 78.0, "min": 76.0, "max": 80.0}
+    assert out["logits"]["retention"]["mean"] == 0.975 and out["logits"]["seeds"] == [0, 1]
+    assert out["logits + hidden states"]["hidden_weight"] == 1.0 and out["logits + hidden states"]["seeds"] == [2]
     assert out["answers only"]["parameter_ratio"] == 0.47
     with pytest.raises(ValueError, match="not found"):
         summarise_students(tmp_path / "missing.jsonl")

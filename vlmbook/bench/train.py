@@ -65,7 +65,9 @@ def run(quick: bool = False, seeds: int = 3) -> BenchResult:
         row["reward_logprob_prior_pairwise_accuracy"] = reward_accuracy(rm2, pairs_te, test.images)
         ref = VLMPolicy(copy.deepcopy(sft.module))
         dpo = VLMPolicy(copy.deepcopy(sft.module))
-        train_dpo(dpo, ref, pairs_tr, train.images, dpo_steps, beta=0.1, seed=seed)
+        # with the chosen answers' NLL beside the DPO loss (RPO): without it, one seed in three lost
+        # 2.5 points of accuracy while its citations improved
+        train_dpo(dpo, ref, pairs_tr, train.images, dpo_steps, beta=0.1, seed=seed, nll_weight=1.0)
         row["dpo"] = evaluate(dpo, test)["all"]
         row["dpo_kl_to_sft"] = round(kl_to_reference(dpo, ref, [c for c, _, _ in pairs_te[:64]], test.images), 4)
         row["dpo_minus_sft_citation_precision"] = round(row["dpo"]["citation_precision"] - row["sft"]["citation_precision"], 2)

@@ -22,8 +22,8 @@ from .sft import (ANSWER, THOUGHT, ChatTemplate, Curriculum, LoRAHandle, Turn, a
 STUDENT_TINY = register_artifact(ArtifactSpec(
     "vlm-student-tiny", "1", "vlmbook.train.student:build_student_tiny", seed=0,
     description="half-width student of vlm-tiny (hidden 40, two layers, at most half the LM parameters), the "
-                "teacher's frozen image side, distilled for 3,000 steps (alpha 0.5, T = 2) with Chapter 5's recipe "
-                "and curriculum on one thread"))
+                "teacher's frozen image side, distilled for 3,000 steps (alpha 0.5, T = 2, hidden-state MSE weight 1) "
+                "with Chapter 5's recipe and curriculum on one thread"))
 
 __all__ = [
     "STUDENT_TINY", "majority_vote", "normalise_answer", "self_consistency", "IGNORE", "distill_loss", "dpo_loss", "dpo_rewards",

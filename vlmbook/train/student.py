@@ -5,7 +5,8 @@ two-step lookup (image tokens read the question, then the answer reads the image
 the student keeps the depth and narrows the width until its language model has at most half
 the teacher's parameters. It trains with Chapter 5's recipe (curriculum, learning-rate schedule,
 frozen image side shared with the teacher) on ``alpha``·T²·KL(teacher‖student) + (1−alpha)·CE at
-the answer positions.
+the answer positions, plus the MSE between its last hidden states and the teacher's (projected to
+its width) at every position — the term that carries the teacher's look-up, not only its answers.
 
 One record per seed, appended as a JSON line::
 
@@ -92,7 +93,7 @@ def kd_loss(teacher: VisionLanguageModel, temperature: float = 2.0, alpha: float
 
 def distill_student(teacher: VisionLanguageModel, demo=None, student_config: VLMConfig | None = None,
                     temperature: float = 2.0, alpha: float = 0.5, train=None, eval_data=None,
-                    device: str | None = None, hidden_weight: float = 0.0) -> tuple[VisionLanguageModel, list[dict]]:
+                    device: str | None = None, hidden_weight: float = 1.0) -> tuple[VisionLanguageModel, list[dict]]:
     """Train a half-width student of ``teacher`` (or ``student_config``) with Chapter 5's recipe and
     the distillation loss; the image side is the teacher's, frozen. Returns ``(student, history)``. §6.4."""
     from ..fusion.train import DemoConfig, train_route
@@ -113,7 +114,7 @@ def distill_student(teacher: VisionLanguageModel, demo=None, student_config: VLM
 
 
 def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: float = 2.0,
-                return_model: bool = False, hidden_weight: float = 0.0):
+                return_model: bool = False, hidden_weight: float = 1.0):
     """One seed on one thread: the half-width student of ``vlm-tiny`` distilled (``alpha`` > 0) or
     trained on answers alone (``alpha`` = 0), scored greedily on the 200 test exhibits; returns the
     record (and the student with ``return_model``). §6.4."""
@@ -146,7 +147,8 @@ def run_student(seed: int, steps: int = 3000, alpha: float = 0.5, temperature: f
 
 def build_student_tiny(seed: int = 0) -> VisionLanguageModel:
     """Artifact ``vlm-student-tiny``: the half-width student of ``vlm-tiny``, distilled for 3,000 steps
-    (alpha 0.5, T = 2) with Chapter 5's recipe on one thread; the same run as the seed's record. §6.4."""
+    (alpha 0.5, T = 2, hidden-state MSE weight 1) with Chapter 5's recipe on one thread; the same run
+    as the seed's record. §6.4."""
     return run_student(seed, return_model=True)[1]
 
 
@@ -155,13 +157,15 @@ RECORDS = Path(__file__).resolve().parents[2] / "bench" / "results" / "student.j
 
 
 def summarise_students(path: str | Path = RECORDS) -> dict[str, dict]:
-    """Per ``alpha``: seeds, mean/min/max accuracy and retention, parameter ratio (records of :func:`run_student`)."""
+    """Per recipe (answers only, logits, logits + hidden states): seeds, mean/min/max accuracy and
+    retention, parameter ratio (records of :func:`run_student`)."""
     from ..bench.vlm import load_ablation
 
     out: dict[str, dict] = {}
     for r in load_ablation(path):
-        key = "distilled" if r["alpha"] > 0 else "answers only"
-        out.setdefault(key, {"alpha": r["alpha"], "runs": []})["runs"].append(r)
+        hw = r.get("hidden_weight", 0.0)
+        key = "logits + hidden states" if hw else ("logits" if r["alpha"] > 0 else "answers only")
+        out.setdefault(key, {"alpha": r["alpha"], "hidden_weight": hw, "runs": []})["runs"].append(r)
     for row in out.values():
         runs = row.pop("runs")
         acc = [r["accuracy"]["all"] for r in runs]
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--hidden-weight", type=float, default=0.0)
+    ap.add_argument("--hidden-weight", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     line = json.dumps(run_student(a.seed, a.steps, a.alpha, a.temperature, hidden_weight=a.hidden_weight))
