@@ -44,6 +44,7 @@
 from vlmbook import nb; nb.start_chapter(5)
 
 import inspect
+import textwrap
 
 import torch
 
@@ -57,8 +58,10 @@ from vlmbook.plot import fusion as pf
 # ## 5.1 The text side: a tokenizer and a language model
 #
 # A language model reads integers. Byte-pair encoding {cite:p}`sennrich2016bpe` learns those
-# integers from text: it starts from the 256 bytes and repeatedly merges the most frequent
-# adjacent pair until the vocabulary is full. We train it on the museum's own corpus — captions,
+# integers from text: it starts from single symbols and repeatedly merges the most frequent
+# adjacent pair until the vocabulary is full. Sennrich et al. start from characters; we use the
+# byte-level form of GPT-2 {cite:p}`radford2019gpt2`, whose first symbols are the 256 bytes, so
+# that no text is ever out of vocabulary. We train it on the museum's own corpus — captions,
 # questions and answers of training exhibits — so that every colour and shape name becomes a
 # single token. Then we add the tokens this book needs on top.
 
@@ -75,15 +78,17 @@ print("answers are single tokens:", tok.convert_ids_to_tokens(tok("top left", ad
 
 # %% [markdown]
 # The language model is `transformers.LlamaForCausalLM` {cite:p}`touvron2023llama` built from a
-# small config: RMSNorm, rotary positions, SwiGLU MLP and grouped-query attention, the same code
-# that runs billion-parameter checkpoints. `fusion.load_causal_lm(path)` loads any local Hugging
+# small config: RMSNorm, rotary positions, SwiGLU MLP and multi-head attention — one key-value
+# head per query head here; with fewer (`kv_heads`, as in `VLMConfig.base()`) the same code runs
+# grouped-query attention {cite:p}`ainslie2023gqa` — the code that runs billion-parameter
+# checkpoints. `fusion.load_causal_lm(path)` loads any local Hugging
 # Face causal-LM checkpoint and its tokenizer instead, when a reader has one on disk.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 lm_cfg = fusion.LMConfig.tiny().replace(vocab_size=len(tok))
 lm = fusion.build_lm(lm_cfg, seed=0)
-print(lm_cfg)
+print(textwrap.fill(repr(lm_cfg), 100, subsequent_indent="    "))
 print("parameters:", sum(p.numel() for p in lm.parameters()))
 print(type(lm).__name__, lm.config.num_hidden_layers, "layers, width", lm.config.hidden_size)
 
@@ -113,9 +118,10 @@ except ValueError as e:
 
 # %% [markdown]
 # What does the language model "see" through 16 codes? Decoding each code back to its centroid
-# shows the price of a fixed, tiny codebook: colours survive, shapes mostly do not.
+# ({numref}`fig-ch5-codes`) shows the price of a fixed, tiny codebook: colours survive, shapes
+# mostly do not.
 
-# %%
+# %% mystnb={"figure": {"caption": "Two museum exhibits beside what 16 k-means codes keep of them: each 4 \u00d7 4 block of the decoded image is its code's centroid.", "name": "fig-ch5-codes"}, "image": {"alt": "Four small images in a row: an exhibit, its reconstruction from 16 codes as coloured blocks, a second exhibit, and its blocky reconstruction."}}
 show(image_grid([imgs[0], quant.decode(codes)[0], imgs[1], quant.decode(codes)[1]],
                 titles=["exhibit", "16 codes", "exhibit", "16 codes"], ncols=4))
 
@@ -125,10 +131,10 @@ show(image_grid([imgs[0], quant.decode(codes)[0], imgs[1], quant.decode(codes)[1
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(fusion.PROMPT_TEMPLATE)
+print(textwrap.fill(fusion.PROMPT_TEMPLATE, 100))
 prompt = fusion.render_prompt([fusion.image_string(codes[0]), fusion.image_string(n_placeholders=4)],
                               ["What colour is the star?", "How many objects are there?"], ["red", None])
-print(prompt)
+print(textwrap.fill(prompt, 100))
 print(len(tok(prompt, add_special_tokens=False)["input_ids"]), "tokens")
 
 # %% [markdown]
@@ -152,7 +158,7 @@ print(out[0, :, 0].tolist())
 try:
     fusion.merge_image_features(emb, ph, torch.ones(1, 2, 4), image_token_id=9)
 except ValueError as e:
-    print("ValueError:", e)
+    print(textwrap.fill(f"ValueError: {e}", 100))
 
 # %% [markdown]
 # Truncating a long conversation must never cut an image in half: `truncate_ids` drops a whole
@@ -174,8 +180,9 @@ for n in (9, 7, 4):
 # **media mask** lets each text token attend to the most recent image only, and tokens before
 # the first image see none. All are boolean matrices; `to_4d` turns them into the additive
 # `(B, 1, T, S)` masks that `LlamaForCausalLM` accepts as-is with `eager` or `sdpa` attention.
+# {numref}`fig-ch5-masks` draws all four on one sequence.
 
-# %%
+# %% mystnb={"figure": {"caption": "The four attention masks of \u00a75.4 on one sequence of 11 tokens (<bos>, three tokens of image 1, two text tokens, three of image 2, two text tokens); dark cells may attend. The Flamingo media mask is text tokens (rows) against image tokens (columns).", "name": "fig-ch5-masks"}, "image": {"alt": "Four square grids of dark and light cells: a lower triangle for the causal mask, the same with a dark 3 by 3 block for the prefix-LM mask, two such blocks for the interleaved mask, and a rectangular staircase for the media mask."}}
 labels = ["<bos>", "I1", "I1", "I1", "t", "t", "I2", "I2", "I2", "t", "t"]
 masks = {
     "causal": fusion.causal_mask(11),
@@ -183,7 +190,7 @@ masks = {
     "interleaved, 2 images": fusion.block_mask(11, [(1, 4), (6, 9)]),
     "Flamingo media mask": fusion.media_mask(6, [1, 3], tokens_per_image=3),
 }
-show(pf.masks_figure(masks))
+show(pf.masks_figure(masks, labels))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -237,7 +244,7 @@ adapter.remove()
 # %%
 # NBVAL_CHECK_OUTPUT
 cfg = fusion.VLMConfig.tiny()
-print(cfg)
+print(textwrap.fill(repr(cfg), 100, subsequent_indent="    "))
 guide0 = fusion.VisionLanguageModel(cfg)
 for name in ("encoder", "compressor", "projector", "lm"):
     part = getattr(guide0, name)
@@ -262,7 +269,7 @@ for route in fusion.ROUTES:
 # %%
 # NBVAL_CHECK_OUTPUT
 turn = guide0.prompt_ids("What colour is the star?", "red", [4])
-print(guide0.tokenizer.convert_ids_to_tokens(turn))
+print(textwrap.fill(" ".join(guide0.tokenizer.convert_ids_to_tokens(turn)), 100))
 print("answer as text:", guide0.decode_answer(guide0.answer_ids("red", [4])))
 print("<p_k> ids", guide0.patch_range, " <v_k> ids", guide0.visual_range)
 
@@ -334,7 +341,11 @@ print("reloaded logits identical:", torch.equal(own(ids, features=feats), again(
 #   `transformers` Qwen3 form of the same decoder) keeps attention logits bounded, which lets
 #   the run use a learning rate of $10^{-2}$ with AdamW $\beta_2 = 0.95$ — the hygiene that
 #   {cite:t}`wortsman2024proxies` found makes small transformers insensitive to the learning rate;
-# - **curriculum** {cite:p}`bengio2009curriculum`: exhibits with few objects first.
+# - **curriculum** {cite:p}`bengio2009curriculum`: exhibits with few objects first;
+# - **packing**: several questions about one exhibit in one sequence — the first question, the
+#   image, its answer, then follow-up turns `<|user|> question <|assistant|> answer` — each answer
+#   with its own loss (`DemoConfig.pack`; the `pack4` row holds four questions per sequence and
+#   the same 64 questions per step, in 16 sequences instead of 64).
 #
 # Which cell embedding? Chapter 4's 2-D sin-cos codes are built for grids of 14 × 14 patches; on a
 # 3 × 3 grid most of their frequencies barely move, and the nine codes are almost the same vector,
@@ -384,7 +395,7 @@ for key, row in table.items():
     print(f"{name:38s} {len(row['seeds'])}   {a['mean']:5.1f} ({a['min']:4.1f}-{a['max']:5.1f})  "
           f"{row['single']['mean']:5.1f}  {row['relational']['mean']:5.1f}  {cp}")
 
-# %%
+# %% mystnb={"figure": {"caption": "Held-out accuracy during training for every variant of the ablation read from oracle features (seed 0): teacher-forced every 750 steps, greedy at the end.", "name": "fig-ch5-curves"}, "image": {"alt": "Lines of held-out accuracy against training steps, one per variant; most stay low for the first thousand steps and then rise steeply, some never rise."}}
 curves = {}
 for r in records:
     if r["source"] == "oracle" and r["seed"] == 0 and r["route"] == "continuous":
@@ -392,7 +403,7 @@ for r in records:
         curves[r["variant"]] = ([p[0] for p in pts], [p[1] for p in pts])
 show(pf.accuracy_curves(dict(sorted(curves.items())), title="oracle features, seed 0: plateau, then the jump"))
 
-# %%
+# %% mystnb={"figure": {"caption": "Held-out accuracy per question type, mean over seeds, for the recipe, the recipe with the curriculum, and the variant with every lever off (answer_only), from oracle features and from Chapter 4's encoder.", "name": "fig-ch5-types"}, "image": {"alt": "Grouped bars of accuracy in percent for seven question types, one bar colour per variant."}}
 show(pf.accuracy_bars({k.rsplit("/", 1)[0]: {t: v[t]["mean"] for t in types}
                        for k, v in table.items() if k.split("/")[2] in ("recipe", "curriculum", "answer_only")},
                       types, title="held-out accuracy per question type (mean over seeds)"))
@@ -414,7 +425,7 @@ for key, row in table.items():
               f"({n} seed{'s' * (n > 1)}: {row['all']['min']:.1f} to {row['all']['max']:.1f} %)")
 
 # %% [markdown]
-# The curves show the plateau and the jump: a run sits near the image-blind score for hundreds of
+# The curves ({numref}`fig-ch5-curves`) show the plateau and the jump: a run sits near the image-blind score for hundreds of
 # steps, then finds the objects within a few hundred more. The levers move *when* the jump comes,
 # so at a fixed budget of steps they decide whether it comes at all — a lever's effect in the
 # table is partly timing, which is why each variant runs with three seeds (`full_prefix` with one,
@@ -425,7 +436,15 @@ for key, row in table.items():
 # from far below the recipe to about its best seed or above. The curriculum, which shows exhibits with two objects
 # first and widens to six over the first thousand steps, is the one lever that also teaches
 # `compare` ("Which is larger, the white star or the yellow vase?": two look-ups, a comparison,
-# then the winner's name copied from the question), the type the plain recipe leaves far behind.
+# then the winner's name copied from the question), the type the plain recipe leaves far behind
+# ({numref}`fig-ch5-types` splits the recipe, the curriculum and `answer_only` by question type).
+#
+# Packing (`pack4`) is the lever that hurts at equal steps: every seed stays near the plateau. A
+# follow-up question comes after the image, so the image tokens never read it — for the follow-up
+# the sequence is image-first, the layout the `image_first` row shows is slow to learn — and each
+# step holds a quarter as many question-first turns as the recipe's. Packing saves compute (the
+# image tokens and the padding are shared by four questions); it does not make the binding
+# easier to learn.
 #
 # Read from Chapter 4's encoder (`clip/…` rows), the language model can only name what the nine
 # image tokens say, so the encoder half is measured on its own as well: warm up the ViT and a
@@ -502,7 +521,7 @@ base = majority_baseline(museum_qa("train", 500, guide.config.image_size), test)
 print(f"vlm-tiny: all {acc['all']:.1f} %  single-object {acc['single']:.1f} %  relational {acc['relational']:.1f} %  "
       f"citations P {acc['cite_precision']:.1f} % R {acc['cite_recall']:.1f} %")
 print(f"image-blind majority answer: {base['all']:.1f} %   (its training log: {guide.training_log[-1]['all']:.1f} %)")
-print({t: acc[t] for t in types})
+print("by type:", "  ".join(f"{t} {acc[t]:.1f}" for t in types))
 
 # %% [markdown]
 # The guide answering and citing on an exhibit it has never seen:
@@ -514,7 +533,7 @@ for qa in [q for q in exhibit.qas if q.qtype in types]:
     said = guide.ask(image, qa.question)
     text, cited = grounding.parse_citations(said)
     truth = support_patches(exhibit.scene, qa, guide.config.grid)
-    print(f"{qa.question:52s} -> {said:30s} {'right' if text == qa.answer else 'wrong: ' + qa.answer:14s} "
+    print(f"{qa.question}\n    -> {said:34s} {'right' if text == qa.answer else 'wrong: ' + qa.answer:14s} "
           f"cited {cited} true {truth}")
 
 # %% [markdown]
@@ -523,7 +542,8 @@ for qa in [q for q in exhibit.qas if q.qtype in types]:
 # A citation `[CITE:<p_k>]` names patch `k` of the 3 × 3 grid, which maps back to a pixel box.
 # Because the museum knows which patches prove each answer, citation precision (how many cited
 # patches are right) and recall (how many needed patches were cited) are measurable, and each
-# answer can be logged as a JSON audit record.
+# answer can be logged as a JSON audit record; {numref}`fig-ch5-citations` draws the cited and
+# the true patches on the exhibit.
 
 # %%
 qa = next(q for q in exhibit.qas if q.qtype == "colour")
@@ -534,9 +554,9 @@ print(qa.question, "->", said, grounding.set_scores(cited, truth))
 rec = grounding.audit_record("val/5", qa.question, said, guide.tokenizer(said, add_special_tokens=False)["input_ids"],
                              grid=guide.config.grid, size=guide.config.image_size,
                              timestamp="2026-01-01T00:00:00+00:00")
-print(grounding.audit_json(rec))
+print(textwrap.fill(grounding.audit_json(rec), 100))
 
-# %%
+# %% mystnb={"figure": {"caption": "The guide's citation on an unseen exhibit: the cells it cites (solid boxes) and the cells that support the answer (dashed boxes, drawn inset).", "name": "fig-ch5-citations"}, "image": {"alt": "An exhibit image with a solid rectangle around the cited grid cell and a smaller dashed rectangle inside it around the true supporting cell."}}
 show(pf.citations_figure(exhibit.image, grounding.citation_boxes(cited, guide.config.grid, guide.config.image_size),
                          grounding.citation_boxes(truth, guide.config.grid, guide.config.image_size),
                          title="cited (solid) vs true (dashed)"))
@@ -556,7 +576,7 @@ for M in Ms:
     p, g = cost.prefix_flops(M, L, d, layers), cost.gated_flops(M, L, d, layers, every=2)
     print(f"M={M:5d}  prefix {p / 1e6:8.1f} MFLOP  gated {g / 1e6:7.1f} MFLOP  ratio {p / g:5.2f}")
 
-# %%
+# %% mystnb={"figure": {"caption": "Measured seconds per forward pass (batch 4) of the prefix and gated routes against the number of image tokens M.", "name": "fig-ch5-cost"}, "image": {"alt": "Two lines, one per route, of seconds per forward pass against the number of image tokens on logarithmic axes."}}
 Ms_t = [16, 64, 256]
 meas = {r: [cost.measure_forward(r, M, L, every=2, repeats=3, batch=4) for M in Ms_t] for r in ("prefix", "gated")}
 flops = {"prefix": [cost.prefix_flops(M, L, d, layers) for M in Ms_t],
@@ -564,6 +584,13 @@ flops = {"prefix": [cost.prefix_flops(M, L, d, layers) for M in Ms_t],
 show(pf.cost_figure(Ms_t, {f"{r} (measured s)": meas[r] for r in meas}, ylabel="seconds per forward (batch 4)"))
 for r in meas:
     print(r, "FLOP ratio 256/16:", round(flops[r][-1] / flops[r][0], 1), " time ratio:", round(meas[r][-1] / meas[r][0], 1))
+
+# %% [markdown]
+# {numref}`fig-ch5-cost` shows the measured times. Measured time and counted FLOPs need not grow
+# alike, as the two printed ratios show: on one CPU core a forward pass over a few hundred tokens
+# spends part of its time on fixed costs per operation (dispatch, memory allocation, small matrix
+# shapes) that do not grow with $M$, and part on memory traffic that grows at its own rate. The
+# FLOP count is the part that holds on every machine; the gap between the ratios is this one's.
 
 # %% [markdown]
 # ## Summary
