@@ -48,13 +48,14 @@ import copy
 import textwrap
 
 import torch
+from myst_nb import glue  # numbers quoted in the prose are inserted from the computations
 
 from vlmbook import nb
 from vlmbook.fusion.model import VisionLanguageModel
 from vlmbook.hub import load_artifact
 from vlmbook.plot import line_plot, show
 from vlmbook.plot import train as tplot
-from vlmbook.train import (IGNORE, AdaptiveKLController, Curriculum, FixedKLController, ValueHead, chain_of_thought,
+from vlmbook.train import (IGNORE, AdaptiveKLController, Curriculum, chain_of_thought,
                            cot_text, difficulty, distill_loss, dpo_loss, gae, group_relative_advantages, param_groups,
                            ppo_policy_loss, reward_loss, trainable_fraction, vlm_lrs)
 from vlmbook.train import stages as st
@@ -269,6 +270,12 @@ for kind, acc in st.reward_accuracy(rm2, pairs_te, test.images).items():
 #
 # The identity is exact, as the cell shows on random numbers; `tests/test_train_reference.py`
 # also checks `dpo_loss` against TRL's `DPOTrainer` on the same numbers.
+#
+# DPO only widens the *margin* between the chosen and the rejected answer; it can do so by making
+# both less likely, and then the right answers themselves slip. Pang et al. {cite:p}`pang2024irpo`
+# add the chosen answers' negative log-likelihood per token to the loss, and the run below does the
+# same (`nll_weight=1.0`). In `python -m vlmbook.bench train` this term is what keeps answer accuracy
+# from falling on every seed while the citations improve.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -281,7 +288,8 @@ print(f"reward_loss on beta * log-ratios {float(reward_loss(beta * (pc - rc), be
 # %%
 ref = VLMPolicy(copy.deepcopy(sft.module))
 dpo = VLMPolicy(copy.deepcopy(sft.module))
-hist_dpo = st.train_dpo(dpo, ref, pairs_tr, train.images, steps=40, beta=0.1, batch_size=16, seed=0)
+hist_dpo = st.train_dpo(dpo, ref, pairs_tr, train.images, steps=40, beta=0.1, batch_size=16, seed=0,
+                        nll_weight=1.0)
 results["DPO"] = st.evaluate(dpo, test)["all"]
 kl = st.kl_to_reference(dpo, ref, [c for c, _, _ in pairs_te[:64]], test.images)
 for k in ("SFT (noisy)", "DPO"):
@@ -343,22 +351,34 @@ group_rewards = torch.tensor([[1.5, 0.0, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0]])
 print(group_relative_advantages(group_rewards).round(decimals=3))
 
 # %% [markdown]
-# Both run on the guide as one step each (`ppo_step`, `grpo_step`): sample answers to a few test
-# questions, score them with the museum's reward (1 for a right answer, plus half its citation
-# precision), and update. One step shows the loop works; it is far too little to move accuracy.
-# The PPO step's KL is zero: its answers were sampled before the update, from a policy that is
-# still identical to the reference.
+# PPO runs here on the noisy-citation SFT model for 20 iterations (`train_ppo`): each samples
+# answers to 16 training questions, scores them with the museum's reward (1 for a right answer,
+# plus half its citation precision), shapes the score with the KL to the SFT reference, and takes
+# two clipped updates with a fresh value head; the adaptive controller moves β towards a target KL.
+# Unlike DPO, PPO learns from the guide's own samples: any answer that cites the right patch earns
+# more than one that does not, whatever the noisy annotators wrote.
+
+# %%
+ppo = VLMPolicy(copy.deepcopy(sft.module))
+hist_ppo = st.train_ppo(ppo, VLMPolicy(copy.deepcopy(sft.module)), train, steps=20, batch_items=16, lr=1e-4,
+                        seed=0)
+results["PPO"] = st.evaluate(ppo, test)["all"]
+for r in (hist_ppo[0], hist_ppo[-1]):
+    print(f"iteration {r['step']:2d}: mean reward {r['score']:.3f}, KL to SFT {r['kl']:.3f} nats, beta {r['beta']:.4f}")
+print(f"PPO - SFT: accuracy {results['PPO']['accuracy'] - results['SFT (noisy)']['accuracy']:+.1f} points, "
+      f"citation precision {results['PPO']['citation_precision'] - results['SFT (noisy)']['citation_precision']:+.1f}"
+      " points")
+
+# %% [markdown]
+# The group-relative variant needs no value head; one step on four questions, four samples each,
+# shows its pieces at work (the step's KL is zero: its answers were sampled from a policy still
+# identical to the reference).
 
 # %%
 torch.manual_seed(0)
-items = test.items[:8]
-pol, ref_p = VLMPolicy(copy.deepcopy(dpo.module)), VLMPolicy(copy.deepcopy(dpo.module))
-head = ValueHead(pol.hidden_size)
-opt = torch.optim.AdamW(list(pol.module.lm.parameters()) + list(head.parameters()), lr=1e-4)
-out = st.ppo_step(pol, ref_p, head, opt, test, items, FixedKLController(0.1), torch.Generator().manual_seed(0))
-print("PPO step: ", {k: round(v, 4) for k, v in out.items()})
+pol, ref_p = VLMPolicy(copy.deepcopy(sft.module)), VLMPolicy(copy.deepcopy(sft.module))
 opt = torch.optim.AdamW(pol.module.lm.parameters(), lr=1e-4)
-out = st.grpo_step(pol, ref_p, opt, test, items[:4], torch.Generator().manual_seed(1), group=4)
+out = st.grpo_step(pol, ref_p, opt, test, test.items[:4], torch.Generator().manual_seed(1), group=4)
 print("GRPO step:", {k: round(v, 4) for k, v in out.items()})
 
 # %% [markdown]
@@ -383,12 +403,7 @@ show(tplot.self_consistency_figure(sc, title="majority vote over K samples"))
 #
 # **Distillation** {cite:p}`hinton2015distilling` trains a smaller student on the teacher's
 # *softened* distribution: both logits are divided by a temperature $T$, and the KL between them
-# is multiplied by $T^2$ so that its gradient keeps its size as $T$ grows. The student below has
-# half the teacher's language-model layers and starts from the teacher, as DistilBERT's students
-# do {cite:p}`sanh2019distilbert`: the same image side, embeddings and head, and one of every two
-# of its layers (here: its first). One copy
-# learns from an even mix of the teacher's distribution and the right answers ($\alpha = 0.5$),
-# another, for comparison, from the right answers alone ($\alpha = 0$), for the same 150 steps.
+# is multiplied by $T^2$ so that its gradient keeps its size as $T$ grows.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -399,30 +414,80 @@ for T in (1.0, 2.0, 4.0):
     distill_loss(s_, t_log, temperature=T).backward()
     print(f"T = {T}: T^2-scaled KL {float(distill_loss(s_log, t_log, T)):.4f}, gradient norm {float(s_.grad.norm()):.4f}")
 
+# %% [markdown]
+# Which half of the teacher should the student keep? DistilBERT {cite:p}`sanh2019distilbert`
+# keeps every other layer and starts from the teacher's weights. Our guide has two layers, and the
+# two-step look-up of Chapter 5 — image tokens read the question, then the answer reads the image
+# tokens — needs both. The first experiment halves the depth anyway: the student has the teacher's
+# image side, embeddings and head and its first layer, and trains for 150 steps either on the right
+# answers alone ($\alpha = 0$) or on an even mix of them and the DPO guide's distribution
+# ($\alpha = 0.5$).
+
 # %%
 student = st.half_size_student(dpo, seed=0)
 clean = st.sft_examples(dpo, train, cite=True)
 n_t = sum(p.numel() for p in dpo.module.lm.parameters())
 n_s = sum(p.numel() for p in student.module.lm.parameters())
 results["student, untrained"] = st.evaluate(student, test)["all"]
-for name, alpha in (("student, CE only", 0.0), ("student, distilled", 0.5)):
+for name, alpha in (("half depth, CE only", 0.0), ("half depth, distilled", 0.5)):
     s_pol = st.half_size_student(dpo, seed=0)
     st.distill(s_pol, dpo, clean, train.images, steps=150, temperature=2.0, alpha=alpha, batch_size=16, lr=1e-2,
                seed=0)
     results[name] = st.evaluate(s_pol, test)["all"]
-print(f"language model: teacher {n_t:,} weights, student {n_s:,} ({n_s / n_t:.0%})")
-for k in ("DPO", "student, untrained", "student, CE only", "student, distilled"):
-    print(f"{k:18s} {results[k]}")
+print(f"language model: teacher {n_t:,} weights, half-depth student {n_s:,} ({n_s / n_t:.0%})")
+for k in ("DPO", "student, untrained", "half depth, CE only", "half depth, distilled"):
+    print(f"{k:22s} {results[k]}")
 
 # %% [markdown]
-# Half of the teacher's layers, copied, are not half of its skill: the untrained student answers
-# few questions, and 150 steps on 40 exhibits bring it only part of the way back (the teacher
-# itself trained for 3,000 steps on 2,000 exhibits). Whether the gap
-# between the two students is real on 205 test questions is a question for Chapter 7's paired
-# tests; distillation's advantage grows when the student's data is scarce or its training long
-# enough to imitate the teacher's uncertainty, which exercise 4 explores.
+# One layer, copied, is not half of the skill: 150 steps bring the half-depth student only part of
+# the way back, and a layer cannot learn a look-up that needs two. The book's student therefore
+# keeps the depth and narrows the width: `half_width_config` takes the widest language model with
+# the teacher's layers and heads that has at most half its weights. It starts fresh, shares the
+# teacher's frozen image side, and trains with Chapter 5's whole recipe (the curriculum and the
+# 3,000 steps) against `vlm-tiny` (`vlmbook.train.student`) on
 #
-# ## 6.5 Post-training: int8 weights and prompt caching
+# $$
+# 0.5\,T^2\,\mathrm{KL}\big(p_T^\text{teacher} \,\|\, p_T^\text{student}\big) + 0.5\,\mathrm{CE}
+# + \big\lVert h^\text{student} - P^\top h^\text{teacher} \big\rVert^2 .
+# $$
+#
+# The last term is a *hint* in the sense of FitNets {cite:p}`romero2015fitnets`: at every position,
+# image tokens included, the student's last hidden state is pulled towards the teacher's, projected
+# to the student's width by a fixed matrix $P$ with orthonormal columns. The logits say what the
+# teacher answers; the hidden states also say where it looked. Training takes minutes, so it ran
+# offline — `python -m vlmbook.train.student SEED --out bench/results/student.jsonl`, with
+# `--hidden-weight 0` for logits alone — and seed 0 is committed as the artifact `vlm-student-tiny`
+# (`vlmbook artifacts build vlm-student-tiny`). Here it is scored on this chapter's test exhibits
+# beside its teacher, and the records give every seed on Chapter 5's 200 test exhibits.
+
+# %%
+from vlmbook.train.student import lm_parameters, summarise_students  # noqa: E402
+
+student_w = VLMPolicy(load_artifact("vlm-student-tiny", VisionLanguageModel))
+results["half width, distilled"] = st.evaluate(student_w, test)["all"]
+c = student_w.module.config
+ratio = lm_parameters(student_w.module) / lm_parameters(base.module)
+print(f"half-width student: width {c.hidden}, {c.layers} layers, {c.heads} heads; "
+      f"{lm_parameters(student_w.module):,} LM weights ({ratio:.0%} of the teacher's)")
+for k in ("vlm-tiny", "half width, distilled"):
+    print(f"{k:22s} {results[k]}")
+retention = results["half width, distilled"]["accuracy"] / results["vlm-tiny"]["accuracy"]
+print(f"retention on these exhibits: {retention:.1%}")
+for name, row in summarise_students().items():
+    n = len(row["seeds"])
+    print(f"{name:23s} {n} seed{'s' * (n > 1)}: accuracy {row['accuracy']['mean']:.1f} % "
+          f"({row['accuracy']['min']:.1f}-{row['accuracy']['max']:.1f}), retention {row['retention']['mean']:.1%} "
+          f"(teacher {row['teacher_accuracy']:.1f} %)")
+glue("ch6-student-retention", 100 * retention, display=False)
+
+# %% [markdown]
+# Kept at full depth, half the weights reach {glue:text}`ch6-student-retention:.0f` % of the
+# teacher's accuracy on these exhibits. Depth was what the guide could not spare; width it could —
+# once the student learns from the teacher's hidden states as well. From the logits alone (the
+# `logits` record: one seed, the same steps), the same student stays far below its teacher: the
+# answers say *what* to say, the hidden states also show *where* the teacher found it.
+#
+# ## 6.5 Post-training: int8 weights, a compressed KV cache and prompt caching
 #
 # **Weight quantisation** stores each linear layer's weight as int8 with one float scale per
 # output row, $w \approx s\,q$, $q \in \{-127,\dots,127\}$: a quarter of the bytes of float32.
@@ -441,25 +506,58 @@ for k in ("DPO", "DPO, int8"):
     print(f"{k:10s} {results[k]}")
 
 # %% [markdown]
-# **Prompt caching** reuses the keys and values of a prefix that many requests share. A museum
-# guide sees the same exhibit again and again, so an image-first guide could encode the exhibit
-# once and keep its prefix. Our guide is *question-first* (Chapter 5 chose that layout so that the
-# image tokens can attend to the question), and then the prefix that precedes the image is the
-# question itself: there is nothing question-independent to cache. The code measures the time to
-# first token and says whether the layout allows a cache.
+# **KV-cache compression.** While the guide writes an answer, every layer keeps the keys and
+# values of all earlier tokens; with long prompts or many visitors at once this cache, not the
+# weights, is what fills memory. `vlmbook.train.kvcache` stores each cached key and value vector
+# as int8 with its own absmax scale — the same per-row rule as the weights above, applied to the
+# activations as they arrive — while the tokens of the current step are used exactly. Beside it,
+# the reference is `transformers`' own `QuantizedCache` with its float8 backend, which keeps one
+# scale per tensor. Each cache is measured on the DPO guide: held-out accuracy, the bytes held
+# after the first question's prompt, and the time to generate one answer.
 
 # %%
-ttft = st.prompt_cache_ttft(dpo, test.images[0], test.items[0][1].question, repeats=5)
-print(ttft)
-print("cacheable" if ttft["cacheable"] else
-      f"not cacheable: layout {cfg.layout!r}, mask {cfg.mask!r} -- the image prefix depends on the question")
+kv = st.kv_cache_compression(dpo, test, repeats=5)
+for kind in ("fp32", "int8", "fp8"):
+    r = kv[kind]
+    print(f"{kind}: accuracy {r['accuracy']:5.2f} %, citation precision {r['citation_precision']:5.2f} %, "
+          f"cache {r['stored_bytes']:,} bytes ({r['ratio']:.2f}x smaller), answer {r['answer_ms']:.1f} ms")
+glue("ch6-kv-head", dpo.module.text.config.hidden_size // dpo.module.text.config.num_attention_heads, display=False)
+glue("ch6-kv-int8-ratio", kv["int8"]["ratio"], display=False)
+glue("ch6-kv-int8-loss", kv["fp32"]["accuracy"] - kv["int8"]["accuracy"], display=False)
+
+# %% [markdown]
+# The int8 cache is {glue:text}`ch6-kv-int8-ratio:.2f`× smaller — not 4×, because each
+# key or value vector of {glue:text}`ch6-kv-head` numbers carries a 4-byte scale — and its answers
+# score {glue:text}`ch6-kv-int8-loss:.2f` points below the fp32 cache's here. What it saves is
+# memory, and the saving grows with the context: at a prompt this short the whole cache is a few
+# kilobytes, and the answer time is set by the layers' arithmetic, not by the cache; a cache that
+# would not fit in memory in fp32 fits in int8.
+#
+# **Prompt caching** reuses the work that many requests share. A museum guide sees the same
+# exhibit again and again. An image-first guide could keep the keys and values of its image
+# prefix. Ours is *question-first* (Chapter 5 chose that layout so that the image tokens can attend
+# to the question), so the keys and values of its image tokens depend on the question and cannot
+# be reused. What stays the same is everything before the language model: the ViT's patch
+# features of the exhibit. The guide caches those once per exhibit and runs only the compressor,
+# projector and language model for each new question.
+
+# %%
+ttft = st.prompt_cache_ttft(dpo, test.images[0], test.items[0][1].question, repeats=7)
+print(f"cache: {ttft['cache']} (layout {cfg.layout!r})")
+print(f"time to first token: {ttft['ttft_ms']:.2f} ms from pixels, {ttft['ttft_cached_ms']:.2f} ms from the cached "
+      f"features ({1 - ttft['ttft_cached_ms'] / ttft['ttft_ms']:.0%} less)")
+img0 = test.images[:1]
+q0 = torch.tensor([dpo.encode(test.items[0][1].question) + [dpo.module.ids["assistant"]]])
+with torch.no_grad():
+    same = torch.equal(dpo.module.generate(img0, q0), dpo.module.generate(None, q0, features=dpo.module.encoder(img0)))
+print("same answer from cached features:", same)
 
 # %% [markdown]
 # All stages side by side ({numref}`fig-ch6-stages`). Citation precision here is the reward's:
 # an answer that cites nothing scores 0 when there was evidence to cite.
 
-# %% mystnb={"figure": {"caption": "Held-out answer accuracy and citation precision of the committed guide and of each stage of this chapter, on the same 30 test exhibits: supervised fine-tuning on noisy citations, DPO on the museum's preference pairs, the DPO guide with int8 language-model weights, and two half-size students trained for 150 steps on the right answers alone (CE only) or also on the DPO guide's softened distribution (distilled).", "name": "fig-ch6-stages"}, "image": {"alt": "Paired bars for six models: vlm-tiny, SFT with noisy citations, DPO, DPO int8, and the two half-size students; blue bars show answer accuracy and orange bars citation precision, in percent."}}
-order = ("vlm-tiny", "SFT (noisy)", "DPO", "DPO, int8", "student, CE only", "student, distilled")
+# %% mystnb={"figure": {"caption": "Held-out answer accuracy and citation precision of the committed guide and of each stage of this chapter, on the same 30 test exhibits: supervised fine-tuning on noisy citations, DPO on the museum's preference pairs, PPO on the guide's own samples, the DPO guide with int8 language-model weights, the half-depth student distilled from the DPO guide for 150 steps, and the committed half-width student distilled from vlm-tiny for 3,000 steps.", "name": "fig-ch6-stages"}, "image": {"alt": "Paired bars for seven models: vlm-tiny, SFT with noisy citations, DPO, PPO, DPO int8, the half-depth and the half-width students; blue bars show answer accuracy and orange bars citation precision, in percent."}}
+order = ("vlm-tiny", "SFT (noisy)", "DPO", "PPO", "DPO, int8", "half depth, distilled", "half width, distilled")
 show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, title="held-out, 30 test exhibits"))
 
 # %% [markdown]
@@ -497,14 +595,15 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 # - Preferences are pairs. A Bradley–Terry reward model learns to rank them — on a model this
 #   small, whether an answer is right only once it starts from the guide's own log-likelihood; DPO is the same loss
 #   on the policy's log-ratio to a frozen reference and needs no reward model; PPO learns online
-#   with GAE, a clipped ratio and a KL penalty whose weight adapts; GRPO replaces the value head
-#   by comparing answers within a group.
+#   from the guide's own samples with GAE, a clipped ratio and a KL penalty whose weight adapts;
+#   GRPO replaces the value head by comparing answers within a group.
 # - At answer time, sampling several answers and voting can trade compute for accuracy — it did
-#   not here, where the votes stayed level with the greedy answer; offline, a student half the
-#   size learns from the teacher's softened distribution.
+#   not here, where the votes stayed level with the greedy answer. Offline, a student with half the
+#   weights learns from the teacher's softened distribution — if it keeps the depth the task needs.
 # - After training, int8 weights shrink the language model almost four-fold (the per-row scales,
-#   norms and biases stay in float); prompt caching needs a
-#   prefix that does not depend on the question, which a question-first guide does not have.
+#   norms and biases stay in float), and an int8 KV cache shrinks what generation keeps in memory;
+#   a question-first guide cannot reuse its image tokens' keys and values, but it can cache the
+#   exhibit's encoder features.
 #
 # ## Exercises
 #
@@ -514,14 +613,17 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 #    which writes longer answers? Measure the answer length in tokens.
 # 3. Sweep DPO's $\beta$ over 0.01, 0.1 and 1. Plot the KL to the reference against the change in
 #    citation precision.
-# 4. Distil the student from 10 training exhibits instead of 40, with $\alpha = 0$ and $0.5$. Does
-#    the teacher's distribution help more when the right answers are few?
+# 4. Distil the half-depth student from 10 training exhibits instead of 40, with $\alpha = 0$ and
+#    $0.5$. Does the teacher's distribution help more when the right answers are few? Then train the
+#    half-width student with `python -m vlmbook.train.student 0 --alpha 0` and compare its record
+#    with the distilled one.
 # 5. Replace the SFT stage by LoRA (r = 4, 8, 16) on the language model. How many weights train,
 #    and how close does each rank get to full fine-tuning after the same number of steps?
 # 6. Run `grpo_step` for 50 steps on the training exhibits with groups of 4 and 8. Plot the mean
 #    reward against the step. What happens with groups whose answers all score the same?
 # 7. Build an image-first guide in Chapter 5 (`layout="image_first"`) and measure
-#    `prompt_cache_ttft` with and without the cached prefix.
+#    `prompt_cache_ttft` with and without the cached prefix. How does its saving compare with the
+#    question-first guide's cached features?
 
 # %%
 nb.report_runtime()
