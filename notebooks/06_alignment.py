@@ -274,8 +274,8 @@ for kind, acc in st.reward_accuracy(rm2, pairs_te, test.images).items():
 # DPO only widens the *margin* between the chosen and the rejected answer; it can do so by making
 # both less likely, and then the right answers themselves slip. Pang et al. {cite:p}`pang2024irpo`
 # add the chosen answers' negative log-likelihood per token to the loss, and the run below does the
-# same (`nll_weight=1.0`). In `python -m vlmbook.bench train` this term is what keeps answer accuracy
-# from falling on every seed while the citations improve.
+# same (`nll_weight=1.0`); without it DPO can pay for better citations with right answers
+# (Exercise 3 measures both).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -611,8 +611,8 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 #    the gap in citation precision? Use Chapter 7's paired tests on more test exhibits to decide.
 # 2. Train SFT with the chain of thought learned and with it only shown. Which answers better, and
 #    which writes longer answers? Measure the answer length in tokens.
-# 3. Sweep DPO's $\beta$ over 0.01, 0.1 and 1. Plot the KL to the reference against the change in
-#    citation precision.
+# 3. Sweep DPO's $\beta$ over 0.01, 0.1 and 1, with `nll_weight=0` and `1`. Plot the KL to the
+#    reference against the change in citation precision, and the change in answer accuracy beside it.
 # 4. Distil the half-depth student from 10 training exhibits instead of 40, with $\alpha = 0$ and
 #    $0.5$. Does the teacher's distribution help more when the right answers are few? Then train the
 #    half-width student with `python -m vlmbook.train.student 0 --alpha 0` and compare its record
