@@ -3,9 +3,13 @@
 Chapter 3 §3.8. The hyperprior predicts every y element from z alone, so all of y decodes in
 one parallel pass. A context model also looks at the neighbours above and to the left that
 the decoder already has, which predicts y better (fewer bits) but forces the decoder to visit
-the latent grid one position at a time. Here the context model sits on top of a trained,
-frozen hyperprior and codes the *same* integers round(y): the reconstruction is unchanged, so
-the rate difference is the whole story, and :func:`sequential_params` measures the decode cost.
+the latent grid one position at a time (:func:`sequential_params` measures the cost).
+
+Two ways to train it, both in the chapter: :func:`fit_context` bolts a :class:`ContextModel`
+onto a trained, *frozen* hyperprior (same integers round(y), same picture; on these photos it
+learns the training photos and saves almost nothing on others), and :class:`ContextCodec` trains
+it *jointly* with the transform, as Minnen et al. do (artifacts ``codec-ctx-q<k>``, built
+exactly as the mean-scale series ``codec-ms-q<k>`` so the two differ by the context alone).
 """
 from __future__ import annotations
 
