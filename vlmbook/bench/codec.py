@@ -15,7 +15,7 @@ At this training budget one implementation's seed-to-seed spread is larger than 
 measured, so each side's RD curve is the mean of ``--seeds`` runs (default 3), and the table also
 gives every seed's BD-rate and each side's spread against its own seed 0.
 
-The committed mean-scale series ``codec-ms-q1..q5`` is measured too, against JPEG and WebP over a
+The committed mean-scale series ``codec-ms-q1..q7`` is measured too, against JPEG and WebP over a
 wide quality sweep (anchors fitted near our curve, :func:`vlmbook.codec.metrics.bd_rate_near`), with
 the PSNR gap to WebP at our rates.
 
