@@ -218,8 +218,10 @@ def run(quick: bool = False, seeds: int = SEEDS) -> BenchResult:
             table[f"meanscale_vs_{anchor}_psnr_range"] = [lo, hi]
         except ValueError as e:
             bds[f"meanscale_vs_{anchor}"] = f"n/a: {e}"
-    table["meanscale_psnr_gap_to_webp_db"] = [float(np.interp(b, webp_w["bpp"], webp_w["psnr"])) - p
-                                              for b, p in zip(*ms_curve)]
+    # None below WebP's lowest rate (quality 0): there WebP has no point to compare with
+    table["meanscale_psnr_gap_to_webp_db"] = [
+        float(np.interp(b, webp_w["bpp"], webp_w["psnr"])) - p if min(webp_w["bpp"]) <= b <= max(webp_w["bpp"]) else None
+        for b, p in zip(*ms_curve)]
     table["bd_rate_percent"] = bds
     table["bd_rate_percent_per_seed"] = per_seed
     table["bd_rate_psnr_range_vs_jpeg"] = [max(min(jpeg["psnr"]), min(ours[1])), min(max(jpeg["psnr"]), max(ours[1]))]
