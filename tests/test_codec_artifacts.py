@@ -145,12 +145,9 @@ def test_context_series_saves_rate_at_equal_distortion():
 
 @pytest.mark.skipif(os.environ.get("VLMBOOK_SLOW") != "1", reason="retrains a codec (minutes); set VLMBOOK_SLOW=1")
 def test_retraining_reproduces_context_artifact():
-    import torch
-
     from vlmbook.codec.context import build_ctx, estimated_point
     from vlmbook.codec.metrics import to_tensor
 
-    with torch.no_grad():
-        p = estimated_point(build_ctx(1, 0), [to_tensor(eval_images(256)[0])])
+    p = estimated_point(build_ctx(1, 0), [to_tensor(eval_images(256)[0])])  # trains, then measures
     assert p["bpp"] == pytest.approx(RECORDED_CTX[1]["bpp"], rel=0.02)
     assert p["psnr"] == pytest.approx(RECORDED_CTX[1]["psnr"], abs=0.1)
