@@ -15,7 +15,7 @@ At this training budget one implementation's seed-to-seed spread is larger than 
 measured, so each side's RD curve is the mean of ``--seeds`` runs (default 3), and the table also
 gives every seed's BD-rate and each side's spread against its own seed 0.
 
-The committed mean-scale series ``codec-ms-q1..q5`` is measured too, against JPEG and WebP over a
+The committed mean-scale series ``codec-ms-q1..q7`` is measured too, against JPEG and WebP over a
 wide quality sweep (anchors fitted near our curve, :func:`vlmbook.codec.metrics.bd_rate_near`), with
 the PSNR gap to WebP at our rates.
 
@@ -218,8 +218,10 @@ def run(quick: bool = False, seeds: int = SEEDS) -> BenchResult:
             table[f"meanscale_vs_{anchor}_psnr_range"] = [lo, hi]
         except ValueError as e:
             bds[f"meanscale_vs_{anchor}"] = f"n/a: {e}"
-    table["meanscale_psnr_gap_to_webp_db"] = [float(np.interp(b, webp_w["bpp"], webp_w["psnr"])) - p
-                                              for b, p in zip(*ms_curve)]
+    # None below WebP's lowest rate (quality 0): there WebP has no point to compare with
+    table["meanscale_psnr_gap_to_webp_db"] = [
+        float(np.interp(b, webp_w["bpp"], webp_w["psnr"])) - p if min(webp_w["bpp"]) <= b <= max(webp_w["bpp"]) else None
+        for b, p in zip(*ms_curve)]
     table["bd_rate_percent"] = bds
     table["bd_rate_percent_per_seed"] = per_seed
     table["bd_rate_psnr_range_vs_jpeg"] = [max(min(jpeg["psnr"]), min(ours[1])), min(max(jpeg["psnr"]), max(ours[1]))]

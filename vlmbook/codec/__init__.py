@@ -23,8 +23,10 @@ for _q in range(1, len(LAMBDAS) + 1):
 register_artifact(ArtifactSpec("codec-ms-base", "1", "vlmbook.codec.models:build_ms_base", seed=0,
                                description=f"codec-base as a mean-scale hyperprior, lambda={MS_BASE_LAMBDA}"))
 for _q in range(1, len(MS_LAMBDAS) + 1):
-    register_artifact(ArtifactSpec(f"codec-ms-q{_q}", "1", f"vlmbook.codec.models:build_ms_q{_q}", seed=0,
+    register_artifact(ArtifactSpec(f"codec-ms-q{_q}", "2", f"vlmbook.codec.models:build_ms_q{_q}", seed=0,
                                    description=f"codec-ms-base fine-tuned to lambda={MS_LAMBDAS[_q - 1]}"))
+    register_artifact(ArtifactSpec(f"codec-ctx-q{_q}", "1", f"vlmbook.codec.context:build_ctx_q{_q}", seed=0,
+                                   description=f"codec-ms-base with a context model, trained jointly at lambda={MS_LAMBDAS[_q - 1]}"))
 
 __all__ = [
     "BitstreamError", "CdfTables", "quantize_pmf", "EntropyBottleneck", "GaussianConditional",

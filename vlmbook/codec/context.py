@@ -3,22 +3,28 @@
 Chapter 3 §3.8. The hyperprior predicts every y element from z alone, so all of y decodes in
 one parallel pass. A context model also looks at the neighbours above and to the left that
 the decoder already has, which predicts y better (fewer bits) but forces the decoder to visit
-the latent grid one position at a time. Here the context model sits on top of a trained,
-frozen hyperprior and codes the *same* integers round(y): the reconstruction is unchanged, so
-the rate difference is the whole story, and :func:`sequential_params` measures the decode cost.
+the latent grid one position at a time (:func:`sequential_params` measures the cost).
+
+Two ways to train it, both in the chapter: :func:`fit_context` bolts a :class:`ContextModel`
+onto a trained, *frozen* hyperprior (same integers round(y), same picture; on these photos it
+learns the training photos and saves almost nothing on others), and :class:`ContextCodec` trains
+it *jointly* with the transform, as Minnen et al. do (artifacts ``codec-ctx-q<k>``, built
+exactly as the mean-scale series ``codec-ms-q<k>`` so the two differ by the context alone).
 """
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hub import PretrainedMixin
 from ..util import step_generator
-from .entropy import LIKELIHOOD_BOUND, discretized_likelihood
+from .entropy import LIKELIHOOD_BOUND, discretized_likelihood, quantize
 from .layers import lower_bound
-from .models import CODEC_SEED_STRIDE, HyperpriorCodec
+from .models import CODEC_SEED_STRIDE, MS_LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -47,27 +53,36 @@ class ContextModel(nn.Module):
     it to fewer bits.
     """
 
-    def __init__(self, M: int, k: int = 5, scales: bool = True) -> None:
+    def __init__(self, M: int, k: int = 5, scales: bool = True, means_in: bool = False) -> None:
         super().__init__()
-        self.M, self.adjust_scales = M, scales
+        self.M, self.adjust_scales, self.means_in = M, scales, means_in
         self.context = MaskedConv2d(M, 2 * M, k)
+        cin = (4 if means_in else 3) * M  # log-scales (and the hyperprior's means) beside the context
         self.entropy_parameters = nn.Sequential(
-            nn.Conv2d(3 * M, 2 * M, 1), nn.ReLU(), nn.Conv2d(2 * M, 2 * M, 1), nn.ReLU(), nn.Conv2d(2 * M, 2 * M, 1))
+            nn.Conv2d(cin, 2 * M, 1), nn.ReLU(), nn.Conv2d(2 * M, 2 * M, 1), nn.ReLU(), nn.Conv2d(2 * M, 2 * M, 1))
         nn.init.zeros_(self.entropy_parameters[-1].weight)
         nn.init.zeros_(self.entropy_parameters[-1].bias)
 
-    def params(self, hyper_scales: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, M, H, W) hyper scales, (B, 2M, H, W) context -> (means, scales), each (B, M, H, W)."""
+    def params(self, hyper_scales: torch.Tensor, ctx: torch.Tensor, hyper_means: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, M, H, W) hyper scales (and means, when built with ``means_in``), (B, 2M, H, W) context
+        -> (means, scales), each (B, M, H, W)."""
+        if self.means_in != (hyper_means is not None):
+            raise ValueError("hyper_means must be given exactly when the model was built with means_in=True")
         log_s = torch.log(hyper_scales)
-        out = self.entropy_parameters(torch.cat([log_s, ctx], dim=1))
+        feats = [log_s, hyper_means, ctx] if hyper_means is not None else [log_s, ctx]
+        out = self.entropy_parameters(torch.cat(feats, dim=1))
         means, d = out.chunk(2, dim=1)
+        if hyper_means is not None:
+            means = hyper_means + means  # a correction of the hyperprior's mean: zero at the start
         if not self.adjust_scales:
             return means, hyper_scales
         return means, lower_bound(torch.exp(log_s + d), 0.11)
 
-    def forward(self, y_hat: torch.Tensor, hyper_scales: torch.Tensor) -> torch.Tensor:
+    def forward(self, y_hat: torch.Tensor, hyper_scales: torch.Tensor,
+                hyper_means: torch.Tensor | None = None) -> torch.Tensor:
         """Likelihood of the integer latents y_hat (B, M, H, W), all positions in parallel."""
-        means, scales = self.params(hyper_scales, self.context(y_hat))
+        means, scales = self.params(hyper_scales, self.context(y_hat), hyper_means)
         return lower_bound(discretized_likelihood(y_hat, scales, means), LIKELIHOOD_BOUND)
 
 
@@ -119,8 +134,8 @@ def rate_comparison(codec: HyperpriorCodec, ctx: ContextModel, images: list[torc
 
 
 @torch.no_grad()
-def sequential_params(ctx: ContextModel, y_hat: torch.Tensor, hyper_scales: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def sequential_params(ctx: ContextModel, y_hat: torch.Tensor, hyper_scales: torch.Tensor,
+                      hyper_means: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Decoder's view: visit positions in raster order, each using only decoded neighbours.
 
     Returns (means, scales, seconds); the result equals the parallel computation.
@@ -136,16 +151,128 @@ def sequential_params(ctx: ContextModel, y_hat: torch.Tensor, hyper_scales: torc
         for j in range(W):
             patch = decoded[:, :, i:i + k, j:j + k]
             c = F.conv2d(patch, w, ctx.context.bias)  # (B, 2M, 1, 1)
-            mu, sc = ctx.params(hyper_scales[:, :, i:i + 1, j:j + 1], c)
+            hm = None if hyper_means is None else hyper_means[:, :, i:i + 1, j:j + 1]
+            mu, sc = ctx.params(hyper_scales[:, :, i:i + 1, j:j + 1], c, hm)
             means[:, :, i, j], scales[:, :, i, j] = mu[:, :, 0, 0], sc[:, :, 0, 0]
             decoded[:, :, i + p, j + p] = y_hat[:, :, i, j]  # "entropy-decode" this position
     return means, scales, time.perf_counter() - t0
 
 
 @torch.no_grad()
-def parallel_params(ctx: ContextModel, y_hat: torch.Tensor, hyper_scales: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def parallel_params(ctx: ContextModel, y_hat: torch.Tensor, hyper_scales: torch.Tensor,
+                    hyper_means: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Encoder's view (all of y known): one pass; returns (means, scales, seconds)."""
     t0 = time.perf_counter()
-    means, scales = ctx.params(hyper_scales, ctx.context(y_hat))
+    means, scales = ctx.params(hyper_scales, ctx.context(y_hat), hyper_means)
     return means, scales, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------
+# The joint model: transform, hyperprior and context trained together (Minnen et al. 2018)
+# ---------------------------------------------------------------------------------------
+class ContextCodec(nn.Module, PretrainedMixin):
+    """A hyperprior codec whose y likelihoods come from a :class:`ContextModel`, trained end to end.
+    x (B, 3, H, W) -> the same output dict as :class:`HyperpriorCodec`. Chapter 3 §3.8.
+
+    Minnen et al. (2018) train the analysis transform *with* the context model, so that g_a learns
+    to leave in y the local structure the context can predict. The codec is
+    ``codec`` (a :class:`HyperpriorCodec`, usually ``meanscale``) plus ``context_model``; with its
+    last layer at zero it starts as exactly that hyperprior. y is coded as the integers round(y)
+    (the context reads them), so rates here are estimates from the likelihoods: the sequential
+    range coding of a context model is what :func:`sequential_params` times, not written as files.
+    """
+
+    config_class = CodecConfig
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.codec = HyperpriorCodec(config)
+        self.context_model = ContextModel(config.M, means_in=config.model == "meanscale")
+
+    @classmethod
+    def from_codec(cls, codec: HyperpriorCodec) -> "ContextCodec":
+        """Wrap a trained hyperprior: its weights, and a context model that starts as a no-op."""
+        model = cls(codec.config)
+        model.codec.load_state_dict(codec.state_dict())
+        return model
+
+    def hyper(self, y: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(B, M, h, w) y -> (z_hat, hyper scales bounded below, hyper means or None, z likelihoods)."""
+        c = self.codec
+        z = c.h_a(y.abs() if self.config.model == "hyperprior" else y)
+        z_hat, z_lik = c.entropy_bottleneck(z, mode)
+        scales, means = c.hyper_params(z_hat)
+        return z_hat, lower_bound(scales, c.gaussian_conditional.scale_bound), means, z_lik
+
+    def forward(self, x: torch.Tensor, mode: str = "noise") -> dict[str, Any]:
+        """Returns x_hat, y, y_hat, z_hat, scales, means and the likelihoods of y and z."""
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % STRIDE or x.shape[-2] % STRIDE:
+            raise ValueError(f"expected (B, 3, H, W) with H, W multiples of {STRIDE}, got {tuple(x.shape)}")
+        if mode not in ("noise", "round"):
+            raise ValueError(f"mode must be 'noise' or 'round', got {mode!r}")
+        y = self.codec.g_a(x)
+        z_hat, hs, hm, z_lik = self.hyper(y, mode)
+        y_hat = quantize(y, mode)  # the integers round(y) at test time: what the context reads
+        means, scales = self.context_model.params(hs, self.context_model.context(y_hat), hm)
+        lik = discretized_likelihood(y_hat, scales, means, self.config.family)
+        return {"x_hat": self.codec.g_s(y_hat), "y": y, "y_hat": y_hat, "z_hat": z_hat, "scales": scales,
+                "means": means, "likelihoods": {"y": lower_bound(lik, LIKELIHOOD_BOUND), "z": z_lik}}
+
+    def aux_loss(self) -> torch.Tensor:
+        """The entropy bottleneck's quantile loss."""
+        return self.codec.aux_loss()
+
+
+@torch.no_grad()
+def estimated_point(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
+    """Mean estimated bpp (y + z, from the likelihoods) and PSNR of round(y)'s reconstruction over
+    (1, 3, H, W) images, for any model with the codec output dict. §3.8."""
+    from ..rd.metrics import psnr
+
+    model.eval()
+    b, p, by = [], [], []
+    for x in images:
+        out = model(x, mode="round")
+        npix = x.shape[2] * x.shape[3]
+        by.append(float(-torch.log2(out["likelihoods"]["y"]).sum()) / npix)
+        b.append(by[-1] + float(-torch.log2(out["likelihoods"]["z"]).sum()) / npix)
+        p.append(psnr(out["x_hat"].clamp(0, 1), x))
+    n = len(images)
+    return {"bpp": sum(b) / n, "bpp_y": sum(by) / n, "psnr": sum(p) / n}
+
+
+def build_ctx(quality: int, seed: int = 0, spec: TrainSpec | None = None,
+              base: HyperpriorCodec | None = None) -> ContextCodec:
+    """Artifact ``codec-ctx-q<k>``: ``codec-ms-base`` with a context model, trained jointly at
+    ``MS_LAMBDAS[quality - 1]`` exactly as ``codec-ms-q<k>`` is trained without one (same start,
+    steps, crops and seed), so the two series differ only by the context. §3.8."""
+    from .models import _train_one_thread, ms_spec
+
+    if not 1 <= quality <= len(MS_LAMBDAS):
+        raise ValueError(f"quality must lie in [1, {len(MS_LAMBDAS)}], got {quality}")
+    if base is None:
+        from ..hub import load_artifact
+
+        base = load_artifact("codec-ms-base", HyperpriorCodec)
+    torch.manual_seed(seed)
+    lmbda = MS_LAMBDAS[quality - 1]
+    model = ContextCodec.from_codec(base)
+    model.config = model.config.replace(lmbda=lmbda)
+    model.codec.config = model.config
+    _train_one_thread(model, lmbda, spec or ms_spec("q", seed), f"codec-ctx-q{quality}")
+    model.codec.update()
+    return model
+
+
+def _ctx_builder(q: int):
+    def build(seed: int = 0) -> ContextCodec:
+        return build_ctx(q, seed)
+
+    build.__name__ = build.__qualname__ = f"build_ctx_q{q}"
+    build.__doc__ = f"Artifact ``codec-ctx-q{q}``."
+    return build
+
+
+for _q in range(1, len(MS_LAMBDAS) + 1):
+    globals()[f"build_ctx_q{_q}"] = _ctx_builder(_q)
