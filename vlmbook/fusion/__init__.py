@@ -15,11 +15,17 @@ VLM_TINY = register_artifact(ArtifactSpec(
                 "cell embeddings, question first, closed answer words, QK-norm); DemoConfig.offline(): 3,000 LM "
                 "steps on one thread, exhibits with few objects first (curriculum)"))
 
+CLIP_CELLS_TINY = register_artifact(ArtifactSpec(
+    "clip-cells-tiny", "1", "vlmbook.fusion.warmup:build_cell_encoder", seed=0,
+    description="Chapter 4's clip-tiny ViT and a one-layer Perceiver Resampler (9 latents) trained together for "
+                "1,500 steps (batch 64, lr 3e-3, one thread) on per-cell colour, shape and size labels of fresh "
+                "exhibits, so that latent k describes cell k: the image side of vlm-tiny"))
+
 __all__ = [
     "PatchEncoder", "Projector", "merge_image_features", "truncate_ids", "PROMPT_TEMPLATE", "PatchQuantizer",
     "codes_to_token_ids", "image_string", "render_prompt", "token_ids_to_codes", "GatedAdapter",
     "GatedCrossAttention", "block_mask", "causal_mask", "image_spans", "media_mask", "prefix_lm_mask", "to_4d",
-    "VLM_TINY", "RECIPE", "ROUTES", "CellPool", "PrefixCache", "VisionLanguageModel", "VLMConfig", "batch_block_mask",
+    "VLM_TINY", "CLIP_CELLS_TINY", "RECIPE", "ROUTES", "CellPool", "PrefixCache", "VisionLanguageModel", "VLMConfig", "batch_block_mask",
     "LMConfig", "add_answer_tokens", "add_patch_tokens", "add_visual_tokens", "build_lm", "load_causal_lm",
     "museum_answers", "museum_corpus", "museum_tokenizer", "patch_token", "train_bpe_tokenizer", "visual_token",
 ]

@@ -97,8 +97,8 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
     cfg = variant_config(name, route, source)
     demo = DemoConfig.tiny().replace(steps=steps, seed=seed, train_scenes=train_scenes, test_scenes=test_scenes,
                                      warmup=min(100, steps // 10), **DEMO_VARIANTS.get(name, {}))
-    if encoder_steps is not None:
-        demo = demo.replace(encoder_steps=encoder_steps)
+    if encoder_steps is not None and encoder_steps != demo.encoder_steps:  # not the committed warm-up: run it
+        demo = demo.replace(encoder_steps=encoder_steps, encoder_artifact="")
     with num_threads(1):
         train = _data("train", train_scenes, cfg.image_size, cfg.grid)
         test = _data("test", test_scenes, cfg.image_size, cfg.grid)
@@ -120,6 +120,7 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
             "train_seconds": round(secs, 1), "encoder_seconds": round(enc_secs, 1), "threads": 1,
             "encoder_steps": demo.encoder_steps if source not in ("oracle", "vq", "patch") else 0,
             "encoder_lr": demo.encoder_lr if source == "clip" else None,
+            "encoder_artifact": demo.encoder_artifact if source == "clip" else None,
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec
 

@@ -8,12 +8,15 @@ how much of each cell its tokens make linearly readable.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
 from ..data.museum import COLOUR_NAMES, SHAPES, SIZE_NAMES
+from ..hub import PretrainedMixin
 from ..loop import LoopConfig, fit
 from ..util import step_generator
 from .continuous import PatchEncoder
@@ -45,6 +48,12 @@ def clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | 
     The result depends only on its own settings, so runs that share them (the seeds of the language
     model in the ablation) share one warm-up, kept in memory.
     """
+    if demo.encoder_artifact:
+        from ..hub import load_artifact
+
+        enc = load_artifact(demo.encoder_artifact, CellEncoder)
+        enc.matches(cfg, demo)
+        return copy.deepcopy(enc.vision), copy.deepcopy(enc.compressor)
     key = (cfg.grid, cfg.image_size, cfg.compressor, demo.encoder_steps, demo.encoder_lr, demo.encoder_fresh,
            demo.encoder_seed, demo.batch_size, len(train.images), train.split, train.start)
     if key not in _ENCODERS:
@@ -87,6 +96,85 @@ def train_clip_side(cfg: VLMConfig, steps: int, batch_size: int, lr: float, seed
         _, probe = pretrain_encoder(torch.nn.Sequential(*parts), images, labels, steps, batch_size, lr, seed, device,
                                     stream=stream, return_probe=True)
     return vision.cpu().eval(), (compressor.cpu().eval() if compressor is not None else None), probe
+
+
+@dataclasses.dataclass
+class CellEncoderConfig(Config):
+    """Chapter 4's ``clip-tiny`` ViT and a compressor, warmed up on per-cell labels of fresh exhibits."""
+
+    compressor: str = "perceiver"
+    compressor_depth: int = 1
+    grid: int = 3
+    image_size: int = 64
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    #: the fresh exhibits start after the guide's training exhibits (``DemoConfig.train_scenes``)
+    stream_start: int = 2000
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_positive("compressor_depth", "grid", "image_size", "steps", "batch_size", "lr")
+        self.check_non_negative("seed", "stream_start")
+        from .model import COMPRESSORS
+
+        self.check_choice("compressor", COMPRESSORS)
+
+    def vlm_config(self) -> VLMConfig:
+        """The guide's config with this image side."""
+        return VLMConfig.tiny().replace(compressor=self.compressor, compressor_depth=self.compressor_depth,
+                                        grid=self.grid, image_size=self.image_size)
+
+
+class CellEncoder(torch.nn.Module, PretrainedMixin):
+    """(B, 3, H, W) -> (B, grid², D): the warmed-up ViT and compressor, one token per exhibit cell. §5.7."""
+
+    config_class = CellEncoderConfig
+
+    def __init__(self, config: CellEncoderConfig):
+        super().__init__()
+        from ..vision.clip import CLIPConfig
+        from ..vision.vit import VisionEncoder
+        from .model import build_compressor
+
+        config.validate()
+        self.config = config
+        c = CLIPConfig.tiny()
+        self.vision = VisionEncoder(c.image_size, c.patch_size, c.vision_dim, c.vision_depth, c.vision_heads,
+                                    c.mlp_ratio)
+        self.compressor = build_compressor(config.vlm_config(), c.vision_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.vision(images)
+        return self.compressor(x) if self.compressor is not None else x
+
+    def matches(self, cfg: VLMConfig, demo: DemoConfig) -> None:
+        """Raise ``ValueError`` naming the first setting in which this warm-up differs from ``cfg``/``demo``."""
+        want = {"compressor": cfg.compressor, "compressor_depth": cfg.compressor_depth, "grid": cfg.grid,
+                "image_size": cfg.image_size, "steps": demo.encoder_steps, "batch_size": demo.batch_size,
+                "lr": demo.encoder_lr, "seed": demo.encoder_seed}
+        for k, v in want.items():
+            if getattr(self.config, k) != v:
+                raise ValueError(f"the warmed-up image side has {k}={getattr(self.config, k)!r}, the run wants {v!r}")
+        if not demo.encoder_fresh:
+            raise ValueError("a committed warm-up drew fresh exhibits: it needs demo.encoder_fresh=True")
+
+
+def build_cell_encoder(seed: int = 0) -> CellEncoder:
+    """Artifact ``clip-cells-tiny``: ``clip-tiny``'s ViT and a one-layer Perceiver Resampler trained together
+    for 1,500 steps on per-cell labels of fresh exhibits, one thread — the warm-up of ``vlm-tiny``. §5.7."""
+    from ..device import num_threads
+
+    c = CellEncoderConfig(seed=seed)
+    with num_threads(1):
+        vision, compressor, _ = train_clip_side(c.vlm_config(), c.steps, c.batch_size, c.lr, c.seed, "cpu",
+                                                stream=museum_stream(c.image_size, c.grid, start=c.stream_start))
+    enc = CellEncoder(c)
+    enc.vision.load_state_dict(vision.state_dict())
+    if compressor is not None:
+        enc.compressor.load_state_dict(compressor.state_dict())
+    return enc.eval()
 
 
 def museum_stream(size: int, grid: int, start: int = 0, split: str = "train"):
