@@ -79,7 +79,7 @@ def diff(x, y, axis=-1):
 
 
 boot = sps.bootstrap((c_val, c_test), diff, paired=False, vectorized=True, n_resamples=9999,
-                     method="percentile", random_state=np.random.default_rng(0))
+                     method="percentile", rng=np.random.default_rng(0))
 lo, hi = boot.confidence_interval
 print(f"val ({N_SCENES} exhibits): {100 * c_val.mean():.1f} % of {c_val.size} questions;"
       f" test (200 exhibits): {100 * c_test.mean():.1f} % of {c_test.size}")
@@ -146,22 +146,22 @@ for q in (10, 30):
     share = float(np.mean(ca != jpeg[q]))
     n_q = int(np.ceil((1.96 / 0.02) ** 2 * share))
     glue(f"s7-exhibits-q{q}", int(np.ceil(n_q / per_exhibit)), display=False)
-    print(f"quality {q}: {100 * share:.1f} % of questions discordant -> about {n_q} questions"
-          f" = {int(np.ceil(n_q / per_exhibit))} exhibits ({per_exhibit:.1f} questions each) for a 2-point loss")
+    print(f"quality {q}: {100 * share:.1f} % of questions discordant -> a 2-point loss needs about {n_q} questions,")
+    print(f"    {int(np.ceil(n_q / per_exhibit))} exhibits at {per_exhibit:.1f} questions each")
 
 # %% [markdown]
 # ```{admonition} Discussion
 # :class: dropdown
-# Read the rows above from the lowest quality up: at quality 5 the loss is large and every test
-# agrees; as the quality rises the loss shrinks until the paired tests no longer separate it from
-# zero. A row where McNemar's $p$ is below 0.05 while the separate intervals still overlap is the
-# case the exercise asks for — if none of the three qualities shows it on these
-# {glue:text}`s7-val-n` exhibits, try qualities between the last significant one and the first
-# that is not (and more exhibits: on fewer questions every interval is wider). The paired tests win because most questions are answered the same way with and
-# without compression: only the discordant ones carry noise. With the discordance measured here,
-# a 2-point loss needs about {glue:text}`s7-exhibits-q30` exhibits at quality 30
-# ({glue:text}`s7-exhibits-q10` at quality 10, where more answers flip) — the estimate is rough,
-# since the discordant share itself is measured on few exhibits.
+# Read the rows above from the lowest quality up: on these {glue:text}`s7-val-n` exhibits the
+# loss is significant at all three qualities, and it shrinks as the quality rises. At quality 30
+# McNemar's test and the paired bootstrap still call the loss significant while the two separate
+# intervals overlap — the case the exercise asks for: two overlapping intervals do not mean "no
+# difference". Higher qualities (try 50 and 75; not run here) should shrink the loss further, until
+# at some quality even the paired tests cannot separate it from zero at this sample size. The paired tests win because most questions
+# are answered the same way with and without compression: only the discordant ones carry noise.
+# With the discordance measured here, a 2-point loss needs about {glue:text}`s7-exhibits-q30`
+# exhibits at quality 30 ({glue:text}`s7-exhibits-q10` at quality 10, where more answers flip) —
+# a rough estimate, since the discordant share itself is measured on few exhibits.
 # ```
 
 # %% tags=["remove-cell"]
@@ -264,7 +264,6 @@ else:
 # ```
 
 # %% tags=["hide-cell"]
-# NBVAL_CHECK_OUTPUT
 from vlmbook.bench.vlm import latency  # noqa: E402
 from vlmbook.data.museum import Museum  # noqa: E402
 from vlmbook.device import num_threads  # noqa: E402
@@ -281,15 +280,17 @@ with num_threads(1), torch.no_grad():
         vlm = VisionLanguageModel(cfg).eval()
         image = Museum("test", size=cfg.image_size).tensors(0, 1)[0]
         ttft[cfg.image_tokens] = latency(vlm, image, "What colour is the star?", repeats=5)["ttft_ms"]
-print("time to first token (ms, one thread):", {m: round(t, 2) for m, t in ttft.items()})
-print("measured ttft rises with M:", all(ttft[a] <= ttft[b] * 1.15 for a, b in zip(ttft, list(ttft)[1:])))
+print("time to first token (ms, one thread; timings vary, so this cell is not checked):")
+print({m: round(t, 2) for m, t in ttft.items()})
 
 # %% [markdown]
 # ```{admonition} Discussion
 # :class: dropdown
 # The latency side costs nothing to measure: a few more image tokens lengthen the prefix the
-# language model reads once, so time to first token grows slowly with $M$ at this scale (the
-# printed times; differences of a few percent are timing noise on a shared machine). The accuracy
+# language model reads once, so at this scale time to first token should grow only slowly with $M$.
+# The printed times are measured anew on every run, on a shared machine whose load moves them by
+# more than the differences between the four configurations: to see the trend, time them with more
+# repeats on a quiet machine. The accuracy
 # side needs one training run per $M$, which this notebook does not do. Chapter 4's probe suggests
 # what to expect: its $Q(M)$ rose steeply from 1 to 16 resampled tokens and then flattened, so the
 # guide with 4 latents should trail and 16 and 36 should come close to each other — but the probe
