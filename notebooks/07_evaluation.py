@@ -74,8 +74,9 @@ for name, typ, nullable, meaning in ev.FIELDS:
     print(f"{name:19s} {str(typ):18s} {'optional' if nullable else '        '}  {meaning}")
 
 # %% [markdown]
-# The file below holds three runs on the same 200 test exhibits: the committed guide `vlm-tiny`
-# (Chapter 5), the same guide shown JPEG-compressed exhibits (quality 10, Chapter 1's codec), and
+# The file below holds three runs on the same {glue:text}`ch7-scenes` test exhibits: the committed
+# guide `vlm-tiny` (Chapter 5), the same guide shown JPEG-compressed exhibits (quality
+# {glue:text}`ch7-jpeg-quality`, Chapter 1's codec), and
 # the image-blind majority baseline (each question type's most common training answer).
 
 # %%
@@ -86,6 +87,9 @@ correct = {r: np.array(ev.select_run(preds, r).column("correct").to_pylist()) fo
 for r in RUNS:
     print(f"{r:18s} {len(correct[r]):5d} questions")
 row = ev.select_run(preds, RUNS[0]).slice(0, 1).to_pylist()[0]
+scenes = {q.split(":")[2] for q in ev.select_run(preds, RUNS[0]).column("question_id").to_pylist()}
+glue("ch7-scenes", len(scenes), display=False)
+glue("ch7-jpeg-quality", int(RUNS[1].rsplit("jpeg", 1)[1]), display=False)  # from the run id, vlm-tiny-jpegQ
 pprint.pprint({k: row[k] for k in ("question_id", "qtype", "question", "reference", "output", "correct")},
               width=100, sort_dicts=False)
 
@@ -160,7 +164,8 @@ overlap = intervals[jpeg][2] >= intervals[guide][1]
 print(f"the two separate 95 % intervals of {guide} and {jpeg} overlap: {overlap}")
 
 # %% [markdown]
-# The guide beats answering blind by a margin no resampling explains away, and JPEG at quality 10
+# The guide beats answering blind by a margin no resampling explains away, and JPEG at quality
+# {glue:text}`ch7-jpeg-quality`
 # costs it more than the noise of the test questions too: here even the two separate intervals keep
 # apart. For smaller differences they are a blunt tool. Most questions are answered the same way
 # with and without compression; the paired tests remove that shared variation and can resolve
