@@ -38,13 +38,14 @@
 
 # %%
 import inspect
+import textwrap
 
 import torch
 
 from vlmbook import hub, nb
 from vlmbook import vq
 from vlmbook.data import Museum
-from vlmbook.plot import line_plot, show
+from vlmbook.plot import show
 from vlmbook.plot import vq as vqplot
 from myst_nb import glue  # numbers quoted in the prose are inserted from the computations
 
@@ -59,9 +60,10 @@ torch.set_num_threads(2)
 # The set of points that map to $e_k$ is its *Voronoi cell*. Lloyd's algorithm {cite:p}`lloyd1982`
 # alternates the two conditions an optimal quantiser must meet: assign every point to its nearest
 # codeword, then move every codeword to the mean of its cell. Neither step can raise the mean
-# squared error, so the distortion never increases.
+# squared error, so the distortion never increases. {numref}`fig-ch2-voronoi` shows the codebook
+# Lloyd's algorithm finds for 2,000 points in the plane and the Voronoi cells it draws.
 
-# %%
+# %% mystnb={"figure": {"caption": "Lloyd's algorithm with $K = 16$ codewords (crosses) on 2,000 two-dimensional points drawn from a ring of Gaussian blobs; each shaded region is the Voronoi cell of one codeword, the set of points nearer to it than to any other.", "name": "fig-ch2-voronoi"}, "image": {"alt": "Points in eight clusters arranged on a ring around the origin, with sixteen orange crosses and the plane cut into sixteen shaded polygons; dense clusters get one or two crosses each, and a few crosses sit between clusters near the centre."}}
 points = vq.ring_mixture(2000, seed=0)
 centroids, assign = vq.kmeans(points, 16, iters=20, generator=torch.Generator().manual_seed(0))
 show(vqplot.voronoi(points, centroids, title="Lloyd codebook, K = 16, on a ring of blobs"))
@@ -151,7 +153,10 @@ plain, fixed = collapse["plain VQ"][1], collapse["EMA + restart"][1]
 print("plain VQ uses fewer than half of its codes:", plain["usage"] < 0.5)
 print("EMA + restart uses at least 95 % of its codes:", fixed["usage"] >= 0.95)
 
-# %%
+# %% [markdown]
+# {numref}`fig-ch2-usage` counts how often each code is chosen on held-out exhibits.
+
+# %% mystnb={"figure": {"caption": "Code usage of the two tokenizers of \u00a72.3 on 256 held-out exhibits: each curve is the count of every code, sorted from the most to the least used (log scale; 0.5 is added so that unused codes show). The legend gives how many of the 128 codes are used at all.", "name": "fig-ch2-usage"}, "image": {"alt": "Two falling curves on a logarithmic count axis against code rank from 0 to 127: the plain VQ curve drops to the floor after a couple of codes, while the EMA plus restart curve declines slowly across almost all 128 codes."}}
 val32 = vq.eval_images(256, 32)
 show(vqplot.usage_histogram({k: m.encode(val32) for k, (m, _) in collapse.items()}, 128,
                             title="Code usage on 256 held-out exhibits"))
@@ -265,23 +270,27 @@ cell_metrics = vq.evaluate_tokenizer(cell_tok, Museum("val", 48).tensors(0, 256)
 print(f"cell tokenizer: {cell_tok.grid}x{cell_tok.grid} codes per exhibit, PSNR {cell_metrics['psnr']:.1f} dB, "
       f"codebook usage {cell_metrics['usage']:.0%}")
 readout = tokenizer_cell_readout(cell_tok, 1000, 300)
-print("object read from its cell's code (majority baseline):",
-      {a: f"{readout[a + '_object']:.0%} ({readout[a + '_object_baseline']:.0%})" for a in ("colour", "shape", "size")})
+print("object read from its cell's code:")
+for a in ("colour", "shape", "size"):
+    print(f"  {a:6s} {readout[a + '_object']:.0%} (majority baseline {readout[a + '_object_baseline']:.0%})")
 
-# %%
+# %% [markdown]
+# {numref}`fig-ch2-code-grid` shows one held-out exhibit as the tokenizer sees it.
+
+# %% mystnb={"figure": {"caption": "A held-out exhibit cut into the 8 \u00d7 8 patches of the tokenizer (left) and the code it gives each patch (right). The cell colours only mark equal codes: the plain wall takes a few recurring codes, the objects' patches others.", "name": "fig-ch2-code-grid"}, "image": {"alt": "Left, a 64-pixel exhibit with six coloured objects on a pale wall under a white 8 by 8 grid; right, an 8 by 8 table of integers between 0 and 511, one per patch, on pale coloured cells."}}
 exhibit = Museum("val", 64)[3]
 x = torch.from_numpy(exhibit.image).permute(2, 0, 1).float()[None] / 255
 codes = tokenizer.encode(x)[0]
-print(exhibit.caption)
+print(textwrap.fill(exhibit.caption, 100))
 print("first row as tokens:", " ".join(f"<v_{int(k)}>" for k in codes[0]))
 show(vqplot.code_grid(x[0], codes))
 
-# %%
+# %% mystnb={"figure": {"caption": "Eight held-out exhibits (top) and the tokenizer's reconstructions from their 64 codes each (bottom).", "name": "fig-ch2-reconstructions"}, "image": {"alt": "Two rows of eight small exhibits: sharp coloured shapes and number plaques on textured walls above, and below the same scenes as soft coloured blobs in the right places, with the plaques' digits gone."}}
 val = vq.eval_images(8, 64)
 show(vqplot.reconstructions(val, {"8×8 codes": tokenizer.reconstruct(val)}, n=8))
 
 # %% [markdown]
-# Look closely before trusting the {glue:text}`ch2-tokenizer-psnr:.1f` dB. The reconstructions
+# Look closely at {numref}`fig-ch2-reconstructions` before trusting the {glue:text}`ch2-tokenizer-psnr:.1f` dB. The reconstructions
 # keep where each object is and, mostly, its colour, but not its shape: stars, diamonds, squares
 # and triangles all come back as soft blobs, dark objects drift towards the wall's colour, and the
 # plaques' digits are gone. PSNR averages over the wall, which is most of the picture and easy to
@@ -324,7 +333,7 @@ print(f"feature net: per-cell colour/shape accuracy {accuracy:.0%} on held-out e
 # Both runs below start from the tokenizer and fine-tune it for the same number of steps at the same
 # 64 tokens per image: one with MSE alone, one with MSE + perceptual + adversarial terms.
 
-# %%
+# %% mystnb={"figure": {"caption": "Eight held-out exhibits (top) and their reconstructions after 20 more training steps of the tokenizer with MSE alone (middle) and with the VQ-GAN losses (bottom), both at 64 codes per exhibit.", "name": "fig-ch2-vqgan"}, "image": {"alt": "Three rows of eight small exhibits: the originals with crisp shapes, then two rows of blurred reconstructions that look alike at this size; the bottom row's edges are slightly more contrasted."}}
 import copy
 
 finetuned = {}
@@ -340,7 +349,7 @@ for label, tok in finetuned.items():
 show(vqplot.reconstructions(val64, {k: t.reconstruct(val64) for k, t in finetuned.items()}, n=8))
 
 # %% [markdown]
-# The VQ-GAN run gives up a little PSNR for more edge energy (the mean absolute difference between
+# The VQ-GAN run ({numref}`fig-ch2-vqgan`, bottom row) gives up a little PSNR for more edge energy (the mean absolute difference between
 # neighbouring pixels, relative to the originals): the perceptual and adversarial terms pay for
 # detail that MSE would average away. Twenty CPU steps only start this; the `base` preset trains
 # for thousands.
@@ -380,7 +389,7 @@ print(f"masked-token loss: {history[0]['loss']:.2f} -> {history[-1]['loss']:.2f}
 # generated images; we use the same Fréchet distance on our `FeatureNet`'s pooled features. For
 # scale, the tokenizer's own reconstructions of held-out exhibits set a floor.
 
-# %%
+# %% mystnb={"figure": {"caption": "Fr\u00e9chet distance (on the book's FeatureNet features) between 128 MaskGIT samples and 128 held-out exhibits, against the number of decoding steps $T$; lower is better. The dashed line is the floor set by the tokenizer's own reconstructions of other held-out exhibits.", "name": "fig-ch2-maskgit-steps"}, "image": {"alt": "A line of five points against decoding steps 1, 2, 4, 8 and 16 that falls to a minimum at a few steps and rises again, far above a dashed horizontal floor near the bottom."}}
 real = features.embed(vq.eval_images(128, 64)).detach()
 floor = vq.frechet_distance(features.embed(tokenizer.reconstruct(Museum("val", 64).tensors(1000, 128))).detach(), real)
 quality = {}
@@ -395,13 +404,11 @@ for k in (1, 8):
 glue("ch2-fd-best-t", int(best_t), display=False)
 glue("ch2-fd-best", float(quality[best_t]), display=False)
 glue("ch2-fd-floor", float(floor), display=False)
-show(line_plot({"MaskGIT samples": (list(quality), list(quality.values())),
-                "reconstruction floor": (list(quality), [floor] * len(quality))},
-               xlabel="decoding steps T", ylabel="Fréchet distance (FeatureNet)", logx=True,
-               title="Sample quality vs decoding steps"))
+show(vqplot.decoding_steps(quality, floor, ylabel="Fréchet distance (FeatureNet)",
+                           title="Sample quality against decoding steps"))
 
 # %% [markdown]
-# More decoding steps help: the Fréchet distance falls from {glue:text}`ch2-fd-t1:.0f` with one
+# More decoding steps help ({numref}`fig-ch2-maskgit-steps`): the Fréchet distance falls from {glue:text}`ch2-fd-t1:.0f` with one
 # step (every code sampled at once, independently given nothing) to {glue:text}`ch2-fd-t8:.0f`
 # with eight, and is lowest, {glue:text}`ch2-fd-best:.0f`, at $T=${glue:text}`ch2-fd-best-t`.
 # The reconstruction floor ({glue:text}`ch2-fd-floor:.0f`) is still far below: our MaskGIT is tiny
@@ -413,17 +420,17 @@ show(line_plot({"MaskGIT samples": (list(quality), list(quality.values())),
 # the model trains longer.
 #
 # Inpainting is the guide's use: keep the codes of the top half of an exhibit and let MaskGIT
-# fill in the bottom.
+# fill in the bottom ({numref}`fig-ch2-maskgit-samples`).
 
-# %%
+# %% mystnb={"figure": {"caption": "MaskGIT at $T = 8$ steps. Top: eight held-out exhibits. Middle: the same exhibits with the codes of their top half kept and the bottom half inpainted. Bottom: eight samples generated from nothing.", "name": "fig-ch2-maskgit-samples"}, "image": {"alt": "Three rows of eight small images: crisp original exhibits; their inpainted versions, blurry, with the top halves' blobs kept and new blobs in the bottom halves; and unconditional samples showing scattered coloured blobs on pale walls."}}
 originals = vq.eval_images(8, 64)
 orig_codes = tokenizer.encode(originals)
 known = torch.zeros_like(orig_codes, dtype=torch.bool)
 known[:, :4] = True                       # keep the top half of every exhibit, inpaint the bottom
 inpainted = vq.decode(mg, steps=8, codes=orig_codes, known=known, generator=torch.Generator().manual_seed(2))
 samples = tokenizer.decode(vq.decode(mg, n=8, steps=8, generator=torch.Generator().manual_seed(1)))
-show(vqplot.image_rows({"samples (T=8)": samples, "original": originals,
-                        "bottom inpainted": tokenizer.decode(inpainted)}))
+show(vqplot.image_rows({"original": originals, "bottom inpainted": tokenizer.decode(inpainted),
+                        "samples (T=8)": samples}))
 
 # %% [markdown]
 # ## Summary

@@ -36,6 +36,7 @@
 # %%
 from vlmbook import nb; nb.start_chapter(4)
 import inspect
+import textwrap
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ import torch
 torch.set_num_threads(1)
 
 from vlmbook.data import Museum, caption, COLOUR_NAMES
-from vlmbook.plot import show, line_plot
+from vlmbook.plot import show
 from vlmbook.plot import resample as rplot
 from vlmbook import vision, resample
 from myst_nb import glue  # numbers quoted in the prose are inserted from the computations
@@ -56,12 +57,12 @@ from myst_nb import glue  # numbers quoted in the prose are inserted from the co
 # A Vision Transformer {cite:p}`dosovitskiy2021vit` cuts the image into square patches, maps
 # each patch linearly to a D-dimensional vector, adds a position code and runs transformer
 # blocks {cite:p}`vaswani2017attention` over the sequence. Our exhibits are 64 × 64 pixels and
-# our patches 8 × 8, so every exhibit becomes N = 8 × 8 = 64 tokens.
+# our patches 8 × 8, so every exhibit becomes N = 8 × 8 = 64 tokens ({numref}`fig-ch4-patches`).
 
-# %%
+# %% mystnb={"figure": {"caption": "A held-out exhibit, 64 \u00d7 64 pixels, cut into the 64 patches of 8 \u00d7 8 pixels that the vision encoder reads as its tokens. Its caption is printed above.", "name": "fig-ch4-patches"}, "image": {"alt": "A square exhibit with five coloured objects (triangles, a diamond, a ring and a vase) on a pale textured wall, overlaid with a white 8 by 8 grid."}}
 museum = Museum("test", size=64)
 sample = museum[3]
-print(sample.caption)
+print(textwrap.fill(sample.caption, 100))
 show(rplot.patch_grid(sample.image, 8, "exhibit 3: 64 patches of 8×8 pixels"))
 
 # %%
@@ -117,13 +118,14 @@ print(ids[0, :12].tolist(), "->", tok.decode(ids[0, :12]))
 # %% [markdown]
 # Training runs through the book's one loop, `vlmbook.loop.fit`; each batch is a pure
 # function of the step (fresh training exhibits, captions with a varying opening sentence).
-# Here are the first 100 steps, live:
+# Here are the first 100 steps, live ({numref}`fig-ch4-clip-loss`):
 
-# %%
+# %% mystnb={"figure": {"caption": "The symmetric InfoNCE loss over the first 100 training steps of the CLIP-style encoder, one point per logged step, in batches of 64 exhibits; the dashed line is $\\ln 64$, the loss of guessing uniformly among a batch's 64 captions.", "name": "fig-ch4-clip-loss"}, "image": {"alt": "A loss curve that starts at the dashed chance line near 4.2 nats and falls below it over 100 training steps."}}
 demo, history = vision.train_clip(cfg, vision.CLIPTrainConfig.tiny().replace(steps=100))
 steps = [h["step"] for h in history]
-show(line_plot({"InfoNCE loss": (steps, [h["loss"] for h in history])}, xlabel="step",
-               ylabel="loss", title="the first 100 steps (log 64 = 4.16 is chance)"))
+batch = vision.CLIPTrainConfig.tiny().batch_size
+show(rplot.training_loss(steps, [h["loss"] for h in history], chance=float(np.log(batch)),
+                         chance_label=f"chance, ln {batch}", title="the first 100 steps"))
 
 # %% [markdown]
 # The full recipe is 600 steps (about a minute on a laptop CPU). Its result is committed as
@@ -132,7 +134,8 @@ show(line_plot({"InfoNCE loss": (steps, [h["loss"] for h in history])}, xlabel="
 
 # %%
 clip = vision.load_clip_tiny()
-print(vision.CLIP_TINY)
+for field in ("name", "version", "builder", "seed", "description"):
+    print(f"{field:11s}", getattr(vision.CLIP_TINY, field))
 print("learned temperature:", round(clip.temperature, 3))
 
 # %% [markdown]
@@ -146,7 +149,11 @@ for k in (1, 5):
     print(f"top-{k}: image->text {r['image_to_text']:.3f}  text->image {r['text_to_image']:.3f}"
           f"  (chance {r['chance']:.3f})")
 
-# %%
+# %% [markdown]
+# {numref}`fig-ch4-similarity` shows the cosine similarities behind these numbers for twelve of the
+# test exhibits.
+
+# %% mystnb={"figure": {"caption": "Cosine similarity between the image embeddings of twelve held-out exhibits (rows) and the embeddings of their captions (columns) under the committed encoder `clip-tiny`; the matching pairs lie on the diagonal.", "name": "fig-ch4-similarity"}, "image": {"alt": "A 12 by 12 heat map whose diagonal cells are mostly the brightest of their rows, with a few bright off-diagonal cells where two exhibits' captions resemble each other."}}
 img_emb, txt_emb = vision.embed_exhibits(clip, "test", n=12)
 show(rplot.similarity_matrix((img_emb @ txt_emb.T).numpy()))
 
@@ -287,9 +294,10 @@ print("ratio:", round(full_f / res_f, 2), "x fewer FLOPs")
 glue("ch4-flop-ratio", full_f / res_f, display=False)
 
 # %% [markdown]
-# And measured on this CPU (times vary between machines; the shape of the curves does not):
+# And measured on this CPU ({numref}`fig-ch4-cost`; times vary between machines, the shape of the
+# curves does not):
 
-# %%
+# %% mystnb={"figure": {"caption": "One self-attention layer over all N patch tokens against one resampler layer to M = 16 latents, width d = 256, for N from 64 to 1024 (log\u2013log). Left: counted FLOPs per image. Right: time measured on this CPU for a batch of four.", "name": "fig-ch4-cost"}, "image": {"alt": "Two log-log panels against N patch tokens; in both the self-attention line rises more steeply than the resampler line, and the gap between them widens as N grows."}}
 rows = resample.cost_table([64, 128, 256, 512, 1024], m=16, d=256, batch=4, repeats=3)
 for r in rows:
     print(f"N={r['N']:5d}  FLOPs ratio {r['flop_ratio']:6.1f}  time ratio {r['time_ratio']:6.1f}"
@@ -315,9 +323,9 @@ glue("ch4-flop-ratio-max", float(rows[-1]["flop_ratio"]), display=False)
 # Attention is blind to order, so the ViT adds a fixed 2-D sin-cos code to each patch: half
 # of the D channels encode the row with sines and cosines at geometrically spaced
 # frequencies, the other half the column. The dot product of two codes depends only on their
-# offset, so nearby patches look alike:
+# offset, so nearby patches look alike ({numref}`fig-ch4-positions`):
 
-# %%
+# %% mystnb={"figure": {"caption": "Cosine similarity of the 2-D sin\u2013cos position codes of three patches (red crosses: a corner, a patch near the centre, the opposite corner) to the codes of all 64 patches of the 8 \u00d7 8 grid.", "name": "fig-ch4-positions"}, "image": {"alt": "Three 8 by 8 similarity maps with a red cross at the top-left corner, near the centre and at the bottom-right corner; in each, similarity is highest at the cross and fades with distance along rows and columns."}}
 pos = resample.sincos_2d(8, 8, 64)
 show(rplot.position_similarity(pos.numpy(), 8, [0, 27, 63]))
 
@@ -412,9 +420,10 @@ glue("ch4-no-pos-gain", float(100 * (acc["perceiver", 16] - no_pos["accuracy"]))
 # Training every compressor until then takes longer than a chapter may run on a CPU, so the
 # curve below — accuracy against training steps for the reference (all 64 patch tokens) and the
 # resampler at M = 16 — was measured once and stored in a small committed record, rebuilt by
-# `python -m vlmbook.resample.sweep` (a test retrains one point and checks it):
+# `python -m vlmbook.resample.sweep` (a test retrains one point and checks it); it is plotted in
+# {numref}`fig-ch4-probe-training`:
 
-# %%
+# %% mystnb={"figure": {"caption": "Probe accuracy on held-out exhibits against training steps (log scale) for the head on all 64 patch tokens and for the Perceiver Resampler at M = 16, read from the committed record of `python -m vlmbook.resample.sweep`.", "name": "fig-ch4-probe-training"}, "image": {"alt": "Two rising lines against training steps; the resampler line starts below the all-64 line and crosses above it, still rising at the last point."}}
 # NBVAL_CHECK_OUTPUT
 from vlmbook.resample import sweep
 
@@ -426,8 +435,7 @@ gap = 100 * (longest["all-64"] - longest["perceiver-16"])
 print(f"at {record['curve_steps'][-1]} steps, 16 resampled tokens are {gap:+.1f} points from all 64 patch tokens")
 last_gain = {k: 100 * (v[-1] - v[-2]) for k, v in record["curve"].items()}
 print("points gained by the last doubling:", {k: round(g, 1) for k, g in last_gain.items()})
-show(line_plot({k: (record["curve_steps"], v) for k, v in record["curve"].items()}, xlabel="probe training steps",
-               ylabel="probe accuracy", logx=True, title="Probe accuracy against training"))
+show(rplot.probe_training_curves(record["curve_steps"], record["curve"], title="Probe accuracy against training"))
 glue("ch4-curve-gap", float(gap), display=False)
 glue("ch4-curve-longest", int(record["curve_steps"][-1]), display=False)
 glue("ch4-curve-all-gain", float(last_gain["all-64"]), display=False)
@@ -457,9 +465,10 @@ for k, v in record["curve"].items():
 #
 # where a is the accuracy with unlimited tokens and b/(M + c) what a budget of M tokens
 # costs. For a fixed c the fit is linear in (a, b), so `fit_budget_curve` scans c and solves
-# least squares in closed form — no starting guess, the same answer every time.
+# least squares in closed form — no starting guess, the same answer every time. The fitted curves
+# are drawn in {numref}`fig-ch4-budget`.
 
-# %%
+# %% mystnb={"figure": {"caption": "Probe accuracy on 500 held-out exhibits against the number M of image tokens (log scale) for three compressors after the same number of training steps, with the fitted curves $Q(M) = a - b/(M + c)$ for the resampler and pixel shuffle. The dashed line is the head on all 64 patch tokens, the dotted one the majority answer.", "name": "fig-ch4-budget"}, "image": {"alt": "Points for the perceiver, pixel shuffle and ToMe at M of 1, 4, 16 and 64, with two rising, flattening fitted curves; a dashed horizontal line for all patch tokens and a dotted one far below for the majority answer, the legend beneath the axes."}}
 curves = {}
 for kind in ("perceiver", "pixel_shuffle"):
     pts = [(r["M"], r["accuracy"]) for r in results if r["kind"] == kind]
@@ -469,10 +478,10 @@ for kind in ("perceiver", "pixel_shuffle"):
 show(rplot.accuracy_vs_budget(results, curves, chance=base["accuracy"], full=full["accuracy"]))
 
 # %% [markdown]
-# What did the resampler's latents learn to look at? Each panel is one of its 16 latents,
-# its attention over the 64 patches of a held-out exhibit:
+# What did the resampler's latents learn to look at? Each panel of {numref}`fig-ch4-attention` is one
+# of its 16 latents, its attention over the 64 patches of a held-out exhibit:
 
-# %%
+# %% mystnb={"figure": {"caption": "Attention of each of the 16 latents of the trained resampler (M = 16) over the 64 patches of the held-out exhibit shown at the start of the chapter, drawn over it on one colour scale for all panels (brighter: more weight).", "name": "fig-ch4-attention"}, "image": {"alt": "Sixteen small copies of the exhibit in two rows, each tinted by a latent's attention map; most latents spread their weight over a few bright patches, some on objects and some on the wall."}}
 probe16 = models["perceiver", 16]
 w = probe16.compressor.attention_weights(test.features[3:4])[0, :, :64]
 show(rplot.attention_maps(w.numpy(), 8, museum[3].image, title="resampler latents, M = 16"))

@@ -41,6 +41,7 @@
 # %%
 import inspect
 import json
+import pprint
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from vlmbook import nb
 from vlmbook.eval import metrics, stats, taxonomy
 from vlmbook.plot import show
 from vlmbook.plot import eval as eplot
+from myst_nb import glue  # numbers quoted in the prose are inserted from the computations
 
 nb.start_chapter(7)
 RESULTS = Path("../bench/results")
@@ -72,8 +74,9 @@ for name, typ, nullable, meaning in ev.FIELDS:
     print(f"{name:19s} {str(typ):18s} {'optional' if nullable else '        '}  {meaning}")
 
 # %% [markdown]
-# The file below holds three runs on the same 200 test exhibits: the committed guide `vlm-tiny`
-# (Chapter 5), the same guide shown JPEG-compressed exhibits (quality 10, Chapter 1's codec), and
+# The file below holds three runs on the same {glue:text}`ch7-scenes` test exhibits: the committed
+# guide `vlm-tiny` (Chapter 5), the same guide shown JPEG-compressed exhibits (quality
+# {glue:text}`ch7-jpeg-quality`, Chapter 1's codec), and
 # the image-blind majority baseline (each question type's most common training answer).
 
 # %%
@@ -84,7 +87,11 @@ correct = {r: np.array(ev.select_run(preds, r).column("correct").to_pylist()) fo
 for r in RUNS:
     print(f"{r:18s} {len(correct[r]):5d} questions")
 row = ev.select_run(preds, RUNS[0]).slice(0, 1).to_pylist()[0]
-print({k: row[k] for k in ("question_id", "qtype", "question", "reference", "output", "correct")})
+scenes = {q.split(":")[2] for q in ev.select_run(preds, RUNS[0]).column("question_id").to_pylist()}
+glue("ch7-scenes", len(scenes), display=False)
+glue("ch7-jpeg-quality", int(RUNS[1].rsplit("jpeg", 1)[1]), display=False)  # from the run id, vlm-tiny-jpegQ
+pprint.pprint({k: row[k] for k in ("question_id", "qtype", "question", "reference", "output", "correct")},
+              width=100, sort_dicts=False)
 
 # %% [markdown]
 # Reading validates. A file with a column missing, a value of the wrong type, a row whose
@@ -116,8 +123,9 @@ print(inspect.getsource(ev.predict))
 # replacement many times. The percentile interval takes the 2.5 % and 97.5 % quantiles of the
 # redrawn accuracies; **BCa** shifts those quantiles to correct for bias and skew (it matters near
 # 0 % or 100 %). Both are checked against `scipy.stats.bootstrap` in the tests.
+# {numref}`fig-ch7-intervals` draws the BCa intervals of the three runs.
 
-# %%
+# %% mystnb={"figure": {"caption": "Accuracy of the three runs on the same test questions, each with its 95 % BCa bootstrap interval over questions.", "name": "fig-ch7-intervals"}, "image": {"alt": "Three horizontal error bars on an accuracy axis in percent: the majority baseline far left, the guide on JPEG-compressed exhibits in between, and the guide on the original exhibits furthest right; the bars are short and do not overlap."}}
 # NBVAL_CHECK_OUTPUT
 intervals = {}
 for r in RUNS:
@@ -144,8 +152,8 @@ def compare(a: str, b: str, sel: np.ndarray | None = None) -> dict:
     ca, cb = (correct[a], correct[b]) if sel is None else (correct[a][sel], correct[b][sel])
     m, pb = stats.mcnemar_exact(ca, cb), stats.paired_bootstrap(ca, cb)
     print(f"{a} vs {b} on {len(ca)} questions: difference {100 * pb['difference']:+.1f} points, "
-          f"95 % CI [{100 * pb['low']:+.1f}, {100 * pb['high']:+.1f}], only-{a} {m['only_a']}, "
-          f"only-{b} {m['only_b']}, McNemar p = {m['p_value']:.2g} -> "
+          f"95 % CI [{100 * pb['low']:+.1f}, {100 * pb['high']:+.1f}]")
+    print(f"    only {a} right {m['only_a']}, only {b} right {m['only_b']}, McNemar p = {m['p_value']:.2g} -> "
           f"{'significant' if m['p_value'] < 0.05 else 'not significant'} at 5 %")
     return m
 
@@ -156,7 +164,8 @@ overlap = intervals[jpeg][2] >= intervals[guide][1]
 print(f"the two separate 95 % intervals of {guide} and {jpeg} overlap: {overlap}")
 
 # %% [markdown]
-# The guide beats answering blind by a margin no resampling explains away, and JPEG at quality 10
+# The guide beats answering blind by a margin no resampling explains away, and JPEG at quality
+# {glue:text}`ch7-jpeg-quality`
 # costs it more than the noise of the test questions too: here even the two separate intervals keep
 # apart. For smaller differences they are a blunt tool. Most questions are answered the same way
 # with and without compression; the paired tests remove that shared variation and can resolve
@@ -199,7 +208,11 @@ print(f"mean ± std over {len(per_seed)} seeds: {mean:+.1f} ± {std:.1f} %")
 # %%
 print(taxonomy.__doc__.split("\n\n", 1)[1])
 
-# %%
+# %% [markdown]
+# Counted over all test questions, the causes split as printed below; {numref}`fig-ch7-error-causes`
+# breaks the guide's wrong answers down by question type.
+
+# %% mystnb={"figure": {"caption": "The committed guide's wrong answers on the test questions, counted by question type (rows) and cause (columns), the causes assigned from each scene's ground truth by the rules above.", "name": "fig-ch7-error-causes"}, "image": {"alt": "A heat map of question types against four causes (perception, localisation, reasoning, language), each cell labelled with its count; one dark cell, reasoning errors on spatial questions, holds most of the wrong answers."}}
 # NBVAL_CHECK_OUTPUT
 counts = {r: taxonomy.error_counts(ev.select_run(preds, r)) for r in (guide, jpeg)}
 for r in (guide, jpeg):
@@ -208,10 +221,10 @@ for r in (guide, jpeg):
 show(eplot.error_heatmap(counts[guide], title=f"{guide}: wrong answers by cause"))
 
 # %% [markdown]
-# The per-type view shows where each cause lives; for colour questions, the confusion matrix shows
-# which colours the guide gives instead of the right one:
+# The per-type view shows where each cause lives; for colour questions, the confusion matrix of
+# {numref}`fig-ch7-colour-confusion` shows which colours the guide gives instead of the right one.
 
-# %%
+# %% mystnb={"figure": {"caption": "Confusion matrix of the committed guide's answers to the test colour questions: reference colour (rows) against the colour the guide answered (columns), each cell a count.", "name": "fig-ch7-colour-confusion"}, "image": {"alt": "An eight-by-eight heat map of colours with dark, labelled cells along the diagonal and almost every off-diagonal cell empty, so nearly all colour answers are right."}}
 refs, answers, mat = taxonomy.answer_confusion(ev.select_run(preds, guide), "colour")
 show(eplot.confusion_heatmap(refs, answers, mat, title=f"{guide}: colour questions"))
 
@@ -236,8 +249,9 @@ for col in ("encode_ms", "ttft_ms", "tokens_per_s"):
 # `sweeps.accuracy_latency` times a model of each configuration here, on one thread, and reads the
 # accuracies from the committed ablation. The **Pareto front** keeps the configurations that no
 # other beats on both axes: anything off it is slower, less accurate, or both, than a choice on it.
+# {numref}`fig-ch7-pareto` shows every configuration and the front.
 
-# %%
+# %% mystnb={"figure": {"caption": "Chapter 5's configurations: held-out accuracy (mean over seeds, bar from the lowest to the highest seed) against time to first token measured here on one thread. Filled markers lie on the Pareto front (dashed), hollow ones off it.", "name": "fig-ch7-pareto"}, "image": {"alt": "Scatter of eight configurations, accuracy in percent against milliseconds to first token, each with its own marker and colour and a vertical range bar; a dashed line joins the filled markers on the front, from the fastest configuration up to the most accurate continuous guide; which configurations lie on it depends on the timings of the run."}}
 from vlmbook.bench.vlm import load_ablation  # noqa: E402
 from vlmbook.eval import sweeps  # noqa: E402
 
@@ -246,13 +260,16 @@ for r in sweep:
     print(f"{r['route']:10s} {r['variant']:22s} {r['compressor']:9s} M={r['image_tokens']}  "
           f"accuracy {r['accuracy']:5.1f} % ({r['seeds']} seed{'s' * (r['seeds'] > 1)})  "
           f"TTFT {r['ttft_ms']:5.2f} ms  {'on the front' if r['pareto'] else ''}")
-show(eplot.pareto_figure(sweep, title="Chapter 5's configurations: accuracy against time to first token"))
+show(eplot.pareto_figure(sweep, title="accuracy against time to first token"))
+ttft = [r["ttft_ms"] for r in sweep]
+glue("ch7-ttft-spread", max(ttft) - min(ttft), display=False)
 
 # %% [markdown]
 # Variants that differ only in how they were trained (a curriculum, more steps) are one
 # architecture and share one timing. At nine image tokens the configurations' times to first token
-# lie within about a millisecond of each other, and a few percent of that is the noise of timing on
-# a shared machine, so the front here is decided mostly by accuracy. Every guide reads nine image
+# lie within {glue:text}`ch7-ttft-spread:.1f` ms of each other, and part of that is the noise of
+# timing on a shared machine (which configurations reach the front can change from run to run), so
+# the front here is decided mostly by accuracy. Every guide reads nine image
 # tokens, one per exhibit cell, because the citations name cells; a sweep over the number of
 # tokens $M$ needs a guide whose tokens are not tied to the cells (Exercise 5).
 #
@@ -284,7 +301,8 @@ for m_, v in zip(bd.column("metric").to_pylist(), bd.column("value").to_pylist()
 task = ev.export_museum(tmp / "museum_task", "test", n_scenes=5)
 ds = ev.load_museum(tmp / "museum_task")
 print(ds)
-print({k: ds[0][k] for k in ("question_id", "question", "answer", "qtype", "support_patches")})
+pprint.pprint({k: ds[0][k] for k in ("question_id", "question", "answer", "qtype", "support_patches")},
+              width=100, sort_dicts=False)
 print("\n".join(line for line in task.read_text().splitlines() if line.startswith(("task", "output_type"))))
 
 # %% [markdown]

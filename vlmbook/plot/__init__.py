@@ -116,9 +116,11 @@ def heatmap(matrix: np.ndarray, xlabels: Sequence[str] | None = None, ylabels: S
     if ylabels is not None:
         ax.set_yticks(range(m.shape[0]), list(ylabels))
     if fmt and m.size <= 400:
-        mid = np.nanmean(m)
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
+            # Dark text on light cells and light text on dark ones, whatever the colour map's direction.
+            r, g, b, _ = im.cmap(im.norm(v))
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title(title)
     return fig

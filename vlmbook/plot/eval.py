@@ -55,18 +55,24 @@ def pareto_figure(rows: Sequence[Mapping], title: str = "") -> Figure:
     the Pareto front joined by a line; ``rows`` from :func:`vlmbook.eval.sweeps.accuracy_latency`. §7.4."""
     if not rows:
         raise ValueError("pareto_figure needs at least one row")
-    fig, axes = figure(1, 1, width=6.4, height=3.8)
+    fig, axes = figure(1, 1, width=6.4, height=4.2 + 0.17 * len(rows))
     ax = axes[0, 0]
+    # Yellow is too pale on white for a small marker; each point also gets its own marker shape, so
+    # that points at the same time to first token stay apart.
+    colours = [c for c in PALETTE if c != "#F0E442"] + ["#882255"]
+    markers = "osD^vP<X>"
     for i, r in enumerate(rows):
         lo, hi = r["accuracy"] - r["accuracy_min"], r["accuracy_max"] - r["accuracy"]
-        ax.errorbar([r["ttft_ms"]], [r["accuracy"]], yerr=[[lo], [hi]], fmt="o" if r["pareto"] else "s", capsize=3,
-                    color=PALETTE[i % len(PALETTE)],
-                    label=f"{r['route']} · {r['variant']} ({r['compressor']}, {r['seeds']} seed{'s' * (r['seeds'] > 1)})")
+        colour = colours[i % len(colours)]
+        ax.errorbar([r["ttft_ms"]], [r["accuracy"]], yerr=[[lo], [hi]], fmt=markers[i % len(markers)], ms=7,
+                    capsize=3, color=colour, mfc=colour if r["pareto"] else "white", mew=1.5, alpha=0.9,
+                    label=f"{r['route']} · {r['variant']} ({r['compressor']}, {r['seeds']} seed{'s' * (r['seeds'] > 1)})"
+                          f"{'' if r['pareto'] else ', off the front'}")
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ttft_ms"])
     ax.plot([r["ttft_ms"] for r in front], [r["accuracy"] for r in front], color="0.5", lw=1, ls="--", zorder=0,
             label="Pareto front")
     ax.set_xlabel("time to first token (ms, one thread)")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=7, frameon=False)
     return fig

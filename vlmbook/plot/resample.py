@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -46,14 +47,21 @@ def position_similarity(pos: np.ndarray, grid: int, anchors: Sequence[int]) -> F
     """Cosine similarity of chosen patches' 2-D sin-cos codes to every patch, as grid maps."""
     p = np.asarray(pos, dtype=float)
     p = p / np.linalg.norm(p, axis=1, keepdims=True)
-    fig, axes = figure(1, len(anchors), 2.2, 2.2)
-    for ax, a in zip(axes[0], anchors):
-        ax.imshow((p @ p[a]).reshape(grid, grid), cmap="viridis", interpolation="nearest")
+    fig, axes = figure(1, len(anchors), 2.3, 2.4)
+    ticks = list(range(0, grid, max(1, grid // 4)))
+    sims = p @ p[list(anchors)].T  # one colour scale for the three panels
+    for k, (ax, a) in enumerate(zip(axes[0], anchors)):
+        im = ax.imshow(sims[:, k].reshape(grid, grid), cmap="viridis", vmin=sims.min(), vmax=sims.max(),
+                       interpolation="nearest")
         ax.grid(False)
-        ax.plot(a % grid, a // grid, "r+", ms=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"patch {a}", fontsize=9)
+        ax.plot(a % grid, a // grid, marker="+", color="red", ms=10, mew=2)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        ax.set_xlabel("patch column", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("patch row", fontsize=8)
+        ax.set_title(f"patch {a} (row {a // grid}, col {a % grid})", fontsize=9)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label="cosine similarity")
     return fig
 
 
@@ -64,16 +72,21 @@ def attention_maps(weights: np.ndarray, grid: int, image: np.ndarray | None = No
     m = w.shape[0]
     ncols = min(ncols, m)
     nrows = (m + ncols - 1) // ncols
-    fig, axes = figure(nrows, ncols, 1.3, 1.3)
+    fig, axes = figure(nrows, ncols, 1.3, 1.35)
+    vmax = float(w.max())  # one colour scale for every latent, so the panels can be compared
+    im = None
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < m:
             if image is not None:
                 ax.imshow(image, extent=(-0.5, grid - 0.5, grid - 0.5, -0.5))
-                ax.imshow(w[i].reshape(grid, grid), cmap="magma", alpha=0.65, interpolation="nearest")
+                im = ax.imshow(w[i].reshape(grid, grid), cmap="magma", alpha=0.65, vmin=0, vmax=vmax,
+                               interpolation="nearest")
             else:
-                ax.imshow(w[i].reshape(grid, grid), cmap="magma", interpolation="nearest")
-            ax.set_title(str(i), fontsize=7)
+                im = ax.imshow(w[i].reshape(grid, grid), cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"latent {i}", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -93,6 +106,42 @@ def cost_vs_n(rows: Sequence[Mapping[str, float]], measured: bool = True) -> Fig
                    f"resampler to M={m}": (ns, [r["resampler_ms"] for r in rows])},
                   xlabel="N patch tokens", ylabel="ms per batch (CPU)", title="measured time", logx=True,
                   logy=True, ax=axes[0, 1])
+    for ax in axes[0]:
+        _int_ticks(ax, ns)
+    return fig
+
+
+def _int_ticks(ax, values: Sequence[float]) -> None:
+    """Label a log x axis at the measured values themselves (64, 128, …) instead of powers of ten."""
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def training_loss(steps: Sequence[int], losses: Sequence[float], chance: float | None = None,
+                  chance_label: str = "chance", title: str = "") -> Figure:
+    """A training-loss curve against the step, with the loss of guessing uniformly as a dashed line. §4.1."""
+    if len(steps) != len(losses) or not steps:
+        raise ValueError(f"training_loss needs as many steps as losses (got {len(steps)} and {len(losses)})")
+    fig, axes = figure(1, 1, 5.0, 3.2)
+    ax = axes[0, 0]
+    ax.plot(steps, losses, "o-", ms=3.5, color=PALETTE[0], label="InfoNCE loss")
+    if chance is not None:
+        ax.axhline(chance, color="0.35", ls="--", lw=1.2, label=chance_label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def probe_training_curves(steps: Sequence[int], curves: Mapping[str, Sequence[float]], title: str = "") -> Figure:
+    """Probe accuracy against training steps, one line per probe, steps on a log axis. §4.6."""
+    if not curves:
+        raise ValueError("probe_training_curves needs at least one curve")
+    fig = line_plot({k: (list(steps), list(v)) for k, v in curves.items()}, xlabel="probe training steps",
+                    ylabel="probe accuracy (held-out)", title=title, logx=True)
+    _int_ticks(fig.axes[0], steps)
     return fig
 
 
@@ -114,7 +163,10 @@ def accuracy_vs_budget(rows: Sequence[Mapping[str, float]], curves: Mapping[str,
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1, label="majority answer")
     ax.set_xscale("log", base=2)
+    top = max(r["M"] for r in rows)
+    _int_ticks(ax, [2 ** k for k in range(int(np.log2(top)) + 1)])
     ax.set_xlabel("M image tokens")
     ax.set_ylabel("probe accuracy (held-out exhibits)")
-    ax.legend(fontsize=7, ncol=2)
+    # Below the axes: inside, the legend would cover the baseline lines.
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return fig

@@ -25,9 +25,13 @@ def voronoi(points: torch.Tensor, centroids: torch.Tensor, title: str = "", reso
     ax.imshow(cell, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), cmap="tab20", alpha=0.35,
               interpolation="nearest", aspect="auto")
     ax.contour(gx, gy, cell, levels=np.arange(len(c)) + 0.5, colors="k", linewidths=0.4)
-    ax.scatter(p[:, 0], p[:, 1], s=2, color=PALETTE[0], alpha=0.5)
-    ax.scatter(c[:, 0], c[:, 1], s=40, marker="X", color=PALETTE[3], edgecolor="white", linewidth=0.8)
+    ax.scatter(p[:, 0], p[:, 1], s=2, color=PALETTE[0], alpha=0.5, label=f"{len(p)} data points")
+    ax.scatter(c[:, 0], c[:, 1], s=40, marker="X", color=PALETTE[3], edgecolor="white", linewidth=0.8,
+               label=f"{len(c)} codewords")
+    ax.set_xlabel("first coordinate $z_1$")
+    ax.set_ylabel("second coordinate $z_2$")
     ax.set_title(title or f"Lloyd codebook, K = {len(c)}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, markerscale=2)
     ax.grid(False)
     return fig
 
@@ -82,9 +86,10 @@ def code_grid(image: torch.Tensor, codes: torch.Tensor, title: str = "") -> Figu
         axes[0, 0].axhline(i * H / h - 0.5, color="white", lw=0.5)
     for j in range(1, w):
         axes[0, 0].axvline(j * W / w - 0.5, color="white", lw=0.5)
-    axes[0, 1].imshow(codes.numpy(), cmap="tab20", interpolation="nearest")
+    # Pale cells (the colour only tells equal codes apart) so that every number stays readable.
+    axes[0, 1].imshow(codes.numpy() % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.45, interpolation="nearest")
     for (i, j), v in np.ndenumerate(codes.numpy()):
-        axes[0, 1].text(j, i, str(v), ha="center", va="center", fontsize=6)
+        axes[0, 1].text(j, i, str(v), ha="center", va="center", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -110,4 +115,26 @@ def image_rows(rows: Mapping[str, Sequence[torch.Tensor] | torch.Tensor], size: 
                 ax.imshow(imgs[j].detach().clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
+    return fig
+
+
+def decoding_steps(quality: Mapping[int, float], floor: float, ylabel: str = "Fréchet distance",
+                   title: str = "") -> Figure:
+    """Sample quality against MaskGIT decoding steps T, with the tokenizer's reconstruction floor. §2.8."""
+    if not quality:
+        raise ValueError("decoding_steps needs at least one (steps, distance) point")
+    steps = sorted(quality)
+    fig, axes = figure(1, 1, 5.2, 3.4)
+    ax = axes[0, 0]
+    ax.plot(steps, [quality[t] for t in steps], "o-", color=PALETTE[0], ms=4, label="MaskGIT samples")
+    ax.axhline(floor, color=PALETTE[3], ls="--", lw=1.2, label="reconstruction floor")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(steps, [str(t) for t in steps])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.1 * max(max(quality.values()), floor))
+    ax.set_xlabel("decoding steps T")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="center left", fontsize=8)
     return fig
