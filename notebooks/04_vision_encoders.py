@@ -31,7 +31,8 @@
 #
 # Chapter 5's museum guide starts from the encoder trained here (the artifact `clip-tiny`) and
 # from this chapter's Perceiver Resampler with nine latents: it trains the two further on
-# per-cell labels, so that latent k describes exhibit cell k, and then freezes them.
+# per-cell labels, so that latent k describes exhibit cell k, and then freezes them (the artifact
+# `clip-cells-tiny`).
 
 # %%
 from vlmbook import nb; nb.start_chapter(4)

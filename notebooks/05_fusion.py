@@ -504,9 +504,9 @@ print({k: live.training_log[-1][k] for k in ("all", "cite_precision", "cite_reca
 #
 # The committed artifact `vlm-tiny` is the recipe with the curriculum, read from Chapter 4's
 # encoder — the `tiny` preset: `clip-tiny`'s ViT and the Perceiver Resampler trained further
-# together on per-cell labels of fresh exhibits, then frozen; nine image tokens; 3,000
-# language-model steps on one thread
-# (`vlmbook artifacts build vlm-tiny` rebuilds it; it is seed 0 of the table's
+# together on per-cell labels of fresh exhibits, then frozen (that warm-up is committed on its own
+# as `clip-cells-tiny`, and the preset loads it); nine image tokens; 3,000 language-model steps on
+# one thread (`vlmbook artifacts build vlm-tiny` rebuilds it; it is seed 0 of the table's
 # `clip/continuous/curriculum` row). It is scored greedily on the held-out exhibits, as a visitor
 # would receive its answers:
 
