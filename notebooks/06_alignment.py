@@ -32,11 +32,12 @@
 #   chain of thought written from the scene's ground truth, a curriculum, LoRA {cite:p}`hu2022lora`
 #   and one learning rate per group of weights;
 # - stage 2, preferences: a Bradley–Terry reward model {cite:p}`bradley1952rank,ouyang2022instructgpt`,
-#   DPO {cite:p}`rafailov2023dpo`, the pieces of PPO {cite:p}`schulman2017ppo,schulman2016gae` and
+#   DPO {cite:p}`rafailov2023dpo`, PPO {cite:p}`schulman2017ppo,schulman2016gae` and
 #   group-relative advantages {cite:p}`shao2024deepseekmath`;
 # - stage 3, inference and distillation: self-consistency {cite:p}`wang2023selfconsistency` and a
-#   half-size student trained on the guide's softened answers {cite:p}`hinton2015distilling`;
-# - stage 4, post-training: int8 weights and prompt caching;
+#   half-size student trained on the guide's softened answers {cite:p}`hinton2015distilling` and
+#   its hidden states;
+# - stage 4, post-training: int8 weights, an int8 KV cache and prompt caching;
 # - how the same trainers run on several GPUs.
 #
 # Each stage trains for a few dozen steps on a few dozen exhibits, so that the chapter runs in
