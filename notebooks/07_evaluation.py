@@ -32,6 +32,9 @@
 #   {cite:p}`mcnemar1947,dietterich1998` and the paired bootstrap {cite:p}`koehn2004`;
 # - an error taxonomy computed from the museum's ground truth: perception, localisation,
 #   reasoning, language;
+# - the sweeps that tie the book together, read from the schema: accuracy against latency (a Pareto
+#   front), accuracy against image tokens with Chapter 4's budget curve and chooser, and a
+#   tokenizer's reconstruction and codebook usage against tokens per image;
 # - one report of every benchmark (`python -m vlmbook.bench all`), and the museum exported for
 #   the field's standard harness, lmms-eval {cite:p}`zhang2025lmmseval`.
 #
@@ -270,9 +273,83 @@ glue("ch7-ttft-spread", max(ttft) - min(ttft), display=False)
 # lie within {glue:text}`ch7-ttft-spread:.1f` ms of each other, and part of that is the noise of
 # timing on a shared machine (which configurations reach the front can change from run to run), so
 # the front here is decided mostly by accuracy. Every guide reads nine image
-# tokens, one per exhibit cell, because the citations name cells; a sweep over the number of
-# tokens $M$ needs a guide whose tokens are not tied to the cells (Exercise 5).
+# tokens, one per exhibit cell, because the citations name cells; a sweep of the guide over the
+# number of tokens $M$ needs a guide whose tokens are not tied to the cells (Exercise 5).
 #
+# ### Accuracy against image tokens
+#
+# Chapter 4's museum probe has no such tie: it compresses the 64 patch features of the frozen
+# encoder to $M$ tokens with each compressor and answers a fixed set of questions from them. Its
+# benchmark (`python -m vlmbook.bench resample`, about six minutes on one core) swept $M$ from 1 to
+# 64 for every compressor and committed the accuracies in `bench/results/resample.json`. Here the
+# record is read through the metrics schema of §7.5, Chapter 4's curve
+# $Q(M) = a - b/(M + c)$ is fitted to each compressor again, and the token-budget chooser picks
+# $M^*$, the fewest tokens within one point of the best accuracy that fits a
+# {glue:text}`ch7-context`-token context holding {glue:text}`ch7-text-len` text tokens.
+# {numref}`fig-ch7-budget` shows the points and the fits. This is the probe, not the guide: it
+# says how much each extra token *can* buy a reader trained on the same features, which is the
+# question Exercise 5 asks of the guide.
+
+# %% mystnb={"figure": {"caption": "Chapter 4's probe accuracy on held-out exhibits against the number of image tokens M for each compressor (points, read from the committed resample benchmark record), with the fitted Q(M) = a - b/(M + c) (lines) and the accuracy of all 64 patch tokens (dashed).", "name": "fig-ch7-budget"}, "image": {"alt": "Probe accuracy against M on a logarithmic axis from 1 to 64, one colour per compressor, points rising and flattening along their fitted curves, below or near a dashed horizontal line for all 64 patch tokens."}}
+# NBVAL_CHECK_OUTPUT
+from vlmbook.plot import resample as rplot  # noqa: E402
+
+CONTEXT, TEXT_LEN = 512, 96
+resample_record = json.loads((RESULTS / "resample.json").read_text())
+probe = sweeps.budget_rows(metrics.metrics_table("resample", resample_record["table"]))
+budget = sweeps.token_budget(probe, context=CONTEXT, text_len=TEXT_LEN, tolerance=0.01)
+full_probe = next(r["accuracy"] for r in probe if r["kind"] == "all")
+for kind, b in budget.items():
+    c = b["curve"]
+    at = {r["M"]: r["accuracy"] for r in probe if r["kind"] == kind}
+    print(f"{kind:14s} M = {min(at)}..{max(at)}: {100 * at[min(at)]:5.1f} -> {100 * at[max(at)]:5.1f} %   "
+          f"Q(M) = {c.a:.3f} - {c.b:.3f}/(M + {c.c:.2f}), rmse {100 * c.rmse:.2f} points   M* = {b['M_star']}")
+print(f"all 64 patch tokens: {100 * full_probe:.1f} %")
+glue("ch7-context", CONTEXT, display=False)
+glue("ch7-text-len", TEXT_LEN, display=False)
+glue("ch7-mstar-perceiver", budget["perceiver"]["M_star"], display=False)
+glue("ch7-mstar-pixel-shuffle", budget["pixel_shuffle"]["M_star"], display=False)
+glue("ch7-probe-full", 100 * full_probe, display=False)
+show(rplot.accuracy_vs_budget(probe, {k: b["curve"] for k, b in budget.items()}, full=full_probe))
+
+# %% [markdown]
+# BUDGET-PROSE
+#
+# ### What a tokenizer keeps, per token
+#
+# TOKENIZER-PROSE
+
+# %% mystnb={"figure": {"caption": "Chapter 2's VQ tokenizer trained with 4 × 4, 8 × 8 and 16 × 16 codes per 64-px image (K = 256, 600 steps, one thread): reconstruction PSNR, MS-SSIM and the share of the codebook used on 256 held-out exhibits, against tokens per image; read from the committed sweep record.", "name": "fig-ch7-tokenizers"}, "image": {"alt": "Three small panels against tokens per image (16, 64, 256 on a logarithmic axis): PSNR in decibels rising with the tokens, MS-SSIM rising with the tokens, and codebook usage near the top of its zero-to-one axis for every grid."}}
+# NBVAL_CHECK_OUTPUT
+tok_table = metrics.read_metrics(RESULTS / sweeps.TOKENIZER_RECORD)
+tok_rows = sweeps.tokenizer_rows(tok_table)
+for r in tok_rows:
+    print(f"{int(r['tokens_per_image']):4d} tokens/image   PSNR {r['psnr']:5.2f} dB   MS-SSIM {r['ms_ssim']:.3f}   "
+          f"usage {100 * r['usage']:5.1f} % of K = {int(r['codebook_size'])}   perplexity {r['perplexity']:6.1f}")
+lo_t, hi_t = tok_rows[0], tok_rows[-1]
+glue("ch7-tok-lo", int(lo_t["tokens_per_image"]), display=False)
+glue("ch7-tok-hi", int(hi_t["tokens_per_image"]), display=False)
+glue("ch7-tok-psnr-gain", hi_t["psnr"] - lo_t["psnr"], display=False)
+glue("ch7-tok-psnr-per-doubling", (hi_t["psnr"] - lo_t["psnr"]) / np.log2(hi_t["tokens_per_image"] / lo_t["tokens_per_image"]),
+     display=False)
+glue("ch7-tok-msssim-lo", lo_t["ms_ssim"], display=False)
+glue("ch7-tok-msssim-hi", hi_t["ms_ssim"], display=False)
+glue("ch7-tok-usage-lo", 100 * lo_t["usage"], display=False)
+show(eplot.tokenizer_sweep_figure(tok_rows, title="tokenizer quality against tokens per image"))
+
+# %% [markdown]
+# TOKENIZER-PROSE-2
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from vlmbook.vq import load_tiny_tokenizer, eval_images  # noqa: E402
+
+tiny_live = sweeps.tokenizer_metrics(load_tiny_tokenizer(), eval_images(256, 64))
+print({k: tiny_live[k] for k in ("tokens_per_image", "codebook_size", "psnr", "ms_ssim", "usage", "perplexity")})
+glue("ch7-tiny-psnr", tiny_live["psnr"], display=False)
+glue("ch7-tiny-msssim", tiny_live["ms_ssim"], display=False)
+
+# %% [markdown]
 # ## 7.5 Every benchmark, one format
 #
 # Each chapter's benchmark keeps its own nested table. `vlmbook.eval.metrics` flattens any of them
@@ -319,6 +396,9 @@ print("\n".join(line for line in task.read_text().splitlines() if line.startswit
 #   reasoning or language from the scene itself, per question type.
 # - Accuracy has a price: each of Chapter 5's configurations is a point of accuracy against time to
 #   first token, and only those on the Pareto front are worth choosing.
+# - Tokens have a price too: a fitted curve $Q(M)$ turns a sweep over image tokens into a budget
+#   $M^*$ for a given context, and a tokenizer's PSNR, MS-SSIM and codebook usage say what each
+#   extra token per image buys in reconstruction.
 #
 # ## Exercises
 #
