@@ -375,7 +375,7 @@ show(eplot.tokenizer_sweep_figure(tok_rows, title="tokenizer quality against tok
 # small grids is how much one code can say about a 16 × 16-pixel patch, not collapse (Chapter 2's
 # EMA updates and restarts see to that). Tokens per image are not the only dial, though: the
 # committed `vq-tokenizer-tiny`, with 64 tokens like the middle point but twice the codebook
-# (K = 512) and twice the training, scores as follows when measured here:
+# (K = 512) and twice the training steps, scores as follows when measured here:
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -85,12 +85,13 @@ def recorded_psnr_vs_tokens(path: str | Path = RECORD) -> dict:
 
 def artifact_check() -> dict:
     """Re-score the committed ``vq-tokenizer-tiny`` on its 256 val exhibits, beside its recorded metrics."""
-    from ..hub import REPO_ARTIFACTS, _spec
+    from ..hub import REPO_ARTIFACTS
     from ..vq import evaluate_tokenizer, load_tiny_tokenizer
+    from ..vq.tokenizer import TINY_ARTIFACT
 
     with num_threads(1):
         live = evaluate_tokenizer(load_tiny_tokenizer())
-    recorded = json.loads((REPO_ARTIFACTS / _spec("vq-tokenizer-tiny").key / "metrics.json").read_text())
+    recorded = json.loads((REPO_ARTIFACTS / TINY_ARTIFACT.key / "metrics.json").read_text())
     return {"live": live, "recorded": {k: recorded[k] for k in live},
             "psnr_diff_db": round(live["psnr"] - recorded["psnr"], 3)}
 
