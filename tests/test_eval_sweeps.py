@@ -145,3 +145,41 @@ def test_budget_rows_and_token_budget_match_chapter_4():
     assert np.isfinite(c.rmse)
     with pytest.raises(ValueError, match="no probe rows"):
         budget_rows(metrics_table("resample", {"cost": [1.0]}))
+
+
+def test_tokenizer_summary_golden_and_single_seed_property():
+    from vlmbook.eval.sweeps import tokenizer_summary
+    from vlmbook.plot import to_png
+    from vlmbook.plot.eval import tokenizer_sweep_figure
+
+    def row(t, seed, psnr):
+        return {"tokens_per_image": t, "seed": seed, "psnr": psnr, "ms_ssim": psnr / 30, "usage": 0.9, "perplexity": 100.0}
+
+    rows = [row(64, 0, 20.0), row(16, 0, 17.0), row(16, 1, 19.0)]
+    s = tokenizer_summary(rows)
+    assert [(r["tokens_per_image"], r["seeds"]) for r in s] == [(16, 2), (64, 1)]
+    assert s[0]["psnr"] == pytest.approx(18.0) and s[0]["psnr_std"] == pytest.approx(2 ** 0.5)  # golden, ddof = 1
+    assert s[1]["psnr"] == 20.0 and s[1]["psnr_std"] == 0.0  # property: one seed is its own mean, no spread
+    assert s[0]["usage_std"] == 0.0 and set(s[0]) >= {"ms_ssim", "ms_ssim_std", "perplexity", "perplexity_std"}
+    assert to_png(tokenizer_sweep_figure(s))[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="one row per tokens-per-image"):
+        tokenizer_sweep_figure(rows)
+    with pytest.raises(ValueError, match="at least one row"):
+        tokenizer_summary([])
+
+
+def test_build_tokenizer_record_writes_every_seed(tmp_path, monkeypatch):
+    from vlmbook.eval import sweeps
+    from vlmbook.eval.metrics import read_metrics
+
+    def fake(steps, seed=0, **_):  # the training itself is tested above; here only the record
+        return [{"downsample": d, "steps": steps, "seed": seed, "tokens_per_image": (64 // 2 ** d) ** 2, "psnr": 10.0 + seed,
+                 "ms_ssim": 0.5, "usage": 0.9, "perplexity": 50.0, "codebook_size": 256} for d in (4, 3)]
+
+    monkeypatch.setattr(sweeps, "tokenizer_sweep", fake)
+    assert sweeps.main(["tokenizers", "--steps", "3", "--seeds", "1,0", "--out", str(tmp_path / "t.csv")]) == 0
+    table = read_metrics(tmp_path / "t.csv")
+    rows = sweeps.tokenizer_rows(table)
+    assert [(r["tokens_per_image"], r["seed"]) for r in rows] == [(16, 0), (16, 1), (64, 0), (64, 1)]
+    paths = table.column("path").to_pylist()
+    assert "recipe/seeds" in paths and "load_average/before" in paths and "threads" in paths

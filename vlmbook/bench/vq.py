@@ -6,7 +6,8 @@ Headline: ``vq: <ratio> x vs vector-quantize-pytorch`` where ratio = their time 
 training forward+backward (above 1 means ours is faster).
 
 ``--quick`` runs everything on one thread (two threads on a busy 2-core machine are many times
-slower: the timed step took 16 ms on one thread and 370 ms on two at load 2-3) and trains no
+slower: in quick runs at load 2-3 our timed step took about 20 ms on one thread but 230-370 ms on
+two, and the ratio read 0.99-1.06 instead of about 2.5) and trains no
 tokenizer for the PSNR-against-tokens table: it re-reads that table from the committed full record
 (``bench/results/vq.json``, labelled as such) and re-scores the committed ``vq-tokenizer-tiny``
 artifact live against its recorded metrics. The speed ratio and the usage experiment are measured live.

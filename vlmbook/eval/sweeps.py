@@ -127,11 +127,32 @@ def tokenizer_rows(table) -> list[dict]:
     need = {"tokens_per_image", "psnr", "ms_ssim", "usage", "perplexity"}
     if not rows or any(need - r.keys() for r in rows.values()):
         raise ValueError(f"no tokenizer sweep rows with {sorted(need)} in this metrics table")
-    return sorted(rows.values(), key=lambda r: r["tokens_per_image"])
+    return sorted(rows.values(), key=lambda r: (r["tokens_per_image"], r.get("seed", 0)))
 
 
-def build_tokenizer_record(out: str | Path, steps: int = 600) -> Path:
-    """Run :func:`tokenizer_sweep` and write it, with how and where it ran, as a metrics file. §7.4."""
+TOKENIZER_METRICS = ("psnr", "ms_ssim", "usage", "perplexity")
+
+
+def tokenizer_summary(rows: Sequence[dict]) -> list[dict]:
+    """One row per tokens-per-image count: the number of seeds and, for PSNR, MS-SSIM, usage and
+    perplexity, the mean over seeds and its sample standard deviation (``<metric>_std``). §7.4."""
+    from .stats import mean_std
+
+    if not rows:
+        raise ValueError("tokenizer_summary needs at least one row")
+    out = []
+    for t in sorted({r["tokens_per_image"] for r in rows}):
+        group = [r for r in rows if r["tokens_per_image"] == t]
+        row: dict = {"tokens_per_image": t, "seeds": len(group)}
+        for m in TOKENIZER_METRICS:
+            row[m], row[f"{m}_std"] = mean_std([r[m] for r in group])
+        out.append(row)
+    return out
+
+
+def build_tokenizer_record(out: str | Path, steps: int = 600, seeds: Sequence[int] = (0,)) -> Path:
+    """Run :func:`tokenizer_sweep` for each seed and write the rows, with how and where they ran, as a
+    metrics file. §7.4."""
     import datetime
     import os
     import time
@@ -141,8 +162,10 @@ def build_tokenizer_record(out: str | Path, steps: int = 600) -> Path:
     from .metrics import metrics_table, write_metrics
 
     t0, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
-    rows = tokenizer_sweep(steps)
+    rows = sorted((r for seed in seeds for r in tokenizer_sweep(steps, seed=seed)),
+                  key=lambda r: (r["tokens_per_image"], r["seed"]))
     record = {"rows": rows, "recipe": {"image_size": 64, "codebook_size": 256, "batch_size": 32, "steps": steps,
+                                       "seeds": list(seeds),
                                        "ms_ssim_window": MS_SSIM_WINDOW, "eval": "256 val exhibits"},
               "threads": torch_threads(), "machine": describe_machine(),
               "load_average": {"before": load, "after": [round(x, 2) for x in os.getloadavg()]},
@@ -195,15 +218,16 @@ def token_budget(rows: Sequence[dict], context: int = 512, text_len: int = 96, t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vlmbook.eval.sweeps tokenizers [--steps N] [--out FILE]``: rebuild the committed record."""
+    """``python -m vlmbook.eval.sweeps tokenizers [--steps N] [--seeds 0,1,2] [--out FILE]``: rebuild the record."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m vlmbook.eval.sweeps")
     p.add_argument("sweep", choices=["tokenizers"])
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--out", default=f"bench/results/{TOKENIZER_RECORD}")
     a = p.parse_args(argv)
-    print(build_tokenizer_record(a.out, a.steps))
+    print(build_tokenizer_record(a.out, a.steps, [int(x) for x in a.seeds.split(",")]))
     return 0
 
 
