@@ -345,7 +345,7 @@ show(rplot.accuracy_vs_budget(probe, {k: b["curve"] for k, b in budget.items()},
 # MS-SSIM reported on photographs. The record is a metrics file (§7.5), read and validated here;
 # {numref}`fig-ch7-tokenizers` plots it.
 
-# %% mystnb={"figure": {"caption": "Chapter 2's VQ tokenizer trained with 4 \u00d7 4, 8 \u00d7 8 and 16 \u00d7 16 codes per 64-px image (K = 256, 600 steps, one thread, three seeds): reconstruction PSNR, MS-SSIM and the share of the codebook used on 256 held-out exhibits, against tokens per image, as the mean over seeds with bars of \u00b1 one standard deviation; read from the committed sweep record.", "name": "fig-ch7-tokenizers"}, "image": {"alt": "Three small panels against tokens per image (16, 64, 256 on a logarithmic axis): PSNR in decibels rising with the tokens, MS-SSIM rising with the tokens, and codebook usage near the top of its zero-to-one axis for every grid."}}
+# %% mystnb={"figure": {"caption": "Chapter 2's VQ tokenizer trained with 4 \u00d7 4, 8 \u00d7 8 and 16 \u00d7 16 codes per 64-px image (K = 256, 600 steps, one thread, three seeds): reconstruction PSNR, MS-SSIM and the share of the codebook used on 256 held-out exhibits, against tokens per image, as the mean over seeds with bars of \u00b1 one standard deviation; read from the committed sweep record.", "name": "fig-ch7-tokenizers"}, "image": {"alt": "Three small panels against tokens per image (16, 64, 256 on a logarithmic axis), each point a mean over seeds with a short error bar: PSNR in decibels rising with the tokens, MS-SSIM rising with the tokens, and codebook usage near the top of its zero-to-one axis for every grid."}}
 # NBVAL_CHECK_OUTPUT
 tok_table = metrics.read_metrics(RESULTS / sweeps.TOKENIZER_RECORD)
 tok_rows = sweeps.tokenizer_rows(tok_table)  # one row per (grid, seed)
@@ -375,7 +375,7 @@ show(eplot.tokenizer_sweep_figure(tok, title="tokenizer quality against tokens p
 # {glue:text}`ch7-tok-psnr-gain:.1f` dB, about {glue:text}`ch7-tok-psnr-per-doubling:.1f` dB per
 # doubling of the tokens, and MS-SSIM from {glue:text}`ch7-tok-msssim-lo:.2f` to
 # {glue:text}`ch7-tok-msssim-hi:.2f` (means over {glue:text}`ch7-tok-seeds` seeds). The seeds
-# disagree by at most {glue:text}`ch7-tok-psnr-std-max:.2f` dB (standard deviation), far less than
+# disagree by at most {glue:text}`ch7-tok-psnr-std-max:.2f` dB (standard deviation), well under
 # what one doubling of the tokens buys, so by §7.2's rule this difference is real; the vq
 # benchmark's own full run, one seed trained on two threads, lands within a few tenths of a
 # decibel of the same PSNRs. The codebook stays in use at every grid
