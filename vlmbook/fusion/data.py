@@ -132,13 +132,20 @@ class Batcher:
         self.batch_size, self.seed, self.caption_frac, self.curriculum = batch_size, seed, caption_frac, curriculum
         self.pack = pack
         self.pad = vlm.ids["pad"]
+        # questions and answers repeat across exhibits: tokenise each distinct one once
         qcache: dict[str, list[int]] = {}
+        pcache: dict[str, list[int]] = {}
+        acache: dict[tuple, list[int]] = {}
         self.seqs, self.answer_len = [], []
         for n, (_, q, a, _) in enumerate(data.items):
             if q not in qcache:
                 qcache[q] = vlm.encode_text(q)
-            ans = vlm.answer_ids(a, data.patches[n] if data.patches is not None else None)
-            self.seqs.append(vlm.prompt_ids(qcache[q]) + ans)
+                pcache[q] = vlm.prompt_ids(qcache[q])
+            cites = tuple(data.patches[n]) if data.patches is not None else None
+            if (a, cites) not in acache:
+                acache[a, cites] = vlm.answer_ids(a, cites)
+            ans = acache[a, cites]
+            self.seqs.append(pcache[q] + ans)
             self.answer_len.append(len(ans))
         self.image_of = [it[0] for it in data.items]
         self.n_qa = len(self.seqs)
