@@ -531,11 +531,11 @@ print(f"step {hist[-1]['step']}: bpp {hist[-1]['bpp']:.3f}, PSNR {hist[-1]['psnr
 # `codec-ms-q1` … `codec-ms-q7` fine-tune it to $\lambda$ from {glue:text}`ch3-ms-lo` to
 # {glue:text}`ch3-ms-hi`. Each is rebuilt by one command, e.g. `vlmbook artifacts build codec-ms-q1`,
 # and their training was sized to fit a shared CPU ({glue:text}`ch3-ms-steps` steps of
-# {glue:text}`ch3-ms-batch` 128-pixel crops each, after the base's: about three minutes of one
-# busy CPU core per rate point).
+# {glue:text}`ch3-ms-batch` {glue:text}`ch3-ms-crop`-pixel crops per rate point, after the
+# base's, on one CPU core).
 #
 # Each committed codec compresses the three evaluation photos into real files, and Pillow gives
-# JPEG and WebP over a sweep of qualities from the lowest to 90. The **BD-rate**
+# JPEG and WebP over a sweep of qualities from the lowest to {glue:text}`ch3-top-quality`. The **BD-rate**
 # {cite:p}`bjontegaard2001` fits $\log(\text{rate})$ as a cubic in PSNR for each curve and averages
 # the gap over the PSNR range both cover: the average percentage of bits one codec saves at equal
 # quality (negative: ours saves). The anchor is fitted near our curve only, where a cubic is
@@ -547,6 +547,8 @@ glue("ch3-ms-lo", min(models.MS_LAMBDAS), display=False)
 glue("ch3-ms-hi", max(models.MS_LAMBDAS), display=False)
 glue("ch3-ms-steps", f"{models.ms_spec('q').steps:,}", display=False)
 glue("ch3-ms-batch", models.ms_spec("q").batch, display=False)
+glue("ch3-ms-crop", models.ms_spec("q").crop, display=False)
+glue("ch3-top-quality", max(metrics.WIDE_QUALITIES), display=False)
 codecs = {q: load_artifact(f"codec-q{q}", HyperpriorCodec) for q in range(1, 5)}
 ours = [metrics.codec_point(codecs[q], photos) for q in range(1, 5)]
 ms = [metrics.codec_point(m, photos) for m in ms_codecs]  # real files this time
@@ -703,7 +705,7 @@ show(cplot.bars_figure(sizes, "bytes per token", "64 grids of 16x16 tokens from 
 # - A range coder turns integer probabilities into bits within {glue:text}`ch3-rc-over-bytes`
 #   of the ideal here; compiled,
 #   the same coder outruns CompressAI's C++ rANS on real images. Interleaved rANS runs at NumPy
-#   speed but pays 8 bytes a lane for its final states.
+#   speed but pays {glue:text}`ch3-rans-lane-bytes` bytes a lane for its final states.
 # - Real files need headers, checks and a decoder that never trusts its input; decoding across
 #   machines needs entropy parameters computed exactly — here by an integer hyper-synthesis; a
 #   scale a few millionths from a table boundary is enough to break a float decoder.
