@@ -539,9 +539,9 @@ print(f"step {hist[-1]['step']}: bpp {hist[-1]['bpp']:.3f}, PSNR {hist[-1]['psnr
 # {cite:p}`bjontegaard2001` fits $\log(\text{rate})$ as a cubic in PSNR for each curve and averages
 # the gap over the PSNR range both cover: the average percentage of bits one codec saves at equal
 # quality (negative: ours saves). The anchor is fitted near our curve only, where a cubic is
-# trustworthy. {numref}`fig-ch3-rd` draws every curve, with our three codecs magnified at right.
+# trustworthy. {numref}`fig-ch3-rd` draws every curve, with our three codecs magnified below.
 
-# %% mystnb={"figure": {"caption": "Rate\u2013distortion curves on the three evaluation photos at 256 pixels: our scale hyperprior (codec-q1 \u2026 q4) and mean-scale series from real .vlmb files, the mean-scale series with a context model from estimated bits, and JPEG and WebP from Pillow. Right: the range of our codecs, magnified.", "name": "fig-ch3-rd"}, "image": {"alt": "Two panels of PSNR in dB against bits per pixel. WebP's curve lies highest, JPEG's starts lowest and crosses our codecs where they flatten; our three curves rise steeply at low rates and then flatten, the context curve a little to the left of the mean-scale curve, and all of them end below half a bit per pixel."}}
+# %% mystnb={"figure": {"caption": "Rate\u2013distortion curves on the three evaluation photos at 256 pixels: our scale hyperprior (codec-q1 \u2026 q4) and mean-scale series from real .vlmb files, the mean-scale series with a context model from estimated bits, and JPEG and WebP from Pillow. Below: the range of our codecs, magnified.", "name": "fig-ch3-rd"}, "image": {"alt": "Two panels, one above the other, of PSNR in dB against bits per pixel. WebP's curve lies highest, JPEG's starts lowest and crosses our codecs where they flatten; our three curves rise steeply at low rates and then flatten, the context curve a little to the left of the mean-scale curve, and all of them end below half a bit per pixel."}}
 glue("ch3-ms-base-lambda", models.MS_BASE_LAMBDA, display=False)
 glue("ch3-ms-lo", min(models.MS_LAMBDAS), display=False)
 glue("ch3-ms-hi", max(models.MS_LAMBDAS), display=False)

@@ -15,10 +15,13 @@ def masks_figure(masks: Mapping[str, torch.Tensor], labels: Sequence[str] | None
     """One panel per (T, S) bool mask: dark = may attend; rows are queries, columns keys. §5.4."""
     if not masks:
         raise ValueError("masks_figure needs at least one mask")
-    fig, axes = figure(1, len(masks), width=3.0, height=3.4)
+    ncols = min(2, len(masks))  # two panels a row: legible at the width of the text column
+    fig, axes = figure((len(masks) + ncols - 1) // ncols, ncols, width=3.0, height=3.2)
     # square panels: the "compressed" engine sizes fixed-aspect axes so that titles and tick
     # labels stay inside the figure (the constrained engine clipped them)
     fig.set_layout_engine("compressed")
+    for ax in axes.flat[len(masks):]:
+        ax.axis("off")
     for ax, (title, m) in zip(axes.flat, masks.items()):
         a = np.asarray(m, dtype=float)
         ax.imshow(a, cmap="Greys", vmin=0, vmax=1.3, interpolation="nearest")
