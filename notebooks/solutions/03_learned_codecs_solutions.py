@@ -101,12 +101,11 @@ glue("s3-lap-dpsnr", lap["psnr"] - g["psnr"], display=False)
 # Both codecs start from the same Gaussian-trained `codec-base`, so the Laplace one first has to
 # unlearn a little: its transforms were shaped for Gaussian tails. After this short run, the
 # Laplace codec's rate at the Gaussian's PSNR differs by {glue:text}`s3-lap-diff:+.1f` % (its PSNR
-# differs by {glue:text}`s3-lap-dpsnr:+.2f` dB, corrected with the local slope of the committed
+# differs by {glue:text}`s3-lap-dpsnr:+.3f` dB, corrected with the local slope of the committed
 # curve). Differences this small are far inside what a change of seed moves the chapter's models
 # (§3.9 reads the benchmark's seed-to-seed spread), so one short run cannot rank the families; the
-# full exercise (`FULL = True`, and better three seeds each) can. In the literature, which family
-# wins depends on the model: with a hyperprior that predicts scales well, the conditional
-# distribution of each latent is close to Gaussian, and the heavier Laplace tails buy little.
+# full exercise (`FULL = True`, and better three seeds each) can. Which family fits a model's
+# latents better is an empirical question for each model; this is the experiment that asks it.
 # ```
 #
 # ## Exercise 2
