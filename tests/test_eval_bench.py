@@ -102,3 +102,21 @@ def test_cli_bench_dispatches_like_python_m(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli_main(["bench", "nope"])
     assert len(seen) == 4
+
+
+def test_vq_quick_reads_the_full_record_and_rescores_the_artifact(tmp_path):
+    import json
+
+    from vlmbook.bench import vq
+
+    table = vq.recorded_psnr_vs_tokens()
+    assert table["source"].startswith("committed full record vq.json")
+    full = json.loads(vq.RECORD.read_text())["table"]["psnr_vs_tokens"]
+    assert {k: v for k, v in table.items() if k != "source"} == full
+    (tmp_path / "q.json").write_text(json.dumps({"quick": True, "table": {"psnr_vs_tokens": {}}}))
+    with pytest.raises(ValueError, match="not a full vq record"):
+        vq.recorded_psnr_vs_tokens(tmp_path / "q.json")
+    with pytest.raises(ValueError, match="not found"):
+        vq.recorded_psnr_vs_tokens(tmp_path / "missing.json")
+    check = vq.artifact_check()  # property: the committed weights reproduce their recorded metrics
+    assert check["live"] == check["recorded"] and check["psnr_diff_db"] == 0.0

@@ -76,3 +76,29 @@ def pareto_figure(rows: Sequence[Mapping], title: str = "") -> Figure:
     ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=7, frameon=False)
     return fig
+
+
+def tokenizer_sweep_figure(rows: Sequence[Mapping], title: str = "") -> Figure:
+    """Three panels against tokens per image (log scale): reconstruction PSNR, MS-SSIM, and codebook
+    usage; ``rows`` from :func:`vlmbook.eval.sweeps.tokenizer_summary` (mean, with ± one standard
+    deviation over seeds as bars) or :func:`vlmbook.eval.sweeps.tokenizer_rows` (one seed). §7.4."""
+    if not rows:
+        raise ValueError("tokenizer_sweep_figure needs at least one row")
+    if len({r["tokens_per_image"] for r in rows}) != len(rows):
+        raise ValueError("one row per tokens-per-image count: summarise seeds with tokenizer_summary first")
+    rows = sorted(rows, key=lambda r: r["tokens_per_image"])
+    tokens = [r["tokens_per_image"] for r in rows]
+    fig, axes = figure(1, 3, width=2.6, height=2.8)
+    panels = (("psnr", "PSNR (dB)", PALETTE[0]), ("ms_ssim", "MS-SSIM (3-px window)", PALETTE[1]),
+              ("usage", "codebook usage (share of K)", PALETTE[2]))
+    for ax, (key, label, colour) in zip(axes[0], panels):
+        ax.errorbar(tokens, [r[key] for r in rows], yerr=[r.get(f"{key}_std", 0.0) for r in rows], fmt="o-",
+                    color=colour, ms=5, capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(tokens, [str(int(t)) for t in tokens])
+        ax.minorticks_off()
+        ax.set_xlabel("tokens per image")
+        ax.set_ylabel(label)
+    axes[0, 2].set_ylim(0, 1.05)
+    fig.suptitle(title)
+    return fig

@@ -385,15 +385,16 @@ def collapse_configs(image_size: int = 32, codebook_size: int = 128) -> dict[str
 
 
 def collapse_experiment(steps: int = 150, batch_size: int = 16, seed: int = 0, image_size: int = 32,
-                        codebook_size: int = 128) -> dict[str, tuple[VQTokenizer, dict[str, float]]]:
-    """Train both :func:`collapse_configs` tokenizers on the same batches; returns
-    ``{label: (model, metrics on 256 val exhibits)}``. §2.3."""
+                        codebook_size: int = 128, threads: int = TRAIN_THREADS
+                        ) -> dict[str, tuple[VQTokenizer, dict[str, float]]]:
+    """Train both :func:`collapse_configs` tokenizers on the same batches (on ``threads`` threads);
+    returns ``{label: (model, metrics on 256 val exhibits)}``. §2.3."""
     out = {}
     images = eval_images(256, image_size)
     for label, cfg in collapse_configs(image_size, codebook_size).items():
         torch.manual_seed(seed)
         model = VQTokenizer(cfg)
-        with num_threads(TRAIN_THREADS):
+        with num_threads(threads):
             train_tokenizer(model, TokenizerTrainConfig(steps=steps, batch_size=batch_size, seed=seed), progress=False)
         out[label] = (model.eval(), evaluate_tokenizer(model, images))
     return out
