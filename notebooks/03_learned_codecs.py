@@ -41,6 +41,7 @@
 # %%
 import inspect
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +114,10 @@ for mode in ("noise", "round", "ste"):
 # mean $\mu$ and scale $s$:
 # $P(\hat y) = F\!\left(\frac{\hat y-\mu+1/2}{s}\right) - F\!\left(\frac{\hat y-\mu-1/2}{s}\right)$,
 # and the rate of that element is $-\log_2 P$ bits. Three families are common: Gaussian, Laplace
-# (heavier tails) and logistic.
+# (heavier tails) and logistic; {numref}`fig-ch3-likelihoods` draws their bin probabilities at
+# the same scale.
 
-# %%
+# %% mystnb={"figure": {"caption": "Probability of each integer bin under the discretised Gaussian, Laplace and logistic likelihoods, all with mean 0 and scale 1 (the three stems of a bin are drawn side by side).", "name": "fig-ch3-likelihoods"}, "image": {"alt": "Stem plot of bin probability against the integer value of y from -6 to 6 for three families: the Laplace stem is tallest at 0, the logistic stems are lowest at 0 and highest in the tails, the Gaussian lies between."}}
 show(cplot.likelihood_figure(scale=1.0))
 
 # %% [markdown]
@@ -145,11 +147,14 @@ for fam in ("gaussian", "laplace", "logistic"):
 #
 # The **scale hyperprior** {cite:p}`balle2018hyperprior` codes a second latent $z = h_a(|y|)$ with
 # the bottleneck, and from $\hat z$ predicts a scale $s$ for every element of $y$: side information
-# of a few percent of the bits buys a far sharper model of $y$. The **mean-scale** variant also
-# predicts a mean (`CodecConfig(model="meanscale")`). Here are the trained tiny codec's pieces for
-# one evaluation photo.
+# of a few percent of the bits (below: {glue:text}`ch3-side-share:.1f` %) buys a far sharper model
+# of $y$. The **mean-scale** variant also
+# predicts a mean (`CodecConfig(model="meanscale")`). {numref}`fig-ch3-latents` shows the trained
+# tiny codec's pieces for one evaluation photo. The predicted scales follow the size of the latents
+# only loosely: over all channels the correlation between $|y|$ and its scale is
+# {glue:text}`ch3-scale-corr:.2f` — a scale is a prediction of the spread, not of the value.
 
-# %%
+# %% mystnb={"figure": {"caption": "The trained tiny codec (codec-q3) on an evaluation photo: the photo, its most energetic latent channel of y (one value per 16 \u00d7 16 pixel block), the scale the hyperprior predicts for that channel, and the decoded image.", "name": "fig-ch3-latents"}, "image": {"alt": "Four panels: a photo of an astronaut, a 16 by 16 grid of red and blue latent values, a 16 by 16 grid of predicted scales that is brightest where the latent values are largest, and the decoded photo, slightly blurred."}}
 photos = eval_images(256)
 codec = load_artifact("codec-q3", HyperpriorCodec)
 x = metrics.to_tensor(photos[0])
@@ -165,6 +170,8 @@ bits_y = float(-torch.log2(out["likelihoods"]["y"]).sum())
 bits_z = float(-torch.log2(out["likelihoods"]["z"]).sum())
 print(f"latents y {tuple(out['y'].shape[1:])}, hyper-latents z {tuple(out['z_hat'].shape[1:])}")
 print(f"estimated rate: y {bits_y / npix:.3f} bpp + z {bits_z / npix:.4f} bpp (side information)")
+glue("ch3-side-share", 100 * bits_z / (bits_y + bits_z), display=False)
+glue("ch3-scale-corr", float(np.corrcoef(out["y"].abs().flatten(), out["scales"].flatten())[0, 1]), display=False)
 
 # %% [markdown]
 # ## 3.5 A range coder from scratch
@@ -180,9 +187,10 @@ print(f"estimated rate: y {bits_y / npix:.3f} bpp + z {bits_z / npix:.4f} bpp (s
 print(inspect.getsource(rangecoder.RangeEncoder.encode))
 
 # %% [markdown]
-# The hyperprior's conditional model has a table for each of 64 fixed scales. Drawing $10^5$
-# symbols from those very tables, the coder's output should be the ideal $\sum -\log_2 p$ plus a
-# couple of bytes.
+# The hyperprior's conditional model has a table for each of
+# {glue:text}`ch3-n-tables` fixed scales. Drawing $10^5$ symbols from those very tables, the
+# coder's output should be the ideal $\sum -\log_2 p$ plus a couple of bytes; it is
+# {glue:text}`ch3-rc-over-bytes` over ({glue:text}`ch3-rc-overhead:+.3f` %).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -197,6 +205,9 @@ rc = rangecoder.encode(vals, idx, tables)
 assert np.array_equal(rangecoder.decode(rc, idx, tables), vals)
 print(f"ideal {ideal:.0f} bytes, range coder {len(rc)} bytes, overhead {100 * (len(rc) / ideal - 1):+.3f} %")
 glue("ch3-rc-overhead", 100 * (len(rc) / ideal - 1), display=False)
+over = round(len(rc) - ideal)
+glue("ch3-rc-over-bytes", f"{over} byte" + ("" if over == 1 else "s"), display=False)
+glue("ch3-n-tables", len(gc.scale_table), display=False)
 
 # %% [markdown]
 # ## 3.6 The fast path: the same coder, compiled
@@ -218,8 +229,9 @@ print(f"compiled coder: {len(fast)} bytes, identical to the readable coder's: {f
 # Another route to speed, without a compiler, is rANS {cite:p}`duda2013ans`: it holds the coder's
 # whole state in one integer, and many independent states side by side
 # {cite:p}`giesen2014interleaved` let NumPy advance all of them in one vector operation, so the
-# Python loop runs $N/\text{lanes}$ times. The price is the final states, 8 bytes a lane, that
-# must be written at the end: on a short stream they are a visible share of the file.
+# Python loop runs $N/\text{lanes}$ times. The price is the final states,
+# {glue:text}`ch3-rans-lane-bytes` bytes a lane, that must be written at the end: on a short
+# stream they are a visible share of the file.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -227,6 +239,7 @@ lanes4 = rans.encode(vals, idx, tables, lanes=4)
 assert np.array_equal(rans.decode(lanes4, idx, tables), vals)
 print(f"rANS with 4 lanes: {len(lanes4)} bytes = ideal + {len(lanes4) - ideal:.0f} bytes; "
       f"the fixed part (header and final states) is {rans.header_bytes(4)} bytes")
+glue("ch3-rans-lane-bytes", rans.header_bytes(5) - rans.header_bytes(4), display=False)
 
 # %%
 import time  # noqa: E402
@@ -244,8 +257,8 @@ t_rc = seconds(lambda: rangecoder.decode(rc, idx, tables), repeats=1)
 lanes1k = rans.encode(vals, idx, tables, lanes=1024)
 t_rans = seconds(lambda: rans.decode(lanes1k, idx, tables))
 t_fast = seconds(lambda: fastcoder.decode(fast, idx, tables))
-print(f"decode 1e5 symbols: readable range coder {t_rc:.2f} s, rANS in NumPy (1,024 lanes) {1e3 * t_rans:.1f} ms, "
-      f"compiled range coder {1e3 * t_fast:.1f} ms")
+print(f"decode 1e5 symbols: readable range coder {t_rc:.2f} s, rANS in NumPy (1,024 lanes) {1e3 * t_rans:.1f} ms,\n"
+      f"                    compiled range coder {1e3 * t_fast:.1f} ms")
 
 # %% [markdown]
 # `python -m vlmbook.bench coder` times the compiled coder against CompressAI's C++ rANS
@@ -260,7 +273,10 @@ coder_rec = Path("../bench/results/coder.json")
 if coder_rec.is_file():
     crec = json.loads(coder_rec.read_text())
     for size, row in crec["table"]["summary"].items():
-        print(f"{size}: {row['per_image_ms']}")
+        ms_ = row["per_image_ms"]
+        print(f"{size}, ms: ours encode {ms_['ours_encode']:.1f} + decode {ms_['ours_decode']:.1f}; CompressAI "
+              f"calls {ms_['compressai_encode_call']:.1f} + {ms_['compressai_decode_call']:.1f}, "
+              f"per image {ms_['compressai_encode_decode_per_image']:.1f}")
         print(f"   size over ideal: ours {row['ours_overhead_percent']:+.3f} %, "
               f"CompressAI {row['compressai_overhead_percent']:+.3f} %; speed ratio call-only "
               f"{row['ratio_call_only']:.2f}x, per image {row['ratio_per_image']:.2f}x")
@@ -293,8 +309,8 @@ print(f"PSNR {psnr(photos[1][:201, :173], back):.2f} dB")
 
 # %% [markdown]
 # The museum guide's own exhibits go through the same file format. An exhibit photo is small
-# and flat-coloured, so a few hundred bytes keep it recognisable — and the guide can still
-# answer from the decoded picture.
+# and flat-coloured, so {glue:text}`ch3-exhibit-bytes` bytes keep its objects recognisable
+# ({numref}`fig-ch3-exhibit`), though the plaque's digits do not survive.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -303,21 +319,23 @@ from vlmbook.data import Museum  # noqa: E402
 exhibit = Museum("val", size=128)[0]
 vlmb = fileformat.encode_image(exhibit.image, quality=4)
 seen = fileformat.decode_image(vlmb)
-print(f"exhibit: {exhibit.caption}")
-print(f"{8 * len(vlmb) / 128**2:.2f} bpp, PSNR {psnr(exhibit.image, seen):.1f} dB")
+print(textwrap.fill(f"exhibit: {exhibit.caption}", 100, subsequent_indent="  "))
+print(f"{len(vlmb)} bytes = {8 * len(vlmb) / 128**2:.2f} bpp, PSNR {psnr(exhibit.image, seen):.1f} dB")
+glue("ch3-exhibit-bytes", len(vlmb), display=False)
 
-# %%
+# %% mystnb={"figure": {"caption": "A museum exhibit (128 \u00d7 128 pixels) and the same exhibit decoded from its .vlmb file at quality 4.", "name": "fig-ch3-exhibit"}, "image": {"alt": "Two images side by side: an exhibit with a yellow star, an orange triangle, a blue diamond and a plaque reading 46 on a grey background, and its decoded version in which the shapes and colours survive with blurred edges while the plaque's digits become an unreadable smudge."}}
 show(cplot.image_grid([exhibit.image, seen], titles=["exhibit", "decoded from .vlmb"], ncols=2, size=2.2))
 
 # %% [markdown]
 # A decoder meets files it did not write. Every field is checked before anything is allocated
-# (at most 4.2 million pixels, which bounds the decoder's memory at about 1 GB), the stream
+# (at most {glue:text}`ch3-max-pixels` pixels), the stream
 # lengths must add up to the file, the CRC must match, and the rANS decoder checks that it ends
 # exactly in its start state. Anything wrong raises
 # `BitstreamError` — the test suite throws 2,000 mutated files at it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
+glue("ch3-max-pixels", f"{fileformat.MAX_PIXELS:,}", display=False)
 good = (tmp / "coffee.vlmb").read_bytes()
 for name, bad in [("truncated", good[:40]), ("one byte flipped", good[:60] + bytes([good[60] ^ 1]) + good[61:]),
                   ("not a vlmb file", b"\x89PNG" + good[4:])]:
@@ -358,13 +376,16 @@ print(f"PSNR on the encoding machine {r['psnr_same_machine']:.2f} dB; the other 
 
 # %% [markdown]
 # The remedy used by `vlmbook`: the hyper-synthesis that produces scales runs as an **integer
-# network** — weights and activations in fixed point with 12 fractional bits, every sum below
+# network** — weights and activations in fixed point with {glue:text}`ch3-act-bits` fractional bits, every sum below
 # $2^{53}$ so that float64 (or int64) arithmetic is exact in any order, on any device. Scales
 # are compared with integer thresholds to pick a table. The coding tables themselves are integers
 # stored in the model file. Only the synthesis transform $g_s$ runs in float, and it changes
 # pixels by a rounding step at most, never the decoded symbols.
 
 # %%
+from vlmbook.codec import integer  # noqa: E402
+
+glue("ch3-act-bits", integer.ACT_BITS, display=False)
 print(inspect.getsource(models.HyperpriorCodec.integer_params))
 
 # %% [markdown]
@@ -373,8 +394,8 @@ print(inspect.getsource(models.HyperpriorCodec.integer_params))
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"integer network, channels summed in another order: table indexes that differ "
-      f"{r['reordered_integer_indexes_changed']} of {r['symbols']}; the stream decodes exactly: "
-      f"{r['reordered_integer_decode_exact']}")
+      f"{r['reordered_integer_indexes_changed']} of {r['symbols']};\n"
+      f"the stream decodes exactly: {r['reordered_integer_decode_exact']}")
 
 # %% [markdown]
 # ## 3.8 An autoregressive context model, and its price
@@ -402,13 +423,18 @@ for steps in (150, 600):
               f"with context {c['bpp_y_context']:.4f} bpp ({frozen[steps, where]:+.1f} %)")
 for (steps, where), v in frozen.items():
     glue(f"ch3-ctx-frozen-{where}-{steps}", v, display=False)
+from vlmbook.data import TRAIN_PHOTOS  # noqa: E402
+
+glue("ch3-ctx-crops", inspect.signature(context.fit_context).parameters["crops"].default, display=False)
+glue("ch3-n-train-photos", len(TRAIN_PHOTOS), display=False)
 
 # %% [markdown]
 # After 150 steps the context saves {glue:text}`ch3-ctx-frozen-train-150:.1f` % of the y rate on
 # other crops of the training photos but only {glue:text}`ch3-ctx-frozen-eval-150:.1f` % on the
-# evaluation photos; after 600 steps it overfits the 32 crops it trains on and costs bits on
-# both ({glue:text}`ch3-ctx-frozen-train-600:.1f` % and {glue:text}`ch3-ctx-frozen-eval-600:.1f` %).
-# Even at its best, what it learns from six training photos does not carry over to others — most
+# evaluation photos; after 600 steps it overfits the {glue:text}`ch3-ctx-crops` crops it trains on
+# and costs bits on both ({glue:text}`ch3-ctx-frozen-train-600:.1f` % and
+# {glue:text}`ch3-ctx-frozen-eval-600:.1f` %). Even at its best, what it learns from
+# {glue:text}`ch3-n-train-photos` training photos does not carry over to others — most
 # likely it learns their wide flat backgrounds (the deep-field sky, the retina's black surround),
 # where "the neighbours are zero" predicts "this is zero", and the evaluation photos have none. A
 # transform trained for the hyperprior alone has already removed from $y$ the structure that
@@ -474,13 +500,24 @@ print(f"entropy parameters for a {y_hat.shape[2]}x{y_hat.shape[3]} latent grid: 
 # The loss is CompressAI's: $L = \lambda \cdot 255^2 \cdot \text{MSE} + \text{bpp}$, plus the
 # bottleneck's auxiliary loss, trained with the book's one loop `vlmbook.loop.fit` on random
 # crops of the training photos. A few steps live show the loop. The committed models were made in
-# two stages: `vlmbook artifacts build codec-base` trains one model at $\lambda = 0.01$ for 8,000
-# steps of eight 128-pixel crops (about ten minutes of one CPU core), and `codec-q1` … `codec-q4`
-# fine-tune it to $\lambda$ = 0.0025 … 0.02 for 2,000 steps each. Starting every rate point from
+# two stages: `vlmbook artifacts build codec-base` trains one model at
+# $\lambda$ = {glue:text}`ch3-base-lambda` for {glue:text}`ch3-base-steps` steps of
+# {glue:text}`ch3-base-batch` {glue:text}`ch3-base-crop`-pixel crops on one CPU core, and
+# `codec-q1` … `codec-q4` fine-tune it to $\lambda$ = {glue:text}`ch3-q-lo` … {glue:text}`ch3-q-hi`
+# for {glue:text}`ch3-ft-steps` steps each. Starting every rate point from
 # one shared model is the usual shortcut: the transforms change little with the rate, so most of
 # the training is shared.
 
 # %%
+base_spec, ft_spec = models.TrainSpec.tiny(), models.TrainSpec.finetune()
+glue("ch3-base-lambda", models.BASE_LAMBDA, display=False)
+glue("ch3-base-steps", f"{base_spec.steps:,}", display=False)
+glue("ch3-base-batch", base_spec.batch, display=False)
+glue("ch3-base-crop", base_spec.crop, display=False)
+glue("ch3-q-lo", min(models.LAMBDAS), display=False)
+glue("ch3-q-hi", max(models.LAMBDAS), display=False)
+glue("ch3-ft-steps", f"{ft_spec.steps:,}", display=False)
+glue("ch3-total-steps", f"{base_spec.steps + ft_spec.steps:,}", display=False)
 torch.manual_seed(0)
 demo = HyperpriorCodec(models.CodecConfig.tiny().replace(lmbda=0.01))
 hist = models.train_codec(demo, 0.01, models.TrainSpec(steps=20), desc="demo")
@@ -494,22 +531,24 @@ print(f"step {hist[-1]['step']}: bpp {hist[-1]['bpp']:.3f}, PSNR {hist[-1]['psnr
 # `codec-ms-q1` … `codec-ms-q7` fine-tune it to $\lambda$ from {glue:text}`ch3-ms-lo` to
 # {glue:text}`ch3-ms-hi`. Each is rebuilt by one command, e.g. `vlmbook artifacts build codec-ms-q1`,
 # and their training was sized to fit a shared CPU ({glue:text}`ch3-ms-steps` steps of
-# {glue:text}`ch3-ms-batch` 128-pixel crops each, after the base's: about three minutes of one
-# busy CPU core per rate point).
+# {glue:text}`ch3-ms-batch` {glue:text}`ch3-ms-crop`-pixel crops per rate point, after the
+# base's, on one CPU core).
 #
 # Each committed codec compresses the three evaluation photos into real files, and Pillow gives
-# JPEG and WebP over a sweep of qualities from the lowest to 90. The **BD-rate**
+# JPEG and WebP over a sweep of qualities from the lowest to {glue:text}`ch3-top-quality`. The **BD-rate**
 # {cite:p}`bjontegaard2001` fits $\log(\text{rate})$ as a cubic in PSNR for each curve and averages
 # the gap over the PSNR range both cover: the average percentage of bits one codec saves at equal
 # quality (negative: ours saves). The anchor is fitted near our curve only, where a cubic is
-# trustworthy.
+# trustworthy. {numref}`fig-ch3-rd` draws every curve, with our three codecs magnified below.
 
-# %%
+# %% mystnb={"figure": {"caption": "Rate\u2013distortion curves on the three evaluation photos at 256 pixels: our scale hyperprior (codec-q1 \u2026 q4) and mean-scale series from real .vlmb files, the mean-scale series with a context model from estimated bits, and JPEG and WebP from Pillow. Below: the range of our codecs, magnified.", "name": "fig-ch3-rd"}, "image": {"alt": "Two panels, one above the other, of PSNR in dB against bits per pixel. WebP's curve lies highest, JPEG's starts lowest and crosses our codecs where they flatten; our three curves rise steeply at low rates and then flatten, the context curve a little to the left of the mean-scale curve, and all of them end below half a bit per pixel."}}
 glue("ch3-ms-base-lambda", models.MS_BASE_LAMBDA, display=False)
 glue("ch3-ms-lo", min(models.MS_LAMBDAS), display=False)
 glue("ch3-ms-hi", max(models.MS_LAMBDAS), display=False)
 glue("ch3-ms-steps", f"{models.ms_spec('q').steps:,}", display=False)
 glue("ch3-ms-batch", models.ms_spec("q").batch, display=False)
+glue("ch3-ms-crop", models.ms_spec("q").crop, display=False)
+glue("ch3-top-quality", max(metrics.WIDE_QUALITIES), display=False)
 codecs = {q: load_artifact(f"codec-q{q}", HyperpriorCodec) for q in range(1, 5)}
 ours = [metrics.codec_point(codecs[q], photos) for q in range(1, 5)]
 ms = [metrics.codec_point(m, photos) for m in ms_codecs]  # real files this time
@@ -518,8 +557,9 @@ webp = metrics.pillow_rd(photos, "WEBP", metrics.WIDE_QUALITIES)
 curves = {"ours: scale hyperprior": ([p["bpp"] for p in ours], [p["psnr"] for p in ours]),
           "ours: mean-scale": ([p["bpp"] for p in ms], [p["psnr"] for p in ms]),
           "JPEG": (jpeg["bpp"], jpeg["psnr"]), "WebP": (webp["bpp"], webp["psnr"])}
-show(cplot.rd_figure({**curves, "ours: mean-scale + context (estimated bits)":
-                      ([b["bpp"] for b in est_ctx], [b["psnr"] for b in est_ctx])}, "eval photos, 256 px"))
+ctx_name = "ours: mean-scale + context (estimated bits)"
+show(cplot.rd_figure({**curves, ctx_name: ([b["bpp"] for b in est_ctx], [b["psnr"] for b in est_ctx])},
+                     "eval photos, 256 px", zoom=["ours: scale hyperprior", "ours: mean-scale", ctx_name]))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -572,8 +612,9 @@ print(f"WebP's PSNR at the mean-scale codec's rates is {min(gap):+.2f} to {max(g
 # are trained for hundreds of thousands of steps on large crops before they beat modern codecs
 # (CompressAI's published hyperprior models, trained that way, beat WebP on the Kodak photos
 # {cite:p}`begaint2020compressai`). `models.gpu_recipe(q)` is that recipe for one GPU, aiming to
-# beat WebP on these photos: the mean-scale hyperprior at the `base` sizes (N = 128, M = 192),
-# every rate point trained from scratch on 256-pixel crops. Its one-step CPU test is
+# beat WebP on these photos: the mean-scale hyperprior at the `base` sizes
+# (N = {glue:text}`ch3-gpu-n`, M = {glue:text}`ch3-gpu-m`), every rate point trained from scratch
+# on {glue:text}`ch3-gpu-crop`-pixel crops. Its one-step CPU test is
 # `tests/test_codec_artifacts.py::test_gpu_recipe_smoke`. **It is untrained**: no GPU was
 # available for this book, so read the curves above as the start of training, not its end
 # (Exercise 6).
@@ -581,6 +622,9 @@ print(f"WebP's PSNR at the mean-scale codec's rates is {min(gap):+.2f} to {max(g
 # %%
 # NBVAL_CHECK_OUTPUT
 cfg_gpu, spec_gpu = models.gpu_recipe(4)
+glue("ch3-gpu-n", cfg_gpu.N, display=False)
+glue("ch3-gpu-m", cfg_gpu.M, display=False)
+glue("ch3-gpu-crop", spec_gpu.crop, display=False)
 print("GPU recipe (untrained):", cfg_gpu)
 print("  ", spec_gpu, f"-> {spec_gpu.steps * spec_gpu.batch:,} crops of {spec_gpu.crop} px per rate point")
 
@@ -590,14 +634,17 @@ print("  ", spec_gpu, f"-> {spec_gpu.steps * spec_gpu.batch:,} crops of {spec_gp
 # $\lambda$, base then fine-tune). Our model builds its layers in CompressAI's order and draws the
 # quantisation noise in the same layout, so under one seed the two start from identical weights
 # and compute the same first step (tested in `tests/test_codec.py`): what differs afterwards is
-# float rounding in two implementations of the same mathematics, and over 10,000 steps rounding
-# grows into a different model.
+# float rounding in two implementations of the same mathematics, and over
+# {glue:text}`ch3-total-steps` steps rounding grows into a different model.
 #
 # How far apart is "different"? Retrain *one* implementation with another seed and it moves about
-# as far. On curves this flat a fraction of a decibel is worth more than 5 % of BD-rate, so a
-# single pair of runs cannot tell two implementations apart to within 5 %. The benchmark trains three
-# seeds of each model, compares the seed-averaged curves, and records every seed, so that the gap
-# between the implementations can be read against the spread within each:
+# as far: on curves this flat a fraction of a decibel is worth many percent of BD-rate, so a
+# single pair of runs cannot tell two implementations apart. The benchmark trains
+# {glue:text}`ch3-bench-seeds` seeds of each model, compares the seed-averaged curves, and records
+# every seed, so that the gap between the implementations can be read against the spread within
+# each. In the record below, one implementation retrained with another seed moves by up to
+# {glue:text}`ch3-bench-seed-spread:.1f` % of BD-rate; the seed-averaged gap between the two
+# implementations is {glue:text}`ch3-bench-gap:+.1f` %.
 
 # %%
 import json  # noqa: E402
@@ -611,9 +658,18 @@ if record.is_file():
     spread = {k: v for k, v in rec["table"]["bd_rate_percent_per_seed"].items() if "_vs_jpeg" not in k}
     for k, v in spread.items():
         print(f"  {k:30s} {v:+.1f} %")
-    print("measured on:", rec["machine"]["device"], "| training:", rec["table"]["train"])
+    print("measured on:", rec["machine"]["device"], "| training (base, then fine-tune at each lambda):")
+    for stage in ("base", "finetune"):
+        print(f"  {stage:8s}", ", ".join(f"{k} {v}" for k, v in rec["table"]["train"][stage].items()))
+    glue("ch3-bench-seeds", len(rec["table"]["seeds"]["ours"]), display=False)
+    # seed against seed within one implementation: "ours_seed1_vs_ours_seed0", "compressai_seed2_vs_..."
+    within = [abs(v) for k, v in spread.items() if k.split("_seed")[0] == k.split("_vs_")[1].split("_seed")[0]]
+    glue("ch3-bench-seed-spread", max(within), display=False)
+    glue("ch3-bench-gap", rec["table"]["bd_rate_percent"]["ours_vs_compressai"], display=False)
 else:
     print("run `python -m vlmbook.bench codec` to produce bench/results/codec.json")
+    for key in ("ch3-bench-seeds", "ch3-bench-seed-spread", "ch3-bench-gap"):
+        glue(key, float("nan"), display=False)
 
 # %% [markdown]
 # ## 3.10 Storing tokens
@@ -621,9 +677,9 @@ else:
 # The museum guide stores not only compressed photos but also token grids (Chapter 2's VQ codes,
 # or a codec's integer latents). Three formats, three trade-offs: JSONL is readable and large;
 # a uint16 binary file with a header is 2 bytes a token and checked by a CRC; Parquet is columnar
-# and compressed, the format data pipelines expect.
+# and compressed, the format data pipelines expect ({numref}`fig-ch3-storage`).
 
-# %%
+# %% mystnb={"figure": {"caption": "Bytes per token of the same 64 token grids (16 \u00d7 16 codes from a 1,024-code book) stored as JSONL, as the uint16 binary format with a header, and as Parquet.", "name": "fig-ch3-storage"}, "image": {"alt": "Three labelled bars of bytes per token: JSONL tallest, the binary format at a little over two bytes, Parquet lowest."}}
 rng = np.random.default_rng(0)
 ids = [f"exhibit-{i}" for i in range(64)]
 grids = [rng.integers(0, 1024, (16, 16)) for _ in ids]
@@ -646,9 +702,10 @@ show(cplot.bars_figure(sizes, "bytes per token", "64 grids of 16x16 tokens from 
 # - A learned codec is a transform ($g_a$, $g_s$ with GDN), a quantiser trained through noise or
 #   straight-through, and an entropy model whose $-\log_2$ likelihood is the rate.
 # - The scale hyperprior sends a little side information $z$ to predict a scale for every latent.
-# - A range coder turns integer probabilities into bits within a byte or two of the ideal; compiled,
+# - A range coder turns integer probabilities into bits within {glue:text}`ch3-rc-over-bytes`
+#   of the ideal here; compiled,
 #   the same coder outruns CompressAI's C++ rANS on real images. Interleaved rANS runs at NumPy
-#   speed but pays 8 bytes a lane for its final states.
+#   speed but pays {glue:text}`ch3-rans-lane-bytes` bytes a lane for its final states.
 # - Real files need headers, checks and a decoder that never trusts its input; decoding across
 #   machines needs entropy parameters computed exactly — here by an integer hyper-synthesis; a
 #   scale a few millionths from a table boundary is enough to break a float decoder.
@@ -675,6 +732,9 @@ show(cplot.bars_figure(sizes, "bytes per token", "64 grids of 16x16 tokens from 
 #    `train_codec(model, lmbda, spec, images=...)`.
 # 6. Fine-tune `codec-q3` for another 2,000 steps (`models.build_tiny(3, base=codecs[3])`) and
 #    measure its point again: how far from converged were the committed models?
+#
+# Worked solutions, shortened to run in three minutes on a CPU (the training exercises are
+# partial and say so): {doc}`solutions/03_learned_codecs_solutions`.
 
 # %%
 nb.report_runtime()

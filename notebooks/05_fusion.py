@@ -182,7 +182,7 @@ for n in (9, 7, 4):
 # `(B, 1, T, S)` masks that `LlamaForCausalLM` accepts as-is with `eager` or `sdpa` attention.
 # {numref}`fig-ch5-masks` draws all four on one sequence.
 
-# %% mystnb={"figure": {"caption": "The four attention masks of \u00a75.4 on one sequence of 11 tokens (<bos>, three tokens of image 1, two text tokens, three of image 2, two text tokens); dark cells may attend. The Flamingo media mask is text tokens (rows) against image tokens (columns).", "name": "fig-ch5-masks"}, "image": {"alt": "Four square grids of dark and light cells: a lower triangle for the causal mask, the same with a dark 3 by 3 block for the prefix-LM mask, two such blocks for the interleaved mask, and a rectangular staircase for the media mask."}}
+# %% mystnb={"figure": {"caption": "The four attention masks of \u00a75.4 on one sequence of 11 tokens (`<bos>`, three tokens of image 1, two text tokens, three of image 2, two text tokens); dark cells may attend. The Flamingo media mask is text tokens (rows) against image tokens (columns).", "name": "fig-ch5-masks"}, "image": {"alt": "Four square grids of dark and light cells: a lower triangle for the causal mask, the same with a dark 3 by 3 block for the prefix-LM mask, two such blocks for the interleaved mask, and a rectangular staircase for the media mask."}}
 labels = ["<bos>", "I1", "I1", "I1", "t", "t", "I2", "I2", "I2", "t", "t"]
 masks = {
     "causal": fusion.causal_mask(11),

@@ -151,3 +151,14 @@ def test_retraining_reproduces_context_artifact():
     p = estimated_point(build_ctx(1, 0), [to_tensor(eval_images(256)[0])])  # trains, then measures
     assert p["bpp"] == pytest.approx(RECORDED_CTX[1]["bpp"], rel=0.02)
     assert p["psnr"] == pytest.approx(RECORDED_CTX[1]["psnr"], abs=0.1)
+
+
+def test_quality_builders_define_one_named_builder_per_lambda():
+    from vlmbook.codec import context, models
+
+    ns, calls = {}, []
+    models.quality_builders(ns, lambda q, seed: calls.append((q, seed)) or q * 10 + seed, "x")
+    assert sorted(ns) == [f"build_x_q{q}" for q in range(1, len(models.MS_LAMBDAS) + 1)]
+    assert ns["build_x_q3"](seed=2) == 32 and calls == [(3, 2)]
+    assert ns["build_x_q3"].__name__ == "build_x_q3" and "codec-x-q3" in ns["build_x_q3"].__doc__
+    assert context.build_ctx_q7.__name__ == "build_ctx_q7" and models.build_ms_q1.__name__ == "build_ms_q1"

@@ -191,6 +191,13 @@ def test_museum_qa_and_batches():
     codes = Batcher(d, dataclasses.replace(data, codes=None), 8).batch(5)
     assert "images" not in codes and codes["codes"].shape == (8, 4, 4)
     assert data.codes is None and data.features is None  # the caller's data is never filled in
+    # the gathered batch equals the per-row loop (packing's path, with no follow-ups), captions included
+    for step in range(4):
+        idx = torch.randint(len(b.seqs), (8,), generator=torch.Generator().manual_seed(step)).tolist()
+        fast, loop = b.collate(idx), b.collate(idx, [[] for _ in idx])
+        assert fast.keys() == loop.keys() and all(torch.equal(fast[k], loop[k]) for k in fast)
+        assert fast["input_ids"].dtype == torch.long and fast["targets"].dtype == torch.bool
+    assert b.collate([0])["input_ids"].shape == (1, len(b.seqs[0]))  # padded to the longest row only
 
 
 def test_packed_batches_are_conversations_about_one_exhibit():

@@ -347,6 +347,48 @@ def test_clip_warm_up_trains_chapter4_perceiver_with_the_vit_and_both_stay_froze
     _ENCODERS.clear()
 
 
+def test_frozen_compressor_output_is_cached_and_trains_bit_for_bit_as_running_it():
+    """With ViT and Perceiver frozen, train_route caches the compressor's output: the batches carry
+    ``compressed`` instead of ``features``, and loss and gradients equal, bit for bit, those of running
+    the compressor on the cached ViT features every step (so the recipe's runs are unchanged)."""
+    import dataclasses
+
+    from vlmbook.fusion.train import DemoConfig, _ENCODERS, answer_loss, clip_encoder, encode_all, train_route
+
+    cfg = VLMConfig.tiny().replace(corpus_scenes=200)
+    demo = DemoConfig(train_scenes=40, test_scenes=2, steps=3, batch_size=16, warmup=1, encoder_steps=2,
+                      encoder_fresh=True, caption_frac=0.0)
+    data = museum_qa("train", 40, 64, grid=3)
+    _ENCODERS.clear()
+    vision, comp = clip_encoder(cfg, demo, data)
+    keys = []
+
+    def spy(model, batch, step=0):
+        keys.append(sorted(k for k in batch if k in ("images", "features", "compressed")))
+        return answer_loss(model, batch, step)
+
+    m, _ = train_route("continuous", cfg, demo, train=data, encoder=(vision, comp), loss=spy)
+    assert keys == [["compressed"]] * 3
+    feats = encode_all(m.encoder, data.images)
+    comp_all = encode_all(m.compressor, feats, batch=17)  # chunks unlike the batches below
+    assert comp_all.shape == (40, 9, 64)
+    m.train()
+    old = Batcher(m, dataclasses.replace(data, features=feats), 16, 0, 0.0)
+    new = Batcher(m, dataclasses.replace(data, compressed=comp_all), 16, 0, 0.0)
+    params = [p for p in m.parameters() if p.requires_grad]
+    for step in range(3):
+        a, b = old.batch(step), new.batch(step)
+        assert "features" in a and "compressed" not in a and "compressed" in b and "features" not in b
+        grads = []
+        for batch in (a, b):
+            loss = answer_loss(m, batch)[0]
+            grads.append([loss.detach(), *torch.autograd.grad(loss, params)])
+        assert all(torch.equal(x, y) for x, y in zip(*grads))
+    with pytest.raises(ValueError, match="compressor"):
+        VisionLanguageModel(VLMConfig(**SMALL))(torch.tensor([m.prompt_ids("What?")]), compressed=comp_all[:1])
+    _ENCODERS.clear()
+
+
 def test_vlm_and_demo_config_name_bad_encoder_fields():
     from vlmbook.fusion.train import DemoConfig
 

@@ -24,7 +24,7 @@ from ..hub import PretrainedMixin
 from ..util import step_generator
 from .entropy import LIKELIHOOD_BOUND, discretized_likelihood, quantize
 from .layers import lower_bound
-from .models import CODEC_SEED_STRIDE, MS_LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec
+from .models import CODEC_SEED_STRIDE, MS_LAMBDAS, STRIDE, CodecConfig, HyperpriorCodec, TrainSpec, quality_builders
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -265,14 +265,4 @@ def build_ctx(quality: int, seed: int = 0, spec: TrainSpec | None = None,
     return model
 
 
-def _ctx_builder(q: int):
-    def build(seed: int = 0) -> ContextCodec:
-        return build_ctx(q, seed)
-
-    build.__name__ = build.__qualname__ = f"build_ctx_q{q}"
-    build.__doc__ = f"Artifact ``codec-ctx-q{q}``."
-    return build
-
-
-for _q in range(1, len(MS_LAMBDAS) + 1):
-    globals()[f"build_ctx_q{_q}"] = _ctx_builder(_q)
+quality_builders(globals(), build_ctx, "ctx")

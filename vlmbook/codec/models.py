@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -394,17 +394,22 @@ def build_gpu(quality: int, seed: int = 0, spec: TrainSpec | None = None,
     return model
 
 
-def _ms_builder(q: int):
-    def build(seed: int = 0) -> HyperpriorCodec:
-        return build_ms(q, seed)
+def quality_builders(namespace: dict, build: Callable[[int, int], nn.Module], kind: str) -> None:
+    """Define ``build_<kind>_q1`` … ``build_<kind>_q7`` in ``namespace``: artifact ``codec-<kind>-qN`` is
+    ``build(N, seed)`` (the artifact registry names one function per artifact). §3.6."""
+    def one(q: int):
+        def builder(seed: int = 0) -> nn.Module:
+            return build(q, seed)
 
-    build.__name__ = build.__qualname__ = f"build_ms_q{q}"
-    build.__doc__ = f"Artifact ``codec-ms-q{q}`` (lambda = {MS_LAMBDAS[q - 1]})."
-    return build
+        builder.__name__ = builder.__qualname__ = f"build_{kind}_q{q}"
+        builder.__doc__ = f"Artifact ``codec-{kind}-q{q}`` (lambda = {MS_LAMBDAS[q - 1]})."
+        return builder
+
+    for q in range(1, len(MS_LAMBDAS) + 1):
+        namespace[f"build_{kind}_q{q}"] = one(q)
 
 
-for _q in range(1, len(MS_LAMBDAS) + 1):
-    globals()[f"build_ms_q{_q}"] = _ms_builder(_q)
+quality_builders(globals(), build_ms, "ms")
 
 
 def pad_to(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:

@@ -28,7 +28,9 @@ class QAData:
 
     ``patches`` holds, per item, the grid patches that prove its answer (the citation targets).
     ``codes`` (discrete route) and ``features`` (a frozen encoder's output, or oracle cell
-    features) are filled in once, so that training does not recompute them every step.
+    features) are filled in once, so that training does not recompute them every step; so is
+    ``compressed`` (n, M, D), a frozen compressor's output on those features, which then
+    replaces them in the batches (the projector is all that runs on the image side).
     """
 
     images: torch.Tensor
@@ -40,6 +42,7 @@ class QAData:
     split: str = "train"
     start: int = 0
     n_objects: list[int] | None = None
+    compressed: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -129,13 +132,20 @@ class Batcher:
         self.batch_size, self.seed, self.caption_frac, self.curriculum = batch_size, seed, caption_frac, curriculum
         self.pack = pack
         self.pad = vlm.ids["pad"]
+        # questions and answers repeat across exhibits: tokenise each distinct one once
         qcache: dict[str, list[int]] = {}
+        pcache: dict[str, list[int]] = {}
+        acache: dict[tuple, list[int]] = {}
         self.seqs, self.answer_len = [], []
         for n, (_, q, a, _) in enumerate(data.items):
             if q not in qcache:
                 qcache[q] = vlm.encode_text(q)
-            ans = vlm.answer_ids(a, data.patches[n] if data.patches is not None else None)
-            self.seqs.append(vlm.prompt_ids(qcache[q]) + ans)
+                pcache[q] = vlm.prompt_ids(qcache[q])
+            cites = tuple(data.patches[n]) if data.patches is not None else None
+            if (a, cites) not in acache:
+                acache[a, cites] = vlm.answer_ids(a, cites)
+            ans = acache[a, cites]
+            self.seqs.append(pcache[q] + ans)
             self.answer_len.append(len(ans))
         self.image_of = [it[0] for it in data.items]
         self.n_qa = len(self.seqs)
@@ -159,27 +169,63 @@ class Batcher:
                 self.seqs.append(vlm.prompt_ids(q) + a)
                 self.answer_len.append(len(a))
                 self.image_of.append(i)
+        # every sequence right-padded once, so that a batch is a gather, not a Python loop per row
+        lens = [len(q) for q in self.seqs]
+        self._len, self._ans = torch.tensor(lens), torch.tensor(self.answer_len)
+        self._ids = torch.full((len(self.seqs), max(lens)), self.pad, dtype=torch.long)
+        for r, q in enumerate(self.seqs):
+            self._ids[r, :len(q)] = torch.tensor(q)
         # The batches carry only what this model reads, on a private copy of the data: codes from
         # this model's quantizer belong to it, not to a test set that other models share.
         if vlm.config.route == "discrete":
             codes = data.codes
             if codes is None:
                 codes = torch.cat([vlm.quantizer.encode(data.images[i:i + 512]) for i in range(0, len(data.images), 512)])
-            self.data = dataclasses.replace(data, codes=codes, features=None)
+            self.data = dataclasses.replace(data, codes=codes, features=None, compressed=None)
         else:
             self.data = dataclasses.replace(data, codes=None)
 
     def collate(self, idx: Sequence[int], follow: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids``, boolean ``targets`` (positions predicting answer tokens), ``labels``,
-        and the image side: cached ``codes`` and/or ``features`` if the data holds them, else ``images``.
+        and the image side: cached ``codes``, ``compressed`` or ``features`` if the data holds them, else
+        ``images``.
 
         ``follow[r]`` (packing) lists QA items about the same exhibit appended to row ``r`` as
         follow-up turns, each answer with its own loss.
         """
+        if follow is None:
+            ids, targets = self._gather(idx)
+        else:
+            ids, targets = self._pack(idx, follow)
+        labels = torch.roll(ids, -1, 1)[targets]
+        img = torch.tensor([self.image_of[i] for i in idx])
+        out = {"input_ids": ids, "targets": targets, "labels": labels}
+        # cached codes or features stand in for the images: gathering (and moving) pixels that the
+        # model will not read would cost every step
+        if self.data.codes is not None:
+            out["codes"] = self.data.codes[img]
+        if self.data.compressed is not None:
+            out["compressed"] = self.data.compressed[img]
+        elif self.data.features is not None:
+            out["features"] = self.data.features[img]
+        if not {"codes", "features", "compressed"} & set(out):
+            out["images"] = self.data.images[img]
+        return out
+
+    def _gather(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        it = torch.as_tensor(list(idx), dtype=torch.long)
+        n, a = self._len[it], self._ans[it]
+        T = int(n.max())
+        t = torch.arange(T)
+        # position t predicts token t + 1: the answer's n_a tokens end the sequence
+        targets = (t >= (n - 1 - a)[:, None]) & (t < (n - 1)[:, None])
+        return self._ids[it, :T].contiguous(), targets
+
+    def _pack(self, idx: Sequence[int], follow: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         rows, spans = [], []
         for r, i in enumerate(idx):
             s, ends = list(self.seqs[i]), [(len(self.seqs[i]), self.answer_len[i])]
-            for j in (follow[r] if follow is not None else ()):
+            for j in follow[r]:
                 s += self.turns[j]
                 ends.append((len(s), self.answer_len[j]))
             rows.append(s)
@@ -191,18 +237,7 @@ class Batcher:
             ids[r, :len(s)] = torch.tensor(s)
             for end, n in spans[r]:
                 targets[r, end - 1 - n:end - 1] = True  # position t predicts token t + 1
-        labels = torch.roll(ids, -1, 1)[targets]
-        img = torch.tensor([self.image_of[i] for i in idx])
-        out = {"input_ids": ids, "targets": targets, "labels": labels}
-        # cached codes or features stand in for the images: gathering (and moving) pixels that the
-        # model will not read would cost every step
-        if self.data.codes is not None:
-            out["codes"] = self.data.codes[img]
-        if self.data.features is not None:
-            out["features"] = self.data.features[img]
-        if "codes" not in out and "features" not in out:
-            out["images"] = self.data.images[img]
-        return out
+        return ids, targets
 
     def pool_size(self, step: int) -> int:
         """How many QA items (easiest first) step ``step`` draws from: with a curriculum, exhibits of

@@ -357,8 +357,12 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return ids
 
     # -- forward ------------------------------------------------------------------------
-    def image_features(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, H, W) images, or their encoder output (B, N, D), -> (B, M, hidden) projected tokens."""
+    def image_features(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                       compressed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) images, their encoder output (B, N, D), or the compressor's output on it
+        (B, M, D) -> (B, M, hidden) projected tokens."""
+        if compressed is not None:
+            return self.add_cell_embed(self.projector(compressed))
         if features is None:
             if self.encoder is None:
                 raise ValueError("this model has no image encoder (image_side='features'): pass features=")
@@ -397,17 +401,21 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return x + self.cell_vectors().to(x.dtype)
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-              features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(B, T) ids (+ images, codes or cached encoder ``features``) -> ``(inputs_embeds, media, lm_ids)``. §5.2–5.3."""
+              features: torch.Tensor | None = None, compressed: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(B, T) ids (+ images, codes, cached encoder ``features`` or cached ``compressed`` features)
+        -> ``(inputs_embeds, media, lm_ids)``. §5.2–5.3."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         route = self.config.route
         has_slots = bool((input_ids == self.ids["image"]).any())
         media = None
-        if has_slots and images is None and codes is None and features is None:
+        if has_slots and images is None and codes is None and features is None and compressed is None:
             raise ValueError("the prompt holds <image> tokens but no images were given")
-        if features is not None and route == "discrete":
+        if (features is not None or compressed is not None) and route == "discrete":
             raise ValueError("the discrete route reads codes, not encoder features")
+        if compressed is not None and self.compressor is None:
+            raise ValueError("compressed features need a compressor (config.compressor is 'none'): pass features=")
         table = self.embed_tokens
         if route == "discrete" and has_slots:
             if codes is None:
@@ -427,9 +435,10 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         else:
             embeds = table(input_ids)
         if route == "continuous" and has_slots:
-            embeds = merge_image_features(embeds, input_ids, self.image_features(images, features), self.ids["image"])
-        if route == "gated" and (images is not None or features is not None):
-            media = self.image_features(images, features)
+            embeds = merge_image_features(embeds, input_ids, self.image_features(images, features, compressed),
+                                          self.ids["image"])
+        if route == "gated" and (images is not None or features is not None or compressed is not None):
+            media = self.image_features(images, features, compressed)
         return embeds, media, input_ids
 
     def attention_mask(self, lm_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
@@ -462,13 +471,15 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         return torch.stack(rows).to(lm_ids.device)
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                compressed: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V), or (n, V) at the boolean ``positions`` (B, T) only (cheaper for training).
 
         ``features`` (B, N, D) replaces ``images`` with the encoder's output, cached once when the
-        encoder is frozen (§5.7).
+        encoder is frozen; ``compressed`` (B, M, D) replaces them with the compressor's output,
+        cached once when the compressor is frozen too (§5.7).
         """
-        embeds, media, lm_ids = self.embed(input_ids, images, codes, features)
+        embeds, media, lm_ids = self.embed(input_ids, images, codes, features, compressed)
         hidden = self._run_lm(embeds, media, lm_ids, None)[0]
         if positions is not None:
             hidden = hidden[positions]

@@ -31,7 +31,7 @@ from .warmup import (_ENCODERS, CellProbe, clip_encoder, encode_all, museum_stre
 def answer_loss(model: VisionLanguageModel, batch: dict, step: int = 0):
     """Cross-entropy on answer tokens only (``loop.fit`` loss function). §5.7."""
     logits = model(batch["input_ids"], images=batch.get("images"), codes=batch.get("codes"), positions=batch["targets"],
-                   features=batch.get("features"))
+                   features=batch.get("features"), compressed=batch.get("compressed"))
     loss = F.cross_entropy(logits.float(), batch["labels"])
     acc = (logits.argmax(-1) == batch["labels"]).float().mean()
     return loss, {"token_acc": float(acc)}
@@ -140,12 +140,15 @@ def train_route(route: str, vlm_cfg: VLMConfig | None = None, demo: DemoConfig |
         if compressor is not None and vlm.compressor is not None:
             vlm.compressor.load_state_dict(compressor.state_dict())
         if demo.freeze_encoder:
-            # the compressor was trained with the ViT: both stay as the warm-up left them; the
-            # ViT's patch features are computed once, the (cheap) compressor runs every step
+            # the compressor was trained with the ViT: both stay as the warm-up left them, so the
+            # image tokens before the projector are computed once (the same numbers, bit for bit,
+            # as running both every step: a test checks it) and each step costs the projector and
+            # the LM only
             vlm.encoder.requires_grad_(False)
+            train.features = encode_all(vlm.encoder, train.images)
             if vlm.compressor is not None:
                 vlm.compressor.requires_grad_(False)
-            train.features = encode_all(vlm.encoder, train.images)
+                train.compressed, train.features = encode_all(vlm.compressor, train.features), None
     b = Batcher(vlm, train, demo.batch_size, demo.seed, demo.caption_frac, demo.curriculum, demo.pack)
     loop = LoopConfig(steps=demo.steps, lr=demo.lr, warmup=demo.warmup, weight_decay=0.01, beta2=demo.beta2,
                       seed=demo.seed, log_every=max(1, demo.steps // 20), eval_every=eval_every)

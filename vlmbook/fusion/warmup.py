@@ -192,7 +192,8 @@ def museum_stream(size: int, grid: int, start: int = 0, split: str = "train"):
 
 @torch.no_grad()
 def encode_all(encoder: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """(n, 3, H, W) -> (n, N, D) encoder features, computed once for a frozen encoder."""
+    """(n, 3, H, W) images -> (n, N, D) features of a frozen encoder (or (n, N, D) features -> (n, M, D)
+    through a frozen compressor), computed once in chunks of ``batch``. §5.7."""
     dev = next(encoder.parameters()).device
     return torch.cat([encoder(images[i:i + batch].to(dev)).cpu() for i in range(0, len(images), batch)])
 

@@ -12,24 +12,30 @@ from . import PALETTE, figure, line_plot
 
 
 def masks_figure(masks: Mapping[str, torch.Tensor], labels: Sequence[str] | None = None) -> Figure:
-    """One panel per (T, S) bool mask: dark = may attend; rows are queries, columns keys."""
+    """One panel per (T, S) bool mask: dark = may attend; rows are queries, columns keys. §5.4."""
     if not masks:
         raise ValueError("masks_figure needs at least one mask")
-    fig, axes = figure(1, len(masks), width=3.0, height=3.1)
+    ncols = min(2, len(masks))  # two panels a row: legible at the width of the text column
+    fig, axes = figure((len(masks) + ncols - 1) // ncols, ncols, width=3.0, height=3.2)
+    # square panels: the "compressed" engine sizes fixed-aspect axes so that titles and tick
+    # labels stay inside the figure (the constrained engine clipped them)
+    fig.set_layout_engine("compressed")
+    for ax in axes.flat[len(masks):]:
+        ax.axis("off")
     for ax, (title, m) in zip(axes.flat, masks.items()):
         a = np.asarray(m, dtype=float)
         ax.imshow(a, cmap="Greys", vmin=0, vmax=1.3, interpolation="nearest")
         ax.grid(False)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("key", fontsize=8)
-        ax.set_ylabel("query", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("key", fontsize=9)
+        ax.set_ylabel("query", fontsize=9)
         if labels is not None and len(labels) == a.shape[1] and a.shape[1] <= 24:
-            ax.set_xticks(range(a.shape[1]), list(labels), rotation=90, fontsize=6)
+            ax.set_xticks(range(a.shape[1]), list(labels), rotation=90, fontsize=7)
             if a.shape[0] == a.shape[1]:
-                ax.set_yticks(range(a.shape[0]), list(labels), fontsize=6)
-        else:
-            ax.set_xticks([])
-            ax.set_yticks([])
+                ax.set_yticks(range(a.shape[0]), list(labels), fontsize=7)
+        else:  # no names for these positions: number them
+            ax.set_xticks(range(a.shape[1]), [str(i) for i in range(a.shape[1])], fontsize=7)
+            ax.set_yticks(range(a.shape[0]), [str(i) for i in range(a.shape[0])], fontsize=7)
     return fig
 
 

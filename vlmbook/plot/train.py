@@ -25,7 +25,8 @@ def stages_figure(stages: Mapping[str, Mapping[str, float]], title: str = "") ->
     ax.set_xticks(x, list(stages))
     ax.set_ylabel("held-out (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, ncols=2)
+    # below the axes: bars near 100 % would run under a legend drawn inside them
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=8, ncols=2)
     if title:
         ax.set_title(title)
     return fig

@@ -68,7 +68,7 @@ def kd_loss(teacher: VisionLanguageModel, temperature: float = 2.0, alpha: float
 
     def states(m: VisionLanguageModel, batch: dict) -> torch.Tensor:
         embeds, media, lm_ids = m.embed(batch["input_ids"], batch.get("images"), batch.get("codes"),
-                                        batch.get("features"))
+                                        batch.get("features"), batch.get("compressed"))
         return m._run_lm(embeds, media, lm_ids, None)[0]
 
     def loss(model: VisionLanguageModel, batch: dict, step: int = 0):
