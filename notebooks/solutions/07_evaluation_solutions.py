@@ -325,11 +325,16 @@ for name, (headline, load) in quick.items():
 # %% [markdown]
 # ```{admonition} Discussion
 # :class: dropdown
-# The committed quick report ran on a machine with a load average above ten on two cores; the full
-# records were written at other times, and most of them did not store their load (`?`). The quick
-# runs also use smaller workloads, so these pairs cannot separate the effect of load from that of
-# the workload — which is exactly why the exercise asks you to run the report yourself, at a known
-# load, and compare with a run at another load. What to expect: ratios of two timings taken side
+# The committed quick report records the load average beside each benchmark; the full records were
+# written at other times, and most of them did not store their load (`?`). The quick runs also use
+# smaller workloads (and the vq quick run times one thread where the full run times two), so these
+# pairs cannot separate the effect of load from that of the workload — which is exactly why the
+# exercise asks you to run the report yourself, at a known load, and compare with a run at another
+# load. The `threads` benchmark shows the largest effect: its ratio of step times with two threads
+# against one is below 1 on a quiet machine and many times above 1 when other jobs hold the cores,
+# because two threads that wait for each other on a busy machine lose far more than they gain
+# (which is why the benchmarks run on one thread unless `VLMBOOK_THREADS` says otherwise). What to
+# expect otherwise: ratios of two timings taken side
 # by side (ours against a reference, interleaved) are steadier than either timing alone, but they
 # still move when the two sides use the machine differently — a multi-threaded reference against a
 # single-threaded kernel, or a memory-bound loop against a compute-bound one — because a busy
