@@ -23,7 +23,7 @@
 #
 # **What you will build and measure**
 #
-# - Lloyd's algorithm (k-means) and the Voronoi cells of a codebook;
+# - Lloyd's algorithm (k-means) and the Voronoi cells of a {term}`codebook`;
 # - the VQ layer: nearest codeword, straight-through gradients, codebook and commitment losses;
 # - codebook collapse, measured, and its fix: EMA updates, k-means initialisation and dead-code
 #   restarts (perplexity and usage);
@@ -55,7 +55,7 @@ torch.set_num_threads(2)
 # %% [markdown]
 # ## 2.1 Lloyd's algorithm and Voronoi cells
 #
-# A vector quantiser with codebook $\{e_1,\dots,e_K\}\subset\mathbb R^D$ maps a vector $z$ to its
+# A {term}`vector quantiser <vector quantisation>` with codebook $\{e_1,\dots,e_K\}\subset\mathbb R^D$ maps a vector $z$ to its
 # nearest codeword, $k(z)=\arg\min_k\lVert z-e_k\rVert^2$, and so costs $\log_2 K$ bits per vector.
 # The set of points that map to $e_k$ is its *Voronoi cell*. Lloyd's algorithm {cite:p}`lloyd1982`
 # alternates the two conditions an optimal quantiser must meet: assign every point to its nearest
@@ -82,7 +82,7 @@ print("never increases:", all(b <= a + 1e-9 for a, b in zip(d, d[1:])))
 #
 # In a VQ-VAE {cite:p}`vandenoord2017vqvae` an encoder produces vectors $z_e$, the quantiser
 # replaces each by its nearest codeword $z_q$, and a decoder reconstructs the image. The
-# $\arg\min$ has no useful gradient, so the straight-through estimator (STE) copies the gradient
+# $\arg\min$ has no useful gradient, so the {term}`straight-through estimator` (STE) copies the gradient
 # from $z_q$ to $z_e$ unchanged: in code, $z_q \leftarrow z_e + \operatorname{sg}(z_q - z_e)$, where
 # $\operatorname{sg}$ stops gradients. Two extra terms train the codebook and keep the encoder close
 # to it:
@@ -303,11 +303,16 @@ show(vqplot.reconstructions(val, {"8×8 codes": tokenizer.reconstruct(val)}, n=8
 #
 # Pixel MSE rewards blur: when the decoder is unsure where an edge lies, the average of the
 # possibilities minimises squared error. VQ-GAN {cite:p}`esser2021vqgan` adds two terms. A
-# *perceptual loss* compares feature maps of a fixed network instead of pixels — LPIPS
-# {cite:p}`zhang2018lpips` uses a pretrained AlexNet by default (VQ-GAN uses its VGG-16 variant);
-# we cannot download either, so the book trains its
-# own `FeatureNet` to name the colour and shape in each cell of an exhibit's 3 × 3 grid, and compares its
-# channel-normalised features. A *PatchGAN* discriminator {cite:p}`isola2017pix2pix` scores
+# *perceptual loss* compares feature maps of a fixed network instead of pixels.
+#
+# ```{note}
+# LPIPS {cite:p}`zhang2018lpips` uses a pretrained AlexNet by default (VQ-GAN uses its VGG-16
+# variant). The book downloads nothing at run time, so it trains its own `FeatureNet` to name the
+# colour and shape in each cell of an exhibit's 3 × 3 grid, and compares its channel-normalised
+# features.
+# ```
+#
+# A *PatchGAN* discriminator {cite:p}`isola2017pix2pix` scores
 # overlapping patches as real or reconstructed, trained with the hinge loss
 # $\mathcal L_D=\mathbb E[\max(0,1-D(x))]+\mathbb E[\max(0,1+D(\hat x))]$, while the decoder
 # minimises $-\mathbb E[D(\hat x)]$ with the adaptive weight

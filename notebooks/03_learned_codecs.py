@@ -28,13 +28,13 @@
 #   rounding (additive noise, hard rounding, straight-through);
 # - discretised Gaussian, Laplace and logistic likelihoods, with their rate gradient derived by hand
 #   and checked against autograd;
-# - the factorized entropy bottleneck and the scale hyperprior {cite:p}`balle2018hyperprior`;
+# - the factorized entropy bottleneck and the scale {term}`hyperprior` {cite:p}`balle2018hyperprior`;
 # - a range coder written from scratch in integer arithmetic, the same coder compiled (it writes
 #   the same bytes, faster than CompressAI's C++ coder), and an interleaved rANS coder in NumPy;
 # - a real file format (`.vlmb`), `vlmbook compress` / `vlmbook decompress`, and a decoder that
 #   refuses corrupt input; why learned codecs fail to decode across machines, and the fix;
 # - an autoregressive context model and what its bit saving costs at decode time;
-# - rate–distortion curves against JPEG and WebP, the BD-rate, and token storage formats.
+# - rate–distortion curves against JPEG and WebP, the {term}`BD-rate`, and token storage formats.
 #
 # Everything is computed by `vlmbook.codec`; the notebook calls, prints and plots.
 
@@ -345,10 +345,16 @@ for name, bad in [("truncated", good[:40]), ("one byte flipped", good[:60] + byt
         print(f"{name:17s} -> BitstreamError: {str(e).split(':')[0].split(' add up')[0]}")
 
 # %% [markdown]
-# **Decoding on another machine.** The decoder must choose *exactly* the table the encoder chose
-# for every symbol. If the scale that selects the table comes out of a float network, two machines
-# can differ in its last bits; a scale sitting near a table boundary then selects a neighbouring
-# table, and from that symbol on the decoder reads nonsense {cite:p}`balle2019integer`. How near do
+# **Decoding on another machine.**
+#
+# ```{warning}
+# The decoder must choose *exactly* the table the encoder chose for every symbol. If the scale
+# that selects the table comes out of a float network, two machines can differ in its last bits;
+# a scale sitting near a table boundary then selects a neighbouring table, and from that symbol on
+# the decoder reads nonsense {cite:p}`balle2019integer`.
+# ```
+#
+# How near do
 # this photo's scales come to a boundary, and how much do two machines differ? The second we can
 # provoke here: summing the hyper-synthesis's input channels in the opposite order, as another
 # BLAS library or a GPU kernel may, is enough to change the float scales.

@@ -26,11 +26,11 @@
 #    Resampler, Q-Former-style queries, pixel shuffle, TokenLearner and token merging (ToMe);
 # 3. their **cost**, counted exactly and measured, O(NM) against O(N²);
 # 4. **position** and media embeddings;
-# 5. a **token budget**: how much the guide still knows with M tokens, a fitted curve Q(M),
+# 5. a **{term}`token budget`**: how much the guide still knows with M tokens, a fitted curve Q(M),
 #    and the M a reader should pick for a given context length.
 #
 # Chapter 5's museum guide starts from the encoder trained here (the artifact `clip-tiny`) and
-# from this chapter's Perceiver Resampler with nine latents: it trains the two further on
+# from this chapter's {term}`Perceiver Resampler` with nine latents: it trains the two further on
 # per-cell labels, so that latent k describes exhibit cell k, and then freezes them (the artifact
 # `clip-cells-tiny`).
 
@@ -187,9 +187,12 @@ for name, caps in (("true caption", true_caps), ("one colour wrong", wrong_colou
 # trained for 600 steps with in-batch negatives sees captions largely as bags of colours and
 # shapes: random batches rarely contain two exhibits that differ in a single colour, so the
 # loss never asks for that precision. Hard negatives (such near-miss captions in the batch)
-# are the usual fix; exercise 1 explores the temperature instead. A guide must therefore
-# not trust CLIPScore alone to catch a wrong attribute, which is one reason the later
+# are the usual fix; exercise 1 explores the temperature instead.
+#
+# ```{warning}
+# A guide must not trust CLIPScore alone to catch a wrong attribute, which is one reason the later
 # chapters check answers against the scene itself.
+# ```
 
 # %% [markdown]
 # ## 4.2 The Perceiver Resampler

@@ -28,15 +28,15 @@
 # - a small Llama-architecture language model built from a config;
 # - the **discrete route** (image codes become `<v_k>` words) and the **continuous route**
 #   (`<image>` placeholders replaced by projected features), and their prompt templates;
-# - attention masks — causal, prefix-LM, interleaved multi-image, Flamingo media masks — as
+# - attention masks — causal, {term}`prefix-LM <prefix-LM mask>`, interleaved multi-image, Flamingo media masks — as
 #   pictures and as the 4-D tensors Hugging Face models accept;
-# - **gated cross-attention** hooked into an unmodified LM, with the LM unchanged at initialisation;
+# - **{term}`gated cross-attention`** hooked into an unmodified LM, with the LM unchanged at initialisation;
 # - a `VisionLanguageModel` with greedy and sampled generation, a KV cache and prompt caching;
 # - one model composed from Chapter 4's encoder, a compressor, a projector and the LM;
 # - the chapter's central experiment: which ways of posing the task make a small model find the
 #   object a question names (cite first, cell embeddings, question first, closed answers, QK-norm,
 #   a curriculum), measured over seeds;
-# - the same guide on a language model of your own (any local Hugging Face causal LM), with LoRA;
+# - the same guide on a language model of your own (any local Hugging Face causal LM), with {term}`LoRA`;
 # - a guide that answers with citations `[CITE:<p_k>]`, mapped back to boxes and audited as JSON;
 # - the FLOP cost of prefix versus gated fusion, checked against measured time.
 
@@ -162,8 +162,10 @@ except ValueError as e:
     print(textwrap.fill(f"ValueError: {e}", 100))
 
 # %% [markdown]
+# ```{warning}
 # Truncating a long conversation must never cut an image in half: `truncate_ids` drops a whole
 # image block when the limit falls inside it.
+# ```
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -550,7 +552,7 @@ for qa in [q for q in exhibit.qas if q.qtype in types]:
 # ## 5.8 Grounding and audit
 #
 # A citation `[CITE:<p_k>]` names patch `k` of the 3 × 3 grid, which maps back to a pixel box.
-# Because the museum knows which patches prove each answer, citation precision (how many cited
+# Because the museum knows which patches prove each answer, {term}`citation precision` (how many cited
 # patches are right) and recall (how many needed patches were cited) are measurable, and each
 # answer can be logged as a JSON audit record; {numref}`fig-ch5-citations` draws the cited and
 # the true patches on the exhibit.

@@ -29,10 +29,10 @@
 # - stage 0, alignment: only the projector learns, the language model and the encoder are frozen
 #   {cite:p}`liu2023llava`;
 # - stage 1, instruction tuning: a chat template whose loss counts only the assistant's tokens, a
-#   chain of thought written from the scene's ground truth, a curriculum, LoRA {cite:p}`hu2022lora`
+#   chain of thought written from the scene's ground truth, a curriculum, {term}`LoRA` {cite:p}`hu2022lora`
 #   and one learning rate per group of weights;
 # - stage 2, preferences: a Bradley–Terry reward model {cite:p}`bradley1952rank,ouyang2022instructgpt`,
-#   DPO {cite:p}`rafailov2023dpo`, PPO {cite:p}`schulman2017ppo,schulman2016gae` and
+#   {term}`DPO` {cite:p}`rafailov2023dpo`, PPO {cite:p}`schulman2017ppo,schulman2016gae` and
 #   group-relative advantages {cite:p}`shao2024deepseekmath`;
 # - stage 3, inference and distillation: self-consistency {cite:p}`wang2023selfconsistency` and a
 #   half-size student trained on the guide's softened answers {cite:p}`hinton2015distilling` and
@@ -118,9 +118,13 @@ print(f"caption loss: step {hist0[0]['step']} {hist0[0]['loss']:.3f} -> step {hi
 #
 # A conversation is a list of turns, each with a role. The template writes a role marker before
 # each turn and an end marker after the assistant's; the *labels* are the ids themselves where
-# the model should learn to write, and −100 (ignored by the loss) everywhere else. The visitor's
-# question and the image are context, never targets: a guide trained on them would learn to ask
-# questions. The end marker is learned, so the guide learns to stop.
+# the model should learn to write, and −100 (ignored by the loss) everywhere else. The end marker
+# is learned, so the guide learns to stop.
+#
+# ```{note}
+# The visitor's question and the image are context, never targets: a guide trained on them would
+# learn to ask questions.
+# ```
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -354,7 +358,7 @@ print(group_relative_advantages(group_rewards).round(decimals=3))
 # %% [markdown]
 # PPO runs here on the noisy-citation SFT model for 20 iterations (`train_ppo`): each samples
 # answers to 16 training questions, scores them with the museum's reward (1 for a right answer,
-# plus half its citation precision), shapes the score with the KL to the SFT reference, and takes
+# plus half its {term}`citation precision`), shapes the score with the KL to the SFT reference, and takes
 # two clipped updates with a fresh value head; the adaptive controller moves β towards a target KL.
 # Unlike DPO, PPO learns from the guide's own samples: any answer that cites the right patch earns
 # more than one that does not, whatever the noisy annotators wrote.
@@ -625,6 +629,9 @@ show(tplot.stages_figure({k.replace(", ", "\n"): results[k] for k in order}, tit
 # 7. Build an image-first guide in Chapter 5 (`layout="image_first"`) and measure
 #    `prompt_cache_ttft` with and without the cached prefix. How does its saving compare with the
 #    question-first guide's cached features?
+#
+# Worked solutions, with the training exercises shortened to run in about a minute on a CPU (they
+# are partial and say so): {doc}`solutions/06_alignment_solutions`.
 
 # %%
 nb.report_runtime()

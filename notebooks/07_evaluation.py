@@ -26,9 +26,9 @@
 #
 # - one results schema: every answer of every model is a row (Parquet or CSV), versioned and
 #   validated when read, written by `vlmbook eval MODEL --split test --out FILE`;
-# - bootstrap confidence intervals on accuracy (percentile and BCa {cite:p}`efron1987bca`), and
+# - {term}`bootstrap <bootstrap confidence interval>` confidence intervals on accuracy (percentile and BCa {cite:p}`efron1987bca`), and
 #   mean ± standard deviation over training seeds;
-# - paired comparisons of two models on the same questions: the exact McNemar test
+# - paired comparisons of two models on the same questions: the exact {term}`McNemar <McNemar test>` test
 #   {cite:p}`mcnemar1947,dietterich1998` and the paired bootstrap {cite:p}`koehn2004`;
 # - an error taxonomy computed from the museum's ground truth: perception, localisation,
 #   reasoning, language;
@@ -250,7 +250,7 @@ for col in ("encode_ms", "ttft_ms", "tokens_per_s"):
 # ablation — has an accuracy (over its seeds) and a cost. Time to first token depends on the
 # architecture and the length of the sequence, not on the trained weights, so
 # `sweeps.accuracy_latency` times a model of each configuration here, on one thread, and reads the
-# accuracies from the committed ablation. The **Pareto front** keeps the configurations that no
+# accuracies from the committed ablation. The **{term}`Pareto front`** keeps the configurations that no
 # other beats on both axes: anything off it is slower, less accurate, or both, than a choice on it.
 # {numref}`fig-ch7-pareto` shows every configuration and the front.
 
@@ -339,11 +339,14 @@ show(rplot.accuracy_vs_budget(probe, {k: b["curve"] for k, b in budget.items()},
 # the same recipe and three seeds (codebook of K = 256, 600 steps, one thread;
 # `python -m vlmbook.eval.sweeps tokenizers`, under twenty minutes) and scored each on 256
 # held-out exhibits: PSNR, MS-SSIM, and
-# which share of the codebook the exhibits use. MS-SSIM {cite:p}`wang2003msssim` compares
-# structure at five scales; on 64-px images the five scales leave room for a 3-pixel window only
-# (the standard 11-pixel window needs sides above 160 px), so these values are not comparable with
-# MS-SSIM reported on photographs. The record is a metrics file (§7.5), read and validated here;
-# {numref}`fig-ch7-tokenizers` plots it.
+# which share of the codebook the exhibits use. The record is a metrics file (§7.5), read and
+# validated here; {numref}`fig-ch7-tokenizers` plots it.
+#
+# ```{warning}
+# MS-SSIM {cite:p}`wang2003msssim` compares structure at five scales; on 64-px images the five
+# scales leave room for a 3-pixel window only (the standard 11-pixel window needs sides above
+# 160 px), so these values are not comparable with MS-SSIM reported on photographs.
+# ```
 
 # %% mystnb={"figure": {"caption": "Chapter 2's VQ tokenizer trained with 4 \u00d7 4, 8 \u00d7 8 and 16 \u00d7 16 codes per 64-px image (K = 256, 600 steps, one thread, three seeds): reconstruction PSNR, MS-SSIM and the share of the codebook used on 256 held-out exhibits, against tokens per image, as the mean over seeds with bars of \u00b1 one standard deviation; read from the committed sweep record.", "name": "fig-ch7-tokenizers"}, "image": {"alt": "Three small panels against tokens per image (16, 64, 256 on a logarithmic axis), each point a mean over seeds with a short error bar: PSNR in decibels rising with the tokens, MS-SSIM rising with the tokens, and codebook usage near the top of its zero-to-one axis for every grid."}}
 # NBVAL_CHECK_OUTPUT

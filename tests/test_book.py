@@ -228,7 +228,7 @@ def test_solution_pair_in_sync_and_executed(path):
     assert runtime is not None and runtime <= nbtool.BUDGET_S
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6, 7])
 def test_each_early_chapter_has_solutions_for_every_exercise(number):
     chapter = next((ROOT / "notebooks").glob(f"{number:02d}_*.py"))
     exercises = chapter.read_text().split("## Exercises")[1]
