@@ -61,7 +61,7 @@ test = st.exhibits("test", 30, cfg.image_size)
 # The chapter's settings (SFT 40 steps, DPO 40 steps with the RPO term), once from clean and once
 # from noisy citations. The full exercise adds more test exhibits and Chapter 7's paired tests.
 
-# %%
+# %% tags=["hide-cell"]
 rows = {}
 for noise in (0.0, 0.5):
     sft = guide()
@@ -108,7 +108,7 @@ glue("s6-gap-dpo", gap_dpo, display=False)
 # One value of β with and without the RPO term, on the noisy-citation SFT guide; the full sweep adds
 # β = 0.01 and 1 and plots the KL against the change in citation precision.
 
-# %%
+# %% tags=["hide-cell"]
 sft = guide()
 noisy = st.sft_examples(sft, train, cite=True, citation_noise=0.5, seed=0)
 st.train_sft(sft, noisy, train.images, steps=40, batch_size=16, seed=0)
@@ -143,7 +143,7 @@ glue("s6-rpo-acc", beta_rows[1.0][1] - beta_rows[0.0][1], display=False)
 # The committed half-width students were distilled for 3,000 steps by
 # `python -m vlmbook.train.student SEED`; their records say what each part of the loss gives.
 
-# %%
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 records = [json.loads(line) for line in (RESULTS / "student.jsonl").read_text().splitlines() if line.strip()]
 for r in records:
@@ -169,7 +169,7 @@ glue("s6-student-mean", statistics.mean(full), display=False)
 # How many weights train at each rank (all three ranks), and one short SFT run at r = 8 beside full
 # fine-tuning; the full exercise runs every rank for the same steps.
 
-# %%
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 full_ft = guide()
 n_all = sum(p.numel() for p in full_ft.module.lm.parameters())
@@ -180,7 +180,7 @@ for r in (4, 8, 16):
     print(f"rank {r:2d}: {n_lora:6,d} LoRA weights = {100 * n_lora / n_all:4.1f} % of the language model's "
           f"{n_all:,}; trainable in the whole guide {100 * trainable_fraction(pol.module):.1f} %")
 
-# %%
+# %% tags=["hide-cell"]
 lora = guide()
 lora.module.apply_lora(r=8, alpha=16)
 st.train_sft(lora, st.sft_examples(lora, train, cite=True, seed=0), train.images, steps=40, batch_size=16, seed=0)
@@ -206,7 +206,7 @@ for name, pol in (("LoRA r=8", lora), ("full", full_ft)):
 # solution runs 12 steps of each group size (the same code, `steps = 50` for the full exercise);
 # {numref}`fig-s6-grpo` shows the mean reward of each step's samples.
 
-# %% mystnb={"figure": {"caption": "Mean reward of the sampled answers against the GRPO step, for groups of 4 and 8 answers per question (eight training questions per step, seed 0).", "name": "fig-s6-grpo"}, "image": {"alt": "Two lines of mean reward against the step, one per group size, fluctuating between steps."}}
+# %% mystnb={"figure": {"caption": "Mean reward of the sampled answers against the GRPO step, for groups of 4 and 8 answers per question (eight training questions per step, seed 0).", "name": "fig-s6-grpo"}, "image": {"alt": "Two lines of mean reward against the step, one per group size, fluctuating between steps."}} tags=["hide-input"]
 steps = 12
 curves = {}
 for group in (4, 8):
@@ -223,7 +223,7 @@ show(line_plot({k: (list(range(steps)), v) for k, v in curves.items()}, xlabel="
 # Groups whose answers all score the same carry no signal: their advantages are zero, so they add
 # nothing to the gradient (only the KL term acts on them).
 
-# %%
+# %% tags=["hide-cell"]
 # NBVAL_CHECK_OUTPUT
 rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.5]])
 print(group_relative_advantages(rewards))
@@ -246,7 +246,7 @@ print(group_relative_advantages(rewards))
 # The time to first token depends on the architecture and the sequence, not on the trained weights,
 # so an untrained image-first guide of the same size answers the question.
 
-# %%
+# %% tags=["hide-cell"]
 image_first = VLMPolicy(VisionLanguageModel(cfg.replace(layout="image_first", mask="prefix")).eval())
 question_first = guide()
 q = test.items[0][1].question
