@@ -111,6 +111,20 @@ def tokenizer_sweep(steps: int = 600, downsamples: Sequence[int] = TOKENIZER_DOW
     return sorted(rows, key=lambda r: r["tokens_per_image"])
 
 
+def _indexed_rows(table, prefix: str, text: Sequence[str] = ()) -> dict[int, dict]:
+    """``{i: {metric: value}}`` from the metrics-table rows whose path is ``<prefix>/<i>`` (a list of
+    dicts, flattened by :func:`vlmbook.eval.metrics.metrics_table`); metrics in ``text`` are read from
+    the text column, the others from the numeric one (missing values are left out)."""
+    paths, mets, vals, texts = (table.column(c).to_pylist() for c in ("path", "metric", "value", "text"))
+    rows: dict[int, dict] = {}
+    for p, m, v, t in zip(paths, mets, vals, texts):
+        parts = p.split("/")
+        x = t if m in text else v
+        if len(parts) == 2 and parts[0] == prefix and parts[1].isdigit() and x is not None:
+            rows.setdefault(int(parts[1]), {})[m] = x
+    return rows
+
+
 #: The committed tokenizer sweep, in the long metrics schema (``python -m vlmbook.eval.sweeps tokenizers``).
 TOKENIZER_RECORD = "tokenizer_sweep.metrics.csv"
 
@@ -118,12 +132,7 @@ TOKENIZER_RECORD = "tokenizer_sweep.metrics.csv"
 def tokenizer_rows(table) -> list[dict]:
     """The rows of a tokenizer sweep back from its metrics table (:mod:`vlmbook.eval.metrics`), fewest
     tokens first; a table without them raises ``ValueError``. §7.4."""
-    paths, mets, vals = (table.column(c).to_pylist() for c in ("path", "metric", "value"))
-    rows: dict[int, dict] = {}
-    for p, m, v in zip(paths, mets, vals):
-        parts = p.split("/")
-        if len(parts) == 2 and parts[0] == "rows" and parts[1].isdigit() and v is not None:
-            rows.setdefault(int(parts[1]), {})[m] = v
+    rows = _indexed_rows(table, "rows")
     need = {"tokens_per_image", "psnr", "ms_ssim", "usage", "perplexity"}
     if not rows or any(need - r.keys() for r in rows.values()):
         raise ValueError(f"no tokenizer sweep rows with {sorted(need)} in this metrics table")
@@ -174,19 +183,13 @@ def build_tokenizer_record(out: str | Path, steps: int = 600, seeds: Sequence[in
     return write_metrics(metrics_table("tokenizer_sweep", record), out)
 
 
-
 # ---------------------------------------------------------------------------------------
 # Accuracy against image tokens M, with Chapter 4's Q(M) fit and token-budget chooser
 # ---------------------------------------------------------------------------------------
 def budget_rows(table) -> list[dict]:
     """The probe's (kind, M, accuracy) rows from the metrics table of a ``resample`` benchmark record
     (``metrics_table("resample", record["table"])``), in record order. §7.4."""
-    paths, mets, vals, texts = (table.column(c).to_pylist() for c in ("path", "metric", "value", "text"))
-    rows: dict[int, dict] = {}
-    for p, m, v, t in zip(paths, mets, vals, texts):
-        parts = p.split("/")
-        if len(parts) == 2 and parts[0] == "probe" and parts[1].isdigit() and m in ("kind", "M", "accuracy"):
-            rows.setdefault(int(parts[1]), {})[m] = t if m == "kind" else v
+    rows = _indexed_rows(table, "probe", text=("kind",))
     out = [{"kind": r["kind"], "M": int(r["M"]), "accuracy": r["accuracy"]}
            for _, r in sorted(rows.items()) if {"kind", "M", "accuracy"} <= r.keys()]
     if not out:
