@@ -67,3 +67,20 @@ def test_stages_figure_legend_sits_outside_the_bars():
     ax = fig.axes[0]
     assert ax.get_legend() is None and len(fig.legends) == 1
     assert [p.get_height() for p in ax.patches][:2] == [99.0, 50.0]
+
+
+def test_decoding_steps_draws_one_curve_or_several_with_the_floor():
+    from vlmbook.plot import vq as vqplot
+
+    one = vqplot.decoding_steps({1: 200.0, 4: 150.0, 8: 170.0}, 20.0)
+    ax = one.axes[0]
+    assert [ln.get_label() for ln in ax.get_lines()] == ["MaskGIT samples", "reconstruction floor"]
+    assert list(ax.get_lines()[0].get_ydata()) == [200.0, 150.0, 170.0]
+    two = vqplot.decoding_steps({"ct 4.5": {1: 200.0, 8: 260.0}, "ct 20": {1: 200.0, 8: 150.0}}, 20.0)
+    lines = two.axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == ["ct 4.5", "ct 20", "reconstruction floor"]
+    assert lines[0].get_color() != lines[1].get_color() and two.axes[0].get_ylim()[1] == pytest.approx(286.0)
+    with pytest.raises(ValueError, match="at least one"):
+        vqplot.decoding_steps({"empty": {}}, 1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        vqplot.decoding_steps({}, 1.0)

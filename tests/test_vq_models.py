@@ -309,7 +309,9 @@ def test_maskgit_token_embedding_is_on_the_position_scale():
 @pytest.mark.skipif(not (REPO_ARTIFACTS / "vq-tokenizer-tiny-v1" / "model.safetensors").is_file(),
                     reason="artifact not committed")
 def test_maskgit_samples_improve_from_one_to_eight_steps():
-    """Chapter 2 §2.8's recipe: Fréchet distance of 128 samples at T = 8 is below T = 1 (fixed seeds)."""
+    """Chapter 2 §2.8's recipe: with the default choice temperature the Fréchet distance of 128 samples
+    falls from T = 1 to 4 to 8 (fixed seeds); with the paper's 4.5 this weak model's T = 8 was worse
+    than its T = 4."""
     from vlmbook.data import Museum
     from vlmbook.vq import eval_images, frechet_distance, load_feature_net, load_tiny_tokenizer
 
@@ -320,8 +322,8 @@ def test_maskgit_samples_improve_from_one_to_eight_steps():
     train_maskgit(mg, codes, MaskGITTrainConfig(steps=300, batch_size=32), progress=False)
     real = feats.embed(eval_images(128, 64)).detach()
     fd = {t: frechet_distance(feats.embed(tok.decode(decode(mg, n=128, steps=t, generator=torch.Generator().manual_seed(0)))).detach(), real)
-          for t in (1, 8)}
-    assert fd[8] < 0.8 * fd[1], fd
+          for t in (1, 4, 8)}
+    assert fd[8] < fd[4] < fd[1] and fd[8] < 0.85 * fd[1], fd
 
 
 # -- the committed artifacts -------------------------------------------------------------------

@@ -5,9 +5,9 @@ against ``vector_quantize_pytorch.VectorQuantize`` with matched settings.
 Headline: ``vq: <ratio> x vs vector-quantize-pytorch`` where ratio = their time / our time for one
 training forward+backward (above 1 means ours is faster).
 
-``--quick`` runs everything on one thread (two threads on a busy 2-core machine are many times
-slower: in quick runs at load 2-3 our timed step took about 20 ms on one thread but 230-370 ms on
-two, and the ratio read 0.99-1.06 instead of about 2.5) and trains no
+Everything runs on one thread (two threads on a busy 2-core machine are many times slower: in
+quick runs at load 2-3 our timed step took about 20 ms on one thread but 230-370 ms on two, and
+the ratio read 0.99-1.06 instead of about 2.5). ``--quick`` trains no
 tokenizer for the PSNR-against-tokens table: it re-reads that table from the committed full record
 (``bench/results/vq.json``, labelled as such) and re-scores the committed ``vq-tokenizer-tiny``
 artifact live against its recorded metrics. The speed ratio and the usage experiment are measured live.
@@ -29,7 +29,7 @@ RECORD = Path(__file__).resolve().parents[2] / "bench" / "results" / "vq.json"
 
 
 def speed(batch: int = 16, tokens: int = 256, dim: int = 64, codebook_size: int = 512, reps: int = 20,
-          threads: int = 2) -> dict:
+          threads: int = 1) -> dict:
     """Median seconds of one training forward+backward, ours vs vector-quantize-pytorch (EMA, no
     k-means, no dead-code restart, no rotation trick, commitment weight 0.25, decay 0.99).
 
@@ -64,7 +64,7 @@ def speed(batch: int = 16, tokens: int = 256, dim: int = 64, codebook_size: int 
             "threads": threads}
 
 
-def usage(steps: int, threads: int = 2) -> dict:
+def usage(steps: int, threads: int = 1) -> dict:
     """Usage and perplexity on 256 held-out exhibits: plain VQ vs EMA + k-means init + restart."""
     from ..vq import collapse_experiment
 
@@ -106,7 +106,7 @@ def psnr_vs_tokens(steps: int) -> dict:
     for down in (4, 3, 2):
         torch.manual_seed(0)
         model = VQTokenizer(TokenizerConfig(downsample=down))
-        with num_threads(2):
+        with num_threads(1):
             train_tokenizer(model, TokenizerTrainConfig(steps=steps, batch_size=32), progress=False)
         m = evaluate_tokenizer(model, images)
         out[f"{m['tokens_per_image']} tokens"] = m
@@ -114,9 +114,9 @@ def psnr_vs_tokens(steps: int) -> dict:
 
 
 def run(quick: bool = False) -> BenchResult:
-    """The three measurements; the headline is the speed ratio (quick: one thread, PSNR table re-read)."""
+    """The three measurements on one thread; the headline is the speed ratio (quick: PSNR table re-read)."""
     if quick:
-        table = {"speed": speed(reps=10, threads=1), "usage": usage(120, threads=1),
+        table = {"speed": speed(reps=10), "usage": usage(120),
                  "psnr_vs_tokens": recorded_psnr_vs_tokens(), "vq_tokenizer_tiny": artifact_check()}
     else:
         table = {"speed": speed(reps=30), "usage": usage(400), "psnr_vs_tokens": psnr_vs_tokens(600)}

@@ -118,20 +118,25 @@ def image_rows(rows: Mapping[str, Sequence[torch.Tensor] | torch.Tensor], size: 
     return fig
 
 
-def decoding_steps(quality: Mapping[int, float], floor: float, ylabel: str = "Fréchet distance",
-                   title: str = "") -> Figure:
-    """Sample quality against MaskGIT decoding steps T, with the tokenizer's reconstruction floor. §2.8."""
-    if not quality:
-        raise ValueError("decoding_steps needs at least one (steps, distance) point")
-    steps = sorted(quality)
+def decoding_steps(quality: Mapping[int, float] | Mapping[str, Mapping[int, float]], floor: float,
+                   ylabel: str = "Fréchet distance", title: str = "") -> Figure:
+    """Sample quality against MaskGIT decoding steps T — one curve ``{T: distance}`` or several
+    ``{label: {T: distance}}`` — with the tokenizer's reconstruction floor. §2.8."""
+    curves = dict(quality) if quality and all(isinstance(v, Mapping) for v in quality.values()) \
+        else {"MaskGIT samples": quality}
+    if not curves or not all(curves.values()):
+        raise ValueError("decoding_steps needs at least one (steps, distance) point per curve")
     fig, axes = figure(1, 1, 5.2, 3.4)
     ax = axes[0, 0]
-    ax.plot(steps, [quality[t] for t in steps], "o-", color=PALETTE[0], ms=4, label="MaskGIT samples")
+    steps = sorted({t for q in curves.values() for t in q})
+    for i, (label, q) in enumerate(curves.items()):
+        ts = sorted(q)
+        ax.plot(ts, [q[t] for t in ts], "o-", color=PALETTE[i % len(PALETTE)], ms=4, label=label)
     ax.axhline(floor, color=PALETTE[3], ls="--", lw=1.2, label="reconstruction floor")
     ax.set_xscale("log", base=2)
     ax.set_xticks(steps, [str(t) for t in steps])
     ax.minorticks_off()
-    ax.set_ylim(0, 1.1 * max(max(quality.values()), floor))
+    ax.set_ylim(0, 1.1 * max(max(v for q in curves.values() for v in q.values()), floor))
     ax.set_xlabel("decoding steps T")
     ax.set_ylabel(ylabel)
     if title:
