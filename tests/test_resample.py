@@ -475,19 +475,21 @@ def test_converged_steps_picks_the_first_plateau():
 def test_committed_sweep_record_reproduces():
     """Chapter 4 §4.6 reads the committed sweep; retraining its cheapest row gives the same accuracy."""
     from vlmbook.resample import probe_features
-    from vlmbook.resample.sweep import CURVE_STEPS, load_sweep, reproduce_row
+    from vlmbook.resample.sweep import CURVE_KINDS, CURVE_STEPS, converged_steps, load_sweep, reproduce_row
     from vlmbook.vision import load_clip_tiny
 
     rec = load_sweep()
     assert rec["steps"] in CURVE_STEPS and rec["curve_steps"] == list(CURVE_STEPS)
-    assert set(rec["curve"]) == {"all-64", "perceiver-16"}
+    assert list(rec["curve"]) == [f"{k}-{m}" for k, m in CURVE_KINDS] == list(rec["rows"])
+    assert rec["steps"] == converged_steps(rec["curve"], CURVE_STEPS, rec["tolerance"])
     enc = load_clip_tiny()
     tr = probe_features(enc, "train", rec["probe_config"]["n_train"])
     te = probe_features(enc, "test", rec["probe_config"]["n_test"])
-    want = rec["rows"]["perceiver-16"][0]  # the cheapest point: 300 steps
-    got = reproduce_row(rec, "perceiver", 16, want["steps"], tr, te)
-    # float reductions differ a little between processors: allow two test exhibits' worth of answers
-    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=0.004), (got, want)
+    for kind in ("perceiver", "pixel_shuffle"):  # the cheapest point (300 steps) of two curves
+        want = rec["rows"][f"{kind}-16"][0]
+        got = reproduce_row(rec, kind, 16, want["steps"], tr, te)
+        # float reductions differ a little between processors: allow two test exhibits' worth of answers
+        assert got["accuracy"] == pytest.approx(want["accuracy"], abs=0.004), (got, want)
 
 
 def test_fused_sdpa_attention_equals_explicit_matmuls():

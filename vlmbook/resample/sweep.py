@@ -4,12 +4,13 @@ Training probes until their accuracy stops rising takes longer than a chapter ma
 so the measured record is committed (``vlmbook/artifacts/probe-sweep-v1/sweep.json``)
 and rebuilt by one command::
 
-    python -m vlmbook.resample.sweep            # writes the record (about 8 min on one quiet core)
+    python -m vlmbook.resample.sweep            # writes the record (about 21 min on one quiet core)
 
 The record holds the training curve — probe accuracy (per question group too) against training
-steps for the reference (all patch tokens) and the resampler at M = 16 — and the step count
-chosen from it: the first at which doubling the steps adds less than ``tol`` accuracy for both
-(or the longest run, when none does). ``tests/test_resample.py`` retrains one point and checks it.
+steps for the reference (all patch tokens) and each compressor at M = 16 — and the step count
+chosen from it: the first at which doubling the steps adds less than ``tol`` accuracy for all
+(or the longest run, when none does). Every point is its own seeded run, so points built in
+separate processes are the same as one run's. ``tests/test_resample.py`` retrains one point and checks it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from .budget import ProbeConfig, ProbeData, probe_accuracy, probe_features
 VERSION = 1
 RECORD = Path(__file__).resolve().parents[1] / "artifacts" / f"probe-sweep-v{VERSION}" / "sweep.json"
 CURVE_STEPS = (300, 600, 1200, 2400, 4800)
-CURVE_KINDS = (("all", 64), ("perceiver", 16))
+CURVE_KINDS = (("all", 64), ("perceiver", 16), ("qformer", 16), ("pixel_shuffle", 16), ("tokenlearner", 16),
+               ("tome", 16))
 
 
 def converged_steps(curve: dict[str, list[float]], steps: Sequence[int], tol: float = 0.005) -> int:
