@@ -357,8 +357,8 @@ for r in tok:
     print(f"{int(r['tokens_per_image']):4d} tokens/image ({r['seeds']} seeds)  PSNR {r['psnr']:5.2f} ± {r['psnr_std']:.2f} dB  "
           f"MS-SSIM {r['ms_ssim']:.3f} ± {r['ms_ssim_std']:.3f}  usage {100 * r['usage']:5.1f} % of K = "
           f"{int(tok_rows[0]['codebook_size'])}")
-bench_vq = json.loads((RESULTS / "vq.json").read_text())["table"]["psnr_vs_tokens"]  # the vq benchmark, two threads
-print("vq benchmark (full run, two threads), PSNR:",
+bench_vq = json.loads((RESULTS / "vq.json").read_text())["table"]["psnr_vs_tokens"]  # the vq benchmark, one thread
+print("vq benchmark (full run, one thread), PSNR:",
       ", ".join(f"{v['tokens_per_image']} tokens {v['psnr']:.2f} dB" for v in bench_vq.values()))
 lo_t, hi_t = tok[0], tok[-1]
 glue("ch7-tok-lo", int(lo_t["tokens_per_image"]), display=False)
@@ -380,7 +380,7 @@ show(eplot.tokenizer_sweep_figure(tok, title="tokenizer quality against tokens p
 # {glue:text}`ch7-tok-msssim-hi:.2f` (means over {glue:text}`ch7-tok-seeds` seeds). The seeds
 # disagree by at most {glue:text}`ch7-tok-psnr-std-max:.2f` dB (standard deviation), well under
 # what one doubling of the tokens buys, so by §7.2's rule this difference is real; the vq
-# benchmark's own full run, one seed trained on two threads, lands within a few tenths of a
+# benchmark's own full run, one seed on one thread, lands within a few tenths of a
 # decibel of the same PSNRs. The codebook stays in use at every grid
 # (even at 16 tokens {glue:text}`ch7-tok-usage-lo:.0f` % of its codes appear), so what limits the
 # small grids is how much one code can say about a 16 × 16-pixel patch, not collapse (Chapter 2's
