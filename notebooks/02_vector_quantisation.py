@@ -404,9 +404,9 @@ for ct in (4.5, vq.maskgit.CHOICE_TEMPERATURE):
         codes_s = vq.decode(mg, n=128, steps=steps, choice_temperature=ct, generator=torch.Generator().manual_seed(0))
         curves[ct][steps] = vq.frechet_distance(features.embed(tokenizer.decode(codes_s)).detach(), real)
 print(f"floor (tokenizer reconstructions of other exhibits): {floor:.0f}")
+print("Fréchet distance of 128 samples by decoding steps T:")
 for ct, q in curves.items():
-    print(f"Fréchet distance of 128 samples by decoding steps T, choice temperature {ct:g}:",
-          {k: round(v) for k, v in q.items()})
+    print(f"  choice temperature {ct:4g}:", "  ".join(f"T={k} {v:.0f}" for k, v in q.items()))
 paper, quality = curves[4.5], curves[vq.maskgit.CHOICE_TEMPERATURE]
 paper_best = min(paper, key=paper.get)
 for name, q in (("paper", paper), ("book", quality)):

@@ -438,7 +438,8 @@ longest = {k: v[-1] for k, v in record["curve"].items()}
 gap = 100 * (longest["all-64"] - longest["perceiver-16"])
 print(f"at {record['curve_steps'][-1]} steps, 16 resampled tokens are {gap:+.1f} points from all 64 patch tokens")
 last_gain = {k: 100 * (v[-1] - v[-2]) for k, v in record["curve"].items()}
-print("points gained by the last doubling:", {k: round(g, 1) for k, g in last_gain.items()})
+print("points gained by the last doubling:")
+print("  " + "  ".join(f"{k} {g:+.1f}" for k, g in last_gain.items()))
 show(rplot.probe_training_curves(record["curve_steps"], record["curve"], title="Probe accuracy against training"))
 glue("ch4-curve-gap", float(gap), display=False)
 glue("ch4-curve-longest", int(record["curve_steps"][-1]), display=False)
