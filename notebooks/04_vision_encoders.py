@@ -482,7 +482,7 @@ for k, v in record["curve"].items():
 # {glue:text}`ch4-curve-perceiver-gain:.1f` for the resampler. Training changes the order, too:
 # at 300 steps it is {glue:text}`ch4-curve-rank-first`, at {glue:text}`ch4-curve-longest` steps
 # {glue:text}`ch4-curve-rank-last`. The table above, at 300 steps, compares budgets early in
-# training; the committed curves are the comparison at convergence.
+# training; the committed curves are the comparison near convergence.
 #
 # Where accuracy rises with M and saturates, a simple law fits the curve well:
 #
