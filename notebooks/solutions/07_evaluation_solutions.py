@@ -327,7 +327,7 @@ for name, (headline, load) in quick.items():
 # :class: dropdown
 # The committed quick report records the load average beside each benchmark; the full records were
 # written at other times, and most of them did not store their load (`?`). The quick runs also use
-# smaller workloads (and the vq quick run times one thread where the full run times two), so these
+# smaller workloads or fewer repetitions (the vq quick run times 10 where the full run times 30), so these
 # pairs cannot separate the effect of load from that of the workload — which is exactly why the
 # exercise asks you to run the report yourself, at a known load, and compare with a run at another
 # load. The `threads` benchmark shows the largest effect: its ratio of step times with two threads
