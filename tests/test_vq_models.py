@@ -323,7 +323,7 @@ def test_maskgit_samples_improve_from_one_to_eight_steps():
     real = feats.embed(eval_images(128, 64)).detach()
     fd = {t: frechet_distance(feats.embed(tok.decode(decode(mg, n=128, steps=t, generator=torch.Generator().manual_seed(0)))).detach(), real)
           for t in (1, 4, 8)}
-    assert fd[8] < fd[4] < fd[1] and fd[8] < 0.85 * fd[1], fd
+    assert fd[8] < fd[4] < fd[1] and fd[8] < 0.8 * fd[1], fd
 
 
 # -- the committed artifacts -------------------------------------------------------------------
