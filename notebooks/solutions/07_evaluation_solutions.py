@@ -19,7 +19,7 @@
 # Worked solutions to the exercises of {doc}`../07_evaluation`. Code and discussion are folded: try
 # first. The guide is run here on fewer exhibits than the chapter's 200 (so that the notebook runs
 # in minutes on a CPU), and two exercises that ask for training runs (3 and 5) are answered from the
-# committed records and a latency measurement; their discussions say what the full run would add.
+# committed records; their discussions say what more runs would add.
 
 # %%
 import json
@@ -254,50 +254,74 @@ else:
 #
 # ## Exercise 5
 #
-# Sweep the number of image tokens $M$: give Chapter 4's resampler 4, 16 and 36 latents in front of
-# a guide that answers without citations, train each, and add the points to the accuracy–latency
-# figure. Does Chapter 4's token-budget curve $Q(M)$ predict their order?
+# The guide's token sweep trained three seeds of the continuous route with the Perceiver at every
+# $M$ and one seed of everything else. Use §7.2's rule — a difference counts when it is larger than
+# the spread over seeds — to say which steps in $M$ change the guide's accuracy. Which one-seed
+# comparison in the sweep would you not trust, and how many seeds would settle it?
 #
 # ```{admonition} Hint
 # :class: dropdown
-# Time to first token depends on the architecture and the sequence, not on the weights: it can be
-# measured on an untrained model of each configuration, as `vlmbook.eval.sweeps.accuracy_latency`
-# does. The accuracies need one training run per $M$ (minutes each on a CPU).
+# `vlmbook.eval.sweeps.token_rows` groups the committed records by route, compressor and $M$;
+# `stats.mean_std` gives the mean and sample standard deviation of the seeds' accuracies. The
+# standard error of a difference of two means of $n$ seeds each is $\sqrt{(s_1^2 + s_2^2)/n}$.
 # ```
 
 # %% tags=["hide-cell"]
-from vlmbook.bench.vlm import latency  # noqa: E402
-from vlmbook.data.museum import Museum  # noqa: E402
-from vlmbook.device import num_threads  # noqa: E402
-from vlmbook.fusion.ablation import variant_config  # noqa: E402
-from vlmbook.fusion.model import VisionLanguageModel  # noqa: E402
+# NBVAL_CHECK_OUTPUT
+from vlmbook.bench.vlm import load_ablation  # noqa: E402
+from vlmbook.eval import sweeps  # noqa: E402
 
-# M = grid²: the guide's configuration names its token count by the side of the grid.
-base_cfg = variant_config("recipe", "continuous", "clip").replace(cite=False)
-ttft = {}
-with num_threads(1), torch.no_grad():
-    for grid in (2, 3, 4, 6):
-        torch.manual_seed(0)
-        cfg = base_cfg.replace(grid=grid)
-        vlm = VisionLanguageModel(cfg).eval()
-        image = Museum("test", size=cfg.image_size).tensors(0, 1)[0]
-        ttft[cfg.image_tokens] = latency(vlm, image, "What colour is the star?", repeats=5)["ttft_ms"]
-print("time to first token (ms, one thread; timings vary, so this cell is not checked):")
-print({m: round(t, 2) for m, t in ttft.items()})
+token_records = load_ablation(RESULTS / sweeps.TOKEN_RECORD)
+per_m = {}
+for r in token_records:
+    if (r["route"], r["compressor"]) == ("continuous", "perceiver"):
+        per_m.setdefault(r["image_tokens"], []).append(r["accuracy"]["all"])
+ms = sorted(per_m)
+summary = {m: stats.mean_std(per_m[m]) for m in ms}
+for m in ms:
+    mean, sd = summary[m]
+    print(f"M={m:2d}: {len(per_m[m])} seeds  {mean:5.1f} ± {sd:4.1f} %  (seeds: {', '.join(f'{a:.1f}' for a in per_m[m])})")
+steps = []
+for lo, hi in zip(ms, ms[1:]):
+    (m1, s1), (m2, s2) = summary[lo], summary[hi]
+    n = min(len(per_m[lo]), len(per_m[hi]))
+    se = ((s1 ** 2 + s2 ** 2) / n) ** 0.5
+    steps.append((lo, hi, m2 - m1, se))
+    print(f"M={lo:2d} -> {hi:2d}: {m2 - m1:+5.1f} points, standard error {se:4.1f}  "
+          f"({abs(m2 - m1) / se:4.1f} standard errors)")
+gated = sorted((r["image_tokens"], r["accuracy"]["all"]) for r in token_records
+               if (r["route"], r["compressor"]) == ("gated", "perceiver"))
+print("gated route, one seed each:", ", ".join(f"M={m} {a:.1f} %" for m, a in gated))
+big = [t for t in steps if abs(t[2]) > 2 * t[3]]
+glue("s7-steps-real", ", ".join(f"{lo} → {hi}" for lo, hi, _, _ in big) if big else "none", display=False)
+glue("s7-steps-total", len(steps), display=False)
+sd_max = max(sd for _, sd in summary.values())
+glue("s7-sd-max", sd_max, display=False)
+glue("s7-gated-spread", max(a for _, a in gated) - min(a for _, a in gated), display=False)
+qformer = {r["image_tokens"]: r["accuracy"]["all"] for r in token_records
+           if (r["route"], r["compressor"]) == ("continuous", "qformer")}
+glue("s7-qformer-gap", max(summary[m][0] - a for m, a in qformer.items() if m in summary), display=False)
+# seeds per side for a 2-standard-error resolution of a d = 3-point difference with the largest spread
+# seen: sqrt(2 s^2 / n) <= d / 2, so n >= 8 s^2 / d^2
+glue("s7-seeds-needed", int(np.ceil(8 * sd_max ** 2 / 3 ** 2)), display=False)
 
 # %% [markdown]
 # ```{admonition} Discussion
 # :class: dropdown
-# The latency side costs nothing to measure: a few more image tokens lengthen the prefix the
-# language model reads once, so at this scale time to first token should grow only slowly with $M$.
-# The printed times are measured anew on every run, on a shared machine whose load moves them by
-# more than the differences between the four configurations: to see the trend, time them with more
-# repeats on a quiet machine. The accuracy
-# side needs one training run per $M$, which this notebook does not do. Chapter 4's probe suggests
-# what to expect: its $Q(M)$ rose steeply from 1 to 16 resampled tokens and then flattened, so the
-# guide with 4 latents should trail and 16 and 36 should come close to each other — but the probe
-# reads frozen features with a small head, while the guide must also learn to *use* the tokens
-# through the language model, so the curve is a prediction to test, not a result.
+# With three seeds per point, the steps in $M$ whose difference exceeds two standard errors are:
+# {glue:text}`s7-steps-real` (of {glue:text}`s7-steps-total` steps). The seeds of one $M$ disagree
+# by up to {glue:text}`s7-sd-max:.1f` points (standard deviation) — much less than what a step in
+# $M$ changes on this route, but more than several one-seed differences elsewhere in the sweep.
+# Those are the comparisons to distrust: the gated route's four points lie within
+# {glue:text}`s7-gated-spread:.1f` points of each other, so no step of its $M$ is resolved, and
+# the Q-Former and the Perceiver at one token differ by less than a Perceiver seed does. The
+# Q-Former's deficit at larger $M$ (up to {glue:text}`s7-qformer-gap:.1f` points) exceeds the
+# Perceiver's seed spread, but with one Q-Former seed its own spread is unknown. To resolve a
+# 3-point difference at two standard errors with a spread like the largest above would take about
+# {glue:text}`s7-seeds-needed` seeds per side ($n \ge 8 s^2 / d^2$). Seeds are not the only noise:
+# each accuracy is measured on one set of 200 exhibits, and the paired tests of §7.2 on the same
+# questions would say whether two guides differ on *these* exhibits, which is a different
+# question from whether their recipes differ.
 # ```
 #
 # ## Exercise 6

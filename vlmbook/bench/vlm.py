@@ -4,7 +4,8 @@ The ablation (``python -m vlmbook.fusion.ablation``, one thread per run) writes 
 (variant, image source, seed) to ``bench/results/vlm_ablation.jsonl``; training all of it takes
 far longer than a benchmark run on a shared 2-core machine, so this benchmark aggregates those
 records (mean, min and max over seeds of accuracy by question type, citation precision and
-recall, image tokens, training steps/s) and measures live what is cheap: the committed
+recall, image tokens, training steps/s), with the guide's token sweep (``vlm_tokens.jsonl``: one
+row per route × compressor × image tokens M, Chapter 7 §7.4), and measures live what is cheap: the committed
 ``vlm-tiny`` guide is re-scored on the held-out exhibits and timed (time to first token, decoding
 tokens/s, thread count). Last line: ``vlm: <accuracy> % museum-QA (best route, tiny, 3 seeds)``,
 the best seed-averaged variant read from Chapter 4's encoder (not from oracle features).
@@ -93,7 +94,12 @@ def run(quick: bool = False) -> BenchResult:
     from ..fusion.model import VisionLanguageModel
     from ..hub import load_artifact
 
+    from ..eval.sweeps import TOKEN_RECORD, token_rows
+
     table: dict = {"ablation": summarise(load_ablation()), "encoder_readout": load_readout()}
+    tokens = ABLATION.with_name(TOKEN_RECORD)
+    if tokens.is_file():  # the guide against image tokens M (Chapter 7 §7.4), one row per route × compressor × M
+        table["token_sweep"] = token_rows(load_ablation(tokens))
     with num_threads(1):
         guide = load_artifact("vlm-tiny", VisionLanguageModel)
         c = guide.config

@@ -34,32 +34,116 @@ def accuracy_latency(records: Sequence[dict], repeats: int = 5, question: str = 
     """One row per (source, route, variant) of the ablation: accuracy over seeds, image tokens, and the
     time to first token (ms) and decoding speed (tokens/s) of that configuration, measured on one
     thread on a 64-px exhibit, plus ``pareto`` (on the front or not). §7.4."""
-    from ..bench.vlm import from_images, latency, summarise
-    from ..data.museum import Museum
-    from ..device import num_threads
+    from ..bench.vlm import from_images, summarise
     from ..fusion.ablation import variant_config
-    from ..fusion.model import VisionLanguageModel
 
     # the ablation's own grouping (source/route/variant/steps) and statistics over seeds
-    groups = from_images(summarise(records))
+    groups = []
+    for key, g in from_images(summarise(records)).items():
+        source, route, variant, _ = key.split("/")
+        acc = g["all"]
+        groups.append((variant_config(variant, route, source),
+                       {"source": source, "route": route, "variant": variant, "seeds": len(g["seeds"]),
+                        "accuracy": acc["mean"], "accuracy_min": acc["min"], "accuracy_max": acc["max"]}))
+    return with_front(_timed(groups, repeats, question))
+
+
+def _timed(groups: Sequence[tuple], repeats: int, question: str) -> list[dict]:
+    """``[(VLMConfig, row)]`` -> the rows with the configuration's compressor, image tokens, and time to
+    first token and tokens/s measured on one thread (configurations that differ only in how they were
+    trained share one model and one timing)."""
+    from ..bench.vlm import latency
+    from ..data.museum import Museum
+    from ..device import num_threads
+    from ..fusion.model import VisionLanguageModel
+
     rows, timed = [], {}
     with num_threads(1):
-        for key, g in groups.items():
-            source, route, variant, _ = key.split("/")
-            cfg = variant_config(variant, route, source)
+        for cfg, row in groups:
             arch = repr(sorted(cfg.to_dict().items()))
-            if arch not in timed:  # variants that differ only in how they were trained share one model
+            if arch not in timed:
                 vlm = VisionLanguageModel(cfg).eval()
                 image = Museum("test", size=cfg.image_size).tensors(0, 1)[0]
                 timed[arch] = latency(vlm, image, question, repeats=repeats)
-            acc = g["all"]
-            rows.append({"source": source, "route": route, "variant": variant, "compressor": cfg.compressor,
-                         "image_tokens": cfg.image_tokens, "seeds": len(g["seeds"]), "accuracy": acc["mean"],
-                         "accuracy_min": acc["min"], "accuracy_max": acc["max"], **timed[arch], "threads": 1})
-    front = set(pareto_front([r["ttft_ms"] for r in rows], [r["accuracy"] for r in rows]))
-    for i, r in enumerate(rows):
-        r["pareto"] = i in front
+            rows.append({**row, "compressor": cfg.compressor, "image_tokens": cfg.image_tokens, **timed[arch],
+                         "threads": 1})
     return rows
+
+
+def with_front(rows: Sequence[dict]) -> list[dict]:
+    """The rows (``ttft_ms``, ``accuracy``) with ``pareto`` set by :func:`pareto_front` over all of them. §7.4."""
+    front = set(pareto_front([r["ttft_ms"] for r in rows], [r["accuracy"] for r in rows]))
+    return [{**r, "pareto": i in front} for i, r in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------
+# The guide against image tokens M: one warm-up and one language model per (route, compressor, M)
+# ---------------------------------------------------------------------------------------
+#: The committed token sweep of the guide (``python -m vlmbook.fusion.ablation ... --tokens M --joint``).
+TOKEN_RECORD = "vlm_tokens.jsonl"
+#: The warm-ups of the token sweep read out on their own (``python -m vlmbook.fusion.ablation --readout
+#: perceiver:3e-3 --tokens M --joint``): one record per M.
+TOKEN_READOUT = "vlm_tokens_readout.jsonl"
+
+
+def token_rows(records: Sequence[dict]) -> list[dict]:
+    """The guide's token sweep: one row per (route, compressor, M, warm-up read-out) with held-out
+    accuracy (%, mean/min/max over seeds), citation precision and recall, sorted by route, compressor
+    and M. Records of other variants or sources raise ``ValueError``. §7.4."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("source") != "clip":
+            raise ValueError(f"the token sweep reads Chapter 4's encoder (source 'clip'), got {r.get('source')!r}")
+        key = (r["route"], r["compressor"], int(r["image_tokens"]), bool(r.get("encoder_joint", False)),
+               r["variant"], r["steps"])
+        groups.setdefault(key, []).append(r)
+    if len({k[4:] for k in groups}) > 1:
+        raise ValueError(f"a token sweep holds one variant and step count, got {sorted({k[4:] for k in groups})}")
+    rows = []
+    for (route, comp, M, joint, variant, steps), rs in sorted(groups.items()):
+        acc = [r["accuracy"]["all"] for r in rs]
+        row = {"source": "clip", "route": route, "variant": variant, "compressor": comp, "image_tokens": M,
+               "joint": joint, "steps": steps, "seeds": len(rs), "accuracy": round(statistics.mean(acc), 2),
+               "accuracy_min": min(acc), "accuracy_max": max(acc)}
+        for m in ("single", "relational", "cite_precision", "cite_recall"):
+            vals = [r["accuracy"][m] for r in rs if m in r["accuracy"]]
+            row[m] = round(statistics.mean(vals), 2) if vals else None
+        rows.append(row)
+    if not rows:
+        raise ValueError("the token sweep holds no records")
+    return rows
+
+
+@torch.no_grad()
+def token_latency(rows: Sequence[dict], repeats: int = 5, question: str = "What colour is the star?") -> list[dict]:
+    """:func:`token_rows` with each configuration's time to first token and tokens/s (one thread) and
+    ``pareto`` over them: the front of route × compressor × M. §7.4."""
+    from ..fusion.ablation import variant_config
+
+    groups = [(variant_config(r["variant"], r["route"], "clip", tokens=r["image_tokens"], compressor=r["compressor"]),
+               dict(r)) for r in rows]
+    return with_front(_timed(groups, repeats, question))
+
+
+def guide_budget(rows: Sequence[dict], context: int = 512, text_len: int = 96, tolerance: float = 1.0
+                 ) -> dict[str, dict]:
+    """Per ``route/compressor`` of :func:`token_rows`: Chapter 4's Q(M) fit to the guide's accuracy (%)
+    and the budget M* of :func:`token_budget` (``tolerance`` in points). §7.4."""
+    out: dict[str, dict] = {}
+    for route in dict.fromkeys(r["route"] for r in rows):
+        pts = [{"kind": r["compressor"], "M": r["image_tokens"], "accuracy": r["accuracy"] / 100}
+               for r in rows if r["route"] == route]
+        try:
+            fitted = token_budget(pts, context, text_len, tolerance / 100)
+        except ValueError:  # fewer than three budgets for every compressor of this route
+            continue
+        for comp, b in fitted.items():
+            out[f"{route}/{comp}"] = b
+    if not out:
+        raise ValueError("no route and compressor has three or more budgets to fit")
+    return out
 
 
 # ---------------------------------------------------------------------------------------

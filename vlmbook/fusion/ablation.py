@@ -49,8 +49,10 @@ DEMO_VARIANTS: dict[str, dict] = {"curriculum": CURRICULUM, "curriculum_sincos":
 SOURCES = ("oracle", "patch", "clip", "vq")
 
 
-def variant_config(name: str, route: str = "continuous", source: str = "oracle") -> VLMConfig:
-    """``VLMConfig.tiny()`` with variant ``name``'s levers and the image side of ``source``.
+def variant_config(name: str, route: str = "continuous", source: str = "oracle", tokens: int = 0,
+                   compressor: str = "") -> VLMConfig:
+    """``VLMConfig.tiny()`` with variant ``name``'s levers and the image side of ``source`` (and, for the
+    ``clip`` source, ``tokens`` image tokens M and Chapter 4's ``compressor`` if given: Chapter 7 §7.4).
 
     The discrete route reads Chapter 2's ``vq-tokenizer-cell`` (48-px exhibits, one code per cell)
     for every source but ``"patch"``, which keeps this chapter's k-means quantizer.
@@ -70,7 +72,11 @@ def variant_config(name: str, route: str = "continuous", source: str = "oracle")
         return VLMConfig.tiny().replace(route=route, image_side="vq", compressor="none", vq_artifact="vq-tokenizer-cell",
                                         image_size=CELL_CONFIG.image_size, grid=CELL_CONFIG.grid,
                                         codebook_size=CELL_CONFIG.codebook_size, **VARIANTS[name])
+    if (tokens or compressor) and source != "clip":
+        raise ValueError(f"tokens= and compressor= choose the clip source's image side, not {source!r}'s")
     cfg = VLMConfig.tiny().replace(route=route, **VARIANTS[name])
+    if source == "clip" and (tokens or compressor):
+        return cfg.replace(tokens=tokens, compressor=compressor or cfg.compressor)
     if source == "oracle":
         cfg = cfg.replace(image_side="features", compressor="none")
     elif source == "patch":
@@ -87,18 +93,23 @@ def _data(split: str, n: int, size: int, grid: int):
 
 def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: str = "continuous",
              train_scenes: int = 2000, test_scenes: int = 200, eval_every: int = 0,
-             save_dir: Path | None = None, return_model: bool = False, encoder_steps: int | None = None):
+             save_dir: Path | None = None, return_model: bool = False, encoder_steps: int | None = None,
+             tokens: int = 0, compressor: str = "", joint: bool = False):
     """Train one (variant, seed) on one thread and score it on held-out exhibits; returns the record
-    (and saves the model under ``save_dir/<variant>-<source>-s<seed>`` if given)."""
+    (and saves the model under ``save_dir/<variant>-<source>-s<seed>`` if given). ``tokens``,
+    ``compressor`` and ``joint`` (a joint warm-up read-out) are the token sweep's image side (§7.4):
+    any of them warms the image side up in the run instead of loading ``clip-cells-tiny``."""
     from ..device import num_threads
     from .train import DemoConfig, train_route
     from .warmup import clip_encoder
 
-    cfg = variant_config(name, route, source)
+    cfg = variant_config(name, route, source, tokens, compressor)
     demo = DemoConfig.tiny().replace(steps=steps, seed=seed, train_scenes=train_scenes, test_scenes=test_scenes,
                                      warmup=min(100, steps // 10), **DEMO_VARIANTS.get(name, {}))
     if encoder_steps is not None and encoder_steps != demo.encoder_steps:  # not the committed warm-up: run it
         demo = demo.replace(encoder_steps=encoder_steps, encoder_artifact="")
+    if tokens or compressor or joint:  # another image side than the committed warm-up's
+        demo = demo.replace(encoder_joint=joint, encoder_artifact="")
     with num_threads(1):
         train = _data("train", train_scenes, cfg.image_size, cfg.grid)
         test = _data("test", test_scenes, cfg.image_size, cfg.grid)
@@ -121,14 +132,16 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
             "encoder_steps": demo.encoder_steps if source not in ("oracle", "vq", "patch") else 0,
             "encoder_lr": demo.encoder_lr if source == "clip" else None,
             "encoder_artifact": demo.encoder_artifact if source == "clip" else None,
+            **({"encoder_joint": demo.encoder_joint} if source == "clip" else {}),
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec
 
 
 def encoder_readout(compressor: str = "perceiver", encoder_lr: float = 3e-3, steps: int = 1500, seed: int = 0,
-                    test_scenes: int = 500) -> dict:
+                    test_scenes: int = 500, tokens: int = 0, joint: bool = False) -> dict:
     """Warm up Chapter 4's ViT with ``compressor`` on fresh exhibits (one thread) and measure how well
     linear heads read each occupied cell's colour, shape and size on held-out exhibits. §5.7.
+    ``tokens`` and ``joint`` give the token sweep's image side (§7.4): the same warm-up as its runs.
 
     The encoder half of the guide on its own: the language model can only name what these
     per-cell features say.
@@ -139,16 +152,17 @@ def encoder_readout(compressor: str = "perceiver", encoder_lr: float = 3e-3, ste
     from .train import DemoConfig
     from .warmup import museum_stream, train_clip_side
 
-    cfg = VLMConfig.tiny().replace(compressor=compressor)
+    cfg = VLMConfig.tiny().replace(compressor=compressor, tokens=tokens)
     demo = DemoConfig.tiny()
     with num_threads(1):
         t0 = time.perf_counter()
         _, _, probe = train_clip_side(cfg, steps, demo.batch_size, encoder_lr, seed, "cpu",
-                                      stream=museum_stream(cfg.image_size, cfg.grid, start=2000))
+                                      stream=museum_stream(cfg.image_size, cfg.grid, start=2000), joint=joint)
         secs = time.perf_counter() - t0
         images = Museum("test", size=cfg.image_size).tensors(0, test_scenes)
         read = probe.readout(images, patch_labels("test", test_scenes, cfg.grid))
-    return {"compressor": compressor, "compressor_depth": cfg.compressor_depth, "encoder_lr": encoder_lr,
+    extra = {"image_tokens": cfg.image_tokens, "joint": probe.joint} if tokens or joint else {}
+    return {"compressor": compressor, **extra, "compressor_depth": cfg.compressor_depth, "encoder_lr": encoder_lr,
             "steps": steps, "seed": seed, "batch_size": demo.batch_size, "test_scenes": test_scenes, "threads": 1,
             "train_seconds": round(secs, 1), **{k: round(v, 2) for k, v in read.items()}}
 
@@ -158,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("variant", nargs="?", choices=sorted(VARIANTS))
     ap.add_argument("seed", type=int, nargs="?", default=0)
     ap.add_argument("--jobs", type=Path, default=None,
-                    help="a file of 'variant seed source' lines, read as they come (one process, data loaded once)")
+                    help="a file of 'variant seed source [route]' lines, read as they come (one process, data "
+                         "and a shared warm-up loaded once)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--source", choices=SOURCES, default="oracle")
     ap.add_argument("--route", default="continuous")
@@ -169,15 +184,18 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead of the LM: warm up the encoder with each compressor at each learning rate "
                          "(e.g. cells:1e-3,perceiver:3e-3) and record its per-cell read-out")
     ap.add_argument("--encoder-steps", type=int, default=1500, help="warm-up steps of the image side (clip source, --readout)")
+    ap.add_argument("--tokens", type=int, default=0, help="image tokens M (clip source; 0 = one per cell)")
+    ap.add_argument("--compressor", default="", help="Chapter 4's compressor of the clip source (default: perceiver)")
+    ap.add_argument("--joint", action="store_true", help="warm up with heads that read all image tokens at once")
     a = ap.parse_args(argv)
     if a.readout:
         for item in a.readout.split(","):
             comp, lr = item.split(":")
-            _emit(encoder_readout(comp, float(lr), a.encoder_steps, a.seed), a.out)
+            _emit(encoder_readout(comp, float(lr), a.encoder_steps, a.seed, tokens=a.tokens, joint=a.joint), a.out)
         return
     if a.jobs is None:
         _emit(run_cell(a.variant, a.seed, a.steps, a.source, a.route, eval_every=a.eval_every, save_dir=a.save_dir,
-                       encoder_steps=a.encoder_steps), a.out)
+                       encoder_steps=a.encoder_steps, tokens=a.tokens, compressor=a.compressor, joint=a.joint), a.out)
         return
     done = 0
     while True:
@@ -185,8 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         if done >= len(lines) or lines[done][0] == "stop":
             return
         v, s, src = lines[done][:3]
-        _emit(run_cell(v, int(s), a.steps, src, a.route, eval_every=a.eval_every, save_dir=a.save_dir,
-                       encoder_steps=a.encoder_steps), a.out)
+        route = lines[done][3] if len(lines[done]) > 3 else a.route
+        _emit(run_cell(v, int(s), a.steps, src, route, eval_every=a.eval_every, save_dir=a.save_dir,
+                       encoder_steps=a.encoder_steps, tokens=a.tokens, compressor=a.compressor, joint=a.joint), a.out)
         done += 1
 
 

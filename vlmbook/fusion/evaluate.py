@@ -59,7 +59,7 @@ def generate_answers(vlm, data: QAData, batch_size: int = 256) -> list[str]:
     qids = [vlm.encode_text(q) + [vlm.ids["assistant"]] for _, q, _, _ in data.items]
     for n, q in enumerate(qids):
         groups[len(q)].append(n)
-    new = 4 + vlm.config.image_tokens + 4 if vlm.config.cite else 8
+    new = 4 + vlm.config.cells + 4 if vlm.config.cite else 8
     out: list[str] = [""] * len(data)
     dev = vlm.device
     for members in groups.values():

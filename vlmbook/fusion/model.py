@@ -56,6 +56,8 @@ LAYOUTS = ("image_first", "question_first")
 CELL_EMBEDS = ("none", "learned", "sincos")
 IMAGE_SIDES = ("patch", "clip", "features", "vq")
 COMPRESSORS = ("none", "cells", "perceiver", "qformer", "tokenlearner", "tome")
+#: compressors whose learned queries make any number of image tokens M
+FREE_COMPRESSORS = ("perceiver", "qformer", "tokenlearner")
 #: The levers that make the tiny guide find the object a question names (§5.7's ablation).
 RECIPE = {"cell_embed": "learned", "layout": "question_first", "cite": True, "closed_answers": True, "qk_norm": True}
 
@@ -81,6 +83,10 @@ class VLMConfig(Config):
     feature_dim: int = 0
     image_size: int = 64
     grid: int = 4
+    #: image tokens M per image; 0 = one per exhibit cell (grid²). Another M needs a compressor that
+    #: makes any number of tokens (Perceiver, Q-Former, TokenLearner); citations still name the grid²
+    #: cells (Chapter 7 §7.4 sweeps M)
+    tokens: int = 0
     codebook_size: int = 256
     quant_sub: int = 4
     enc_channels: int = 32
@@ -115,8 +121,8 @@ class VLMConfig(Config):
         default of two compressor layers."""
         if isinstance(data, dict):
             old = {"compressor_depth": 2} if require_all else {}
-            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", "cite_cells": False, **old,
-                    **data}
+            data = {"lm_path": "", "qk_norm": False, "vq_artifact": "vq-tokenizer-cell", "cite_cells": False, "tokens": 0,
+                    **old, **data}
         return super().from_dict(data, require_all)
 
     def validate(self) -> None:
@@ -136,8 +142,15 @@ class VLMConfig(Config):
         for name in ("cite", "cite_cells", "closed_answers", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be True or False")
-        self.check_non_negative("feature_dim")
+        self.check_non_negative("feature_dim", "tokens")
         self.check_choice("compressor", COMPRESSORS)
+        if self.tokens and self.tokens != self.cells:
+            if self.route == "discrete" or self.compressor not in FREE_COMPRESSORS:
+                self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: it needs a continuous "
+                                     f"or gated route and a compressor in {FREE_COMPRESSORS}")
+            if self.cite_cells or self.cell_embed == "sincos":
+                self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: cite_cells and "
+                                     "cell_embed='sincos' give token k the place of cell k")
         if self.image_side == "clip" and self.route != "discrete":
             if self.image_size != CLIPConfig.tiny().image_size:
                 self._fail("image_size", f"must be {CLIPConfig.tiny().image_size} for Chapter 4's clip-tiny encoder")
@@ -172,9 +185,14 @@ class VLMConfig(Config):
                    kv_heads=2, intermediate=768, max_positions=256, **RECIPE)
 
     @property
-    def image_tokens(self) -> int:
-        """Image tokens per image (M = grid²)."""
+    def cells(self) -> int:
+        """Exhibit cells (grid²): what a citation ``<p_k>`` names."""
         return self.grid * self.grid
+
+    @property
+    def image_tokens(self) -> int:
+        """Image tokens per image M (``tokens``, or one per cell: grid²)."""
+        return self.tokens or self.cells
 
     def lm_config(self, vocab_size: int = 512) -> LMConfig:
         return LMConfig(vocab_size=vocab_size, hidden=self.hidden, layers=self.layers, heads=self.heads,
@@ -221,7 +239,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
                                  "or use VisionLanguageModel.from_lm")
             # a saved model brings its own tokenizer: loading never retrains it
             self.tokenizer = tokenizer if tokenizer is not None else museum_tokenizer(
-                c.bpe_vocab, c.codebook_size, c.corpus_scenes, patch_tokens=M, closed_answers=c.closed_answers)
+                c.bpe_vocab, c.codebook_size, c.corpus_scenes, patch_tokens=c.cells, closed_answers=c.closed_answers)
             vocab = -(-len(self.tokenizer) // 64) * 64
             model = build_lm(c.lm_config(vocab), seed=c.seed)
         # every call into the LM goes through Chapter 5's CausalLM adapter (embed, decode with a 4-D
@@ -259,7 +277,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
             raise ValueError("the tokenizer lacks the <v_k> or (for a citing model) the <p_k> token family")
         self.visual_range = (self.ids["v0"], self.ids["v0"] + c.codebook_size)
         # a tokenizer saved before patch tokens existed (vlm-tiny v1) has no <p_k>: it cannot cite
-        self.patch_range = (self.ids["p0"], self.ids["p0"] + M) if self.ids["p0"] != t.unk_token_id else None
+        self.patch_range = (self.ids["p0"], self.ids["p0"] + c.cells) if self.ids["p0"] != t.unk_token_id else None
 
     def __setattr__(self, name: str, value) -> None:
         # ``vlm.lm = get_peft_model(vlm.lm, cfg)`` (or any replacement LM): the adapter that every
@@ -326,11 +344,11 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
 
     def citation_ids(self, patches: Sequence[int]) -> list[int]:
         """``[CITE:<p_i><p_j>]`` as ids: the evidence the guide names before its answer. §5.8."""
-        M = self.config.image_tokens
+        n = self.config.cells
         if self.patch_range is None:
             raise ValueError("this model's tokenizer has no <p_k> patch tokens")
-        if any(not 0 <= int(k) < M for k in patches):
-            raise ValueError(f"cited patches {list(patches)} out of range for {M} patches")
+        if any(not 0 <= int(k) < n for k in patches):
+            raise ValueError(f"cited patches {list(patches)} out of range for {n} patches")
         return [self.ids["cite_open"]] + [self.patch_range[0] + int(k) for k in patches] + [self.ids["cite_close"]]
 
     def answer_ids(self, answer: str, patches: Sequence[int] | None = None) -> list[int]:
@@ -608,7 +626,7 @@ class VisionLanguageModel(nn.Module, PretrainedMixin):
         if image.ndim != 3:
             raise ValueError(f"ask() takes one (3, H, W) image, got shape {tuple(image.shape)}")
         q = torch.tensor([self.encode_text(question) + [self.ids["assistant"]]])
-        kw.setdefault("max_new_tokens", 8 + self.config.image_tokens if self.config.cite else 8)
+        kw.setdefault("max_new_tokens", 8 + self.config.cells if self.config.cite else 8)
         ids = self.generate(image[None].to(self.device), q, **kw)[0].tolist()
         return self.decode_answer(ids)
 
@@ -809,7 +827,7 @@ def add_vlm_tokens(text: CausalLM, c: VLMConfig) -> None:
         if getattr(t, role) is None:
             t.add_special_tokens({role: tok})
     text.add_tokens(list(SPECIAL_TOKENS))
-    text.add_image_tokens(codebook_size=c.codebook_size, patches=c.image_tokens, extra=())
+    text.add_image_tokens(codebook_size=c.codebook_size, patches=c.cells, extra=())
     if c.closed_answers:
         add_answer_tokens(t, museum_answers())
     if len(t) > text.vocab_size:
@@ -906,7 +924,7 @@ class CellPool(nn.Module):
 
 
 def build_compressor(c: VLMConfig, feat: int) -> nn.Module | None:
-    """``c.compressor``: none, :class:`CellPool`, or one of Chapter 4's (to ``grid²`` tokens of width ``feat``)."""
+    """``c.compressor``: none, :class:`CellPool`, or one of Chapter 4's (to M = ``c.image_tokens`` tokens of width ``feat``)."""
     if c.compressor == "none":
         return None
     if c.compressor == "cells":
@@ -914,7 +932,7 @@ def build_compressor(c: VLMConfig, feat: int) -> nn.Module | None:
     from ..resample import CompressorConfig, make_compressor
 
     n_in = (CLIPConfig.tiny().image_size // CLIPConfig.tiny().patch_size) ** 2 if c.image_side == "clip" \
-        else c.image_tokens
+        else c.cells  # the patch encoder and oracle features give one token per cell
     return make_compressor(CompressorConfig(kind=c.compressor, in_dim=feat, dim=feat, out_dim=feat,
                                             num_tokens=c.image_tokens, in_tokens=n_in, positions=True,
                                             depth=c.compressor_depth))

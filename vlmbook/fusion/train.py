@@ -58,6 +58,9 @@ class DemoConfig(Config):
     #: a committed warm-up of the image side with these encoder settings (``clip-cells-tiny``), loaded
     #: instead of repeating it; "" warms up in the run
     encoder_artifact: str = ""
+    #: warm-up heads read every cell from all image tokens at once instead of cell k from token k
+    #: (always so when M ≠ grid²; Chapter 7 §7.4's token sweep sets it at every M)
+    encoder_joint: bool = False
     freeze_encoder: bool = True
     seed: int = 0
 

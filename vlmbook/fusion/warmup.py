@@ -54,8 +54,8 @@ def clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device: str | 
         enc = load_artifact(demo.encoder_artifact, CellEncoder)
         enc.matches(cfg, demo)
         return copy.deepcopy(enc.vision), copy.deepcopy(enc.compressor)
-    key = (cfg.grid, cfg.image_size, cfg.compressor, demo.encoder_steps, demo.encoder_lr, demo.encoder_fresh,
-           demo.encoder_seed, demo.batch_size, len(train.images), train.split, train.start)
+    key = (cfg.grid, cfg.image_tokens, demo.encoder_joint, cfg.image_size, cfg.compressor, demo.encoder_steps,
+           demo.encoder_lr, demo.encoder_fresh, demo.encoder_seed, demo.batch_size, len(train.images), train.split, train.start)
     if key not in _ENCODERS:
         _ENCODERS.clear()  # one ViT is enough to keep
         _ENCODERS[key] = _train_clip_encoder(cfg, demo, train, device)
@@ -73,16 +73,18 @@ def _train_clip_encoder(cfg: VLMConfig, demo: DemoConfig, train: QAData, device:
     labels = patch_labels("train", len(train.images), cfg.grid) if demo.encoder_steps and stream is None else None
     vision, compressor, _ = train_clip_side(cfg, demo.encoder_steps, demo.batch_size, demo.encoder_lr,
                                             demo.encoder_seed, device, stream=stream,
-                                            images=None if stream is not None else train.images, labels=labels)
+                                            images=None if stream is not None else train.images, labels=labels,
+                                            joint=demo.encoder_joint)
     return vision, compressor
 
 
 def train_clip_side(cfg: VLMConfig, steps: int, batch_size: int, lr: float, seed: int, device: str | None = None,
-                    stream=None, images: torch.Tensor | None = None, labels: torch.Tensor | None = None
-                    ) -> tuple[torch.nn.Module, torch.nn.Module | None, CellProbe | None]:
+                    stream=None, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                    joint: bool = False) -> tuple[torch.nn.Module, torch.nn.Module | None, CellProbe | None]:
     """Chapter 4's ``clip-tiny`` ViT and ``cfg.compressor`` (seeded by ``seed``) trained together for
     ``steps`` on per-cell labels — drawn from ``stream`` or from ``images``/``labels`` — so that image
-    token k describes cell k; returns ``(vision, compressor, probe)`` (no probe without steps). §5.7."""
+    token k describes cell k (or, with ``joint`` or M ≠ grid², so that the M tokens together describe
+    every cell); returns ``(vision, compressor, probe)`` (no probe without steps). §5.7."""
     from ..vision.clip import CLIPConfig, load_clip_tiny
     from .model import build_compressor
 
@@ -94,7 +96,7 @@ def train_clip_side(cfg: VLMConfig, steps: int, batch_size: int, lr: float, seed
     if steps:
         parts = [vision] + ([compressor] if compressor is not None else [])
         _, probe = pretrain_encoder(torch.nn.Sequential(*parts), images, labels, steps, batch_size, lr, seed, device,
-                                    stream=stream, return_probe=True)
+                                    stream=stream, return_probe=True, joint=joint)
     return vision.cpu().eval(), (compressor.cpu().eval() if compressor is not None else None), probe
 
 
@@ -199,27 +201,46 @@ def encode_all(encoder: torch.nn.Module, images: torch.Tensor, batch: int = 500)
 
 
 class CellProbe(torch.nn.Module):
-    """An encoder (B, 3, H, W) -> (B, M, D) plus linear (colour, shape, size) heads per image token. §5.7."""
+    """An encoder (B, 3, H, W) -> (B, M, D) plus linear (colour, shape, size) heads for each of the grid²
+    cells: per image token when token k is cell k (``joint=False``, needs M = cells), else reading all
+    M tokens at once (``joint=True``: any M, Chapter 7 §7.4's token sweep). §5.7."""
 
-    def __init__(self, encoder: torch.nn.Module, dim: int):
+    def __init__(self, encoder: torch.nn.Module, dim: int, tokens: int | None = None, cells: int | None = None,
+                 joint: bool = False):
         super().__init__()
+        if joint and not (tokens and cells):
+            raise ValueError(f"a joint read-out needs tokens and cells, got tokens={tokens}, cells={cells}")
+        if not joint and tokens and cells and tokens != cells:
+            raise ValueError(f"{tokens} image tokens for {cells} cells: per-token heads need one token per cell "
+                             "(use joint=True)")
         self.encoder = encoder
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n + 1) for n in (len(COLOUR_NAMES), len(SHAPES),
-                                                                                  len(SIZE_NAMES)))
+        self.joint, self.cells = joint, cells
+        sizes = [n + 1 for n in (len(COLOUR_NAMES), len(SHAPES), len(SIZE_NAMES))]
+        if joint:
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(tokens * dim, cells * n) for n in sizes)
+        else:
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n) for n in sizes)
+
+    def logits(self, f: torch.Tensor) -> list[torch.Tensor]:
+        """(B, M, D) image tokens -> [(B, cells, classes)] for colour, shape and size."""
+        if not self.joint:
+            return [h(f) for h in self.heads]
+        flat = f.flatten(1)
+        return [h(flat).view(f.shape[0], self.cells, -1) for h in self.heads]
 
     @torch.no_grad()
     def readout(self, images: torch.Tensor, labels: torch.Tensor, batch: int = 250) -> dict[str, float]:
-        """(n, 3, H, W) exhibits, (n, M, 3) cell labels -> % of occupied cells whose colour, shape and
+        """(n, 3, H, W) exhibits, (n, cells, 3) cell labels -> % of occupied cells whose colour, shape and
         size the heads read correctly, and shape by object size (``shape_small`` …). §5.7."""
         if labels.ndim != 3 or labels.shape[0] != images.shape[0] or labels.shape[-1] != 3:
-            raise ValueError(f"labels must be (n, M, 3) for {images.shape[0]} images, got {tuple(labels.shape)}")
+            raise ValueError(f"labels must be (n, cells, 3) for {images.shape[0]} images, got {tuple(labels.shape)}")
         was = self.training
         self.eval()
         dev = next(self.parameters()).device
 
         def predict(x: torch.Tensor) -> torch.Tensor:  # (b, 3, H, W) -> (b, M, 3) predicted classes
             f = self.encoder(x.to(dev))
-            return torch.stack([h(f).argmax(-1) for h in self.heads], -1).cpu()
+            return torch.stack([z.argmax(-1) for z in self.logits(f)], -1).cpu()
 
         pred = torch.cat([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
         self.train(was)
@@ -236,24 +257,28 @@ class CellProbe(torch.nn.Module):
 
 def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor | None, labels: torch.Tensor | None, steps: int = 200,
                      batch_size: int = 64, lr: float = 3e-3, seed: int = 0, device: str | None = None,
-                     stream=None, return_probe: bool = False) -> list[dict] | tuple[list[dict], CellProbe]:
+                     stream=None, return_probe: bool = False, joint: bool = False
+                     ) -> list[dict] | tuple[list[dict], CellProbe]:
     """Warm up an image encoder on per-patch (colour, shape, size) labels before fusion. §5.7.
 
     Stands in for Chapter 4's pretrained encoders: the LM then starts from features in which the
     museum's attributes are linearly readable. ``stream(step, n)`` (see :func:`museum_stream`), if
     given, supplies each step's batch instead of sampling ``images``/``labels`` (which may then be
-    None). Returns the
-    training history, and with ``return_probe`` also the :class:`CellProbe` (encoder + heads).
+    None). An encoder with as many tokens as cells gets per-token heads (token k learns cell k)
+    unless ``joint``; otherwise the heads read all its tokens at once (:class:`CellProbe`). Returns
+    the training history, and with ``return_probe`` also the :class:`CellProbe` (encoder + heads).
     """
     if images is None and stream is None:
         raise ValueError("pretrain_encoder needs images and labels, or a stream of them")
     if images is not None and (labels is None or images.shape[0] != labels.shape[0]):
         raise ValueError(f"{images.shape[0]} images but {0 if labels is None else labels.shape[0]} label rows")
     with torch.no_grad():
-        dim = encoder(images[:1] if images is not None else stream(0, 1)[0]).shape[-1]
+        x0, l0 = (images[:1], labels[:1]) if images is not None else stream(0, 1)
+        _, tokens, dim = encoder(x0).shape
+    cells = l0.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = CellProbe(encoder, dim)
+        probe = CellProbe(encoder, dim, tokens, cells, joint=joint or tokens != cells)
 
     def batch_fn(step: int):
         if stream is not None:
@@ -265,7 +290,8 @@ def pretrain_encoder(encoder: torch.nn.Module, images: torch.Tensor | None, labe
 
     def loss_fn(model, batch, step):
         f = model.encoder(batch["images"])
-        losses = [F.cross_entropy(h(f).flatten(0, 1), batch["labels"][..., j].flatten()) for j, h in enumerate(model.heads)]
+        losses = [F.cross_entropy(z.flatten(0, 1), batch["labels"][..., j].flatten())
+                  for j, z in enumerate(model.logits(f))]
         return sum(losses)
 
     loop = LoopConfig(steps=steps, lr=lr, warmup=min(20, steps // 5), seed=seed, log_every=max(1, steps // 10))

@@ -66,7 +66,8 @@ def pareto_figure(rows: Sequence[Mapping], title: str = "") -> Figure:
         colour = colours[i % len(colours)]
         ax.errorbar([r["ttft_ms"]], [r["accuracy"]], yerr=[[lo], [hi]], fmt=markers[i % len(markers)], ms=7,
                     capsize=3, color=colour, mfc=colour if r["pareto"] else "white", mew=1.5, alpha=0.9,
-                    label=f"{r['route']} · {r['variant']} ({r['compressor']}, {r['seeds']} seed{'s' * (r['seeds'] > 1)})"
+                    label=f"{r['route']} · {r['variant']} ({r['compressor']}, M={r['image_tokens']}, "
+                          f"{r['seeds']} seed{'s' * (r['seeds'] > 1)})"
                           f"{'' if r['pareto'] else ', off the front'}")
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ttft_ms"])
     ax.plot([r["ttft_ms"] for r in front], [r["accuracy"] for r in front], color="0.5", lw=1, ls="--", zorder=0,

@@ -146,8 +146,11 @@ def probe_training_curves(steps: Sequence[int], curves: Mapping[str, Sequence[fl
 
 
 def accuracy_vs_budget(rows: Sequence[Mapping[str, float]], curves: Mapping[str, object] | None = None,
-                       chance: float | None = None, full: float | None = None) -> Figure:
-    """Probe accuracy against M for each compressor, with fitted Q(M) curves when given."""
+                       chance: float | None = None, full: float | None = None,
+                       ylabel: str = "probe accuracy (held-out exhibits)", full_label: str = "all N patch tokens"
+                       ) -> Figure:
+    """Accuracy against M for each ``kind`` (a compressor, or a route of the guide), with fitted Q(M)
+    curves when given and a dashed reference line at ``full``."""
     fig, axes = figure(1, 1, 5.4, 3.6)
     ax = axes[0, 0]
     kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k != "all"]
@@ -159,14 +162,14 @@ def accuracy_vs_budget(rows: Sequence[Mapping[str, float]], curves: Mapping[str,
             grid = np.geomspace(1, max(ms), 100)
             ax.plot(grid, curves[kind](grid), "-", color=PALETTE[i % len(PALETTE)], lw=1.2, alpha=0.8)
     if full is not None:
-        ax.axhline(full, color="black", ls="--", lw=1, label="all N patch tokens")
+        ax.axhline(full, color="black", ls="--", lw=1, label=full_label)
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1, label="majority answer")
     ax.set_xscale("log", base=2)
     top = max(r["M"] for r in rows)
     _int_ticks(ax, [2 ** k for k in range(int(np.log2(top)) + 1)])
     ax.set_xlabel("M image tokens")
-    ax.set_ylabel("probe accuracy (held-out exhibits)")
+    ax.set_ylabel(ylabel)
     # Below the axes: inside, the legend would cover the baseline lines.
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return fig
