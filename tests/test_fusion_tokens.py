@@ -3,18 +3,11 @@ and the token sweep's rows, latency front and Q(M) budget."""
 import pytest
 import torch
 
+from tests.test_fusion_recipe import SMALL, _model
 from vlmbook.fusion import VisionLanguageModel, VLMConfig
 from vlmbook.fusion.data import oracle_features, patch_labels
 from vlmbook.fusion.model import RECIPE
 from vlmbook.fusion.warmup import CellProbe, pretrain_encoder
-
-SMALL = dict(hidden=32, intermediate=64, enc_channels=8, layers=2, corpus_scenes=200, codebook_size=32, image_size=72,
-             grid=3)
-
-
-def _model(**kw):
-    torch.manual_seed(0)
-    return VisionLanguageModel(VLMConfig(**{**SMALL, **RECIPE, **kw})).eval()
 
 
 @pytest.fixture(scope="module")
