@@ -29,6 +29,13 @@ def test_tokens_decouple_image_tokens_from_cells():
             c.replace(**bad)
     with pytest.raises(ValueError, match="tokens"):
         VLMConfig(**{**SMALL, **RECIPE, "route": "discrete", "tokens": 4})
+    # pixel shuffle makes 64 / r² tokens from clip-tiny's 8 × 8 patches: 1, 4, 16 or 64, never 9 or 8
+    assert [c.replace(compressor="pixel_shuffle", tokens=m).image_tokens for m in (1, 4, 16)] == [1, 4, 16]
+    with pytest.raises(ValueError, match="tokens.*pixel_shuffle compressor cannot make M=8 tokens from 64"):
+        c.replace(compressor="pixel_shuffle", tokens=8)
+    assert c.replace(compressor="tome", tokens=5).image_tokens == 5
+    with pytest.raises(ValueError, match="compressor.*cannot make M=9 tokens from 64"):
+        c.replace(compressor="pixel_shuffle")  # one token per cell is not a pixel-shuffle budget
     # a model saved before the field existed has one token per cell
     old = {k: v for k, v in c.to_dict().items() if k != "tokens"}
     assert VLMConfig.from_dict(old, require_all=True).image_tokens == 9
@@ -155,6 +162,8 @@ def test_token_rows_group_seeds_and_reject_mixed_sweeps():
         token_rows([{**_rec("continuous", 4, 60.0), "source": "oracle"}])
     with pytest.raises(ValueError, match="no records"):
         token_rows([])
+    with pytest.raises(ValueError, match=r"lacks \['image_tokens'\]"):
+        token_rows([{k: v for k, v in _rec("continuous", 4, 60.0).items() if k != "image_tokens"}])
 
 
 def test_guide_budget_recovers_the_knee_of_a_known_curve():

@@ -93,7 +93,11 @@ def token_rows(records: Sequence[dict]) -> list[dict]:
     import statistics
 
     groups: dict[tuple, list[dict]] = {}
+    need = ("route", "compressor", "image_tokens", "variant", "steps", "seed", "accuracy")
     for r in records:
+        missing = [k for k in need if k not in r] + ([] if "all" in r.get("accuracy", {}) else ["accuracy.all"])
+        if missing:
+            raise ValueError(f"a token-sweep record lacks {missing}")
         if r.get("source") != "clip":
             raise ValueError(f"the token sweep reads Chapter 4's encoder (source 'clip'), got {r.get('source')!r}")
         key = (r["route"], r["compressor"], int(r["image_tokens"]), bool(r.get("encoder_joint", False)),

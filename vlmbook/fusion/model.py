@@ -55,9 +55,10 @@ MASKS = ("causal", "prefix", "full_prefix")
 LAYOUTS = ("image_first", "question_first")
 CELL_EMBEDS = ("none", "learned", "sincos")
 IMAGE_SIDES = ("patch", "clip", "features", "vq")
-COMPRESSORS = ("none", "cells", "perceiver", "qformer", "tokenlearner", "tome")
-#: compressors whose learned queries make any number of image tokens M
-FREE_COMPRESSORS = ("perceiver", "qformer", "tokenlearner")
+COMPRESSORS = ("none", "cells", "perceiver", "qformer", "pixel_shuffle", "tokenlearner", "tome")
+#: Chapter 4's compressors: each makes M image tokens from the encoder's tokens (pixel shuffle only
+#: M = N / r² for a factor r of the patch grid's side)
+FREE_COMPRESSORS = ("perceiver", "qformer", "pixel_shuffle", "tokenlearner", "tome")
 #: The levers that make the tiny guide find the object a question names (§5.7's ablation).
 RECIPE = {"cell_embed": "learned", "layout": "question_first", "cite": True, "closed_answers": True, "qk_norm": True}
 
@@ -151,6 +152,13 @@ class VLMConfig(Config):
             if self.cite_cells or self.cell_embed == "sincos":
                 self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: cite_cells and "
                                      "cell_embed='sincos' give token k the place of cell k")
+        if self.compressor in FREE_COMPRESSORS and self.route != "discrete":
+            from ..resample.budget import valid_budgets
+
+            n_in = self.encoder_tokens()
+            if not valid_budgets(self.compressor, n_in, [self.image_tokens]):
+                self._fail("tokens" if self.tokens else "compressor",
+                           f"the {self.compressor} compressor cannot make M={self.image_tokens} tokens from {n_in}")
         if self.image_side == "clip" and self.route != "discrete":
             if self.image_size != CLIPConfig.tiny().image_size:
                 self._fail("image_size", f"must be {CLIPConfig.tiny().image_size} for Chapter 4's clip-tiny encoder")
@@ -183,6 +191,12 @@ class VLMConfig(Config):
         attention, 2 key-value heads)."""
         return cls(image_size=64, grid=3, image_side="clip", compressor="perceiver", hidden=256, layers=4, heads=4,
                    kv_heads=2, intermediate=768, max_positions=256, **RECIPE)
+
+    def encoder_tokens(self) -> int:
+        """Tokens the image side hands the compressor: clip-tiny's 64 patches, else one per cell."""
+        if self.image_side == "clip":
+            return (CLIPConfig.tiny().image_size // CLIPConfig.tiny().patch_size) ** 2
+        return self.cells
 
     @property
     def cells(self) -> int:
@@ -931,10 +945,8 @@ def build_compressor(c: VLMConfig, feat: int) -> nn.Module | None:
         return CellPool(c.grid)
     from ..resample import CompressorConfig, make_compressor
 
-    n_in = (CLIPConfig.tiny().image_size // CLIPConfig.tiny().patch_size) ** 2 if c.image_side == "clip" \
-        else c.cells  # the patch encoder and oracle features give one token per cell
     return make_compressor(CompressorConfig(kind=c.compressor, in_dim=feat, dim=feat, out_dim=feat,
-                                            num_tokens=c.image_tokens, in_tokens=n_in, positions=True,
+                                            num_tokens=c.image_tokens, in_tokens=c.encoder_tokens(), positions=True,
                                             depth=c.compressor_depth))
 
 
