@@ -337,10 +337,11 @@ show(rplot.accuracy_vs_budget(probe, {k: b["curve"] for k, b in budget.items()},
 #
 # The guide's nine tokens are tied to the cells twice: its warm-up trains token $k$ to describe
 # cell $k$, and its citations `<p_k>` name cells. Only the first tie is needed. `VLMConfig.tokens`
-# sets $M$ apart from the 3 × 3 grid: the Perceiver Resampler (or another of Chapter 4's compressors)
-# makes $M$ tokens, the citations still name the nine cells, and the warm-up's heads read every cell's colour, shape and
-# size from all $M$ tokens at once — a joint linear read-out (`CellProbe(joint=True)`), since token
-# $k$ can no longer be cell $k$. Each point below is one seed of Chapter 5's recipe on one thread:
+# sets $M$ apart from the 3 × 3 grid: the Perceiver Resampler (or another of Chapter 4's
+# compressors) makes $M$ tokens, the citations still name the nine cells, and the warm-up's heads
+# read every cell's colour, shape and size from all $M$ tokens at once — a joint linear read-out
+# (`CellProbe(joint=True)`), since token $k$ can no longer be cell $k$. Each run is one seed of
+# Chapter 5's recipe on one thread:
 # a fresh 1,500-step warm-up for that $M$ and compressor, then 3,000 language-model steps with the
 # curriculum, scored greedily on the 200 held-out exhibits. Nine tokens are trained again with the
 # joint read-out, so that every point shares one recipe; the committed guide, whose token $k$ is cell
@@ -349,8 +350,9 @@ show(rplot.accuracy_vs_budget(probe, {k: b["curve"] for k, b in budget.items()},
 # budgets each can make (pixel shuffle only 1, 4 or 16 from the 8 × 8 patches). One point is one
 # command (five to seven minutes on a core), for example
 # `python -m vlmbook.fusion.ablation curriculum 0 --source clip --route gated --tokens 4 --joint
-# --out ../bench/results/vlm_tokens.jsonl` (`--compressor tome` for another compressor). Chapter 4's $Q(M)$ is fitted to each route and
-# compressor with three or more points, and the chooser picks $M^*$ as above, to within one point.
+# --out ../bench/results/vlm_tokens.jsonl` (`--compressor tome` for another compressor).
+# Chapter 4's $Q(M)$ is fitted to each route and compressor with three or more points, and the
+# chooser picks $M^*$ as above, to within one point.
 # {numref}`fig-ch7-guide-tokens` shows the points and the fits, {numref}`fig-ch7-guide-pareto` their
 # times to first token.
 
@@ -451,27 +453,29 @@ glue("ch7-one-hi", max(one), display=False)
 # {glue:text}`ch7-below-16`. Pixel shuffle ({glue:text}`ch7-ps-16:.1f` % at sixteen) is the one
 # compressor whose tokens have fixed places — token $k$ is always the same 2 × 2 block of patches —
 # a tie of token to place like the one whose worth the read-out below measures; with one seed that
-# is a lead to follow, not a result. The gated route
-# stays between {glue:text}`ch7-gated-lo:.1f` and {glue:text}`ch7-gated-hi:.1f` % at every $M$: as
-# in Chapter 5, it has not found the objects in 3,000 steps, and more tokens cannot help a route
-# that does not yet use them.
+# is a lead to follow, not a result. The gated route stays between
+# {glue:text}`ch7-gated-lo:.1f` and {glue:text}`ch7-gated-hi:.1f` % at every $M$: as in Chapter 5,
+# it has not found the objects in 3,000 steps, and more tokens cannot help a route that does not
+# yet use them.
 #
 # Chapter 4's $Q(M)$ assumes a curve that rises and flattens. The guide's curve peaks, so the fit
 # misses its points by {glue:text}`ch7-guide-rmse:.1f` points (root mean square) and its $M^*$ of
 # {glue:text}`ch7-guide-mstar-continuous-perceiver` is an extrapolation the measurements contradict;
 # each other compressor has three points for the fit's three parameters, which it matches exactly
 # and so tests nothing; only the gated route's flat line gives a budget to believe —
-# {glue:text}`ch7-guide-mstar-gated-perceiver` token, because tokens buy it nothing. Check a model's shape against the data before trusting what it
-# chooses: here the measured answer is $M$ = {glue:text}`ch7-guide-best-m`.
+# {glue:text}`ch7-guide-mstar-gated-perceiver` token, because tokens buy it nothing. Check a model's
+# shape against the data before trusting what it chooses: here the measured answer is
+# $M$ = {glue:text}`ch7-guide-best-m`.
 #
 # Where does the loss come from? The warm-ups were read out on their own (the same runs, scored with
 # their linear heads on 500 held-out exhibits; `python -m vlmbook.fusion.ablation --readout
 # perceiver:3e-3 --tokens M --joint`). The joint read-out at nine tokens gets all three attributes of
 # {glue:text}`ch7-readout-joint-9:.1f` % of the occupied cells right, against
-# {glue:text}`ch7-readout-cell:.1f` % when token $k$ is cell $k$: with one small head shared by the
-# nine cells, every exhibit teaches the head nine times, while the joint heads must learn each cell
-# apart. That, and not the language model, is most of the {glue:text}`ch7-joint-cost:.1f` points
-# between the committed guide ({glue:text}`ch7-guide-cell:.1f` %) and nine free tokens. The drop
+# {glue:text}`ch7-readout-cell:.1f` % when token $k$ is cell $k$. A likely reason: one small head
+# shared by the nine cells learns from every cell of every exhibit, while the joint heads must learn
+# each cell apart. An image side that says this much less is the likely source of most of the
+# {glue:text}`ch7-joint-cost:.1f` points between the committed guide
+# ({glue:text}`ch7-guide-cell:.1f` %) and nine free tokens. The drop
 # from nine tokens to sixteen is a different matter: the sixteen-token warm-up reads
 # {glue:text}`ch7-readout-16:.1f` % of the cells, {glue:text}`ch7-readout-16-vs-9` the nine-token
 # one, so {glue:text}`ch7-drop-cause`. Tying tokens to what the questions ask about is worth more
@@ -495,8 +499,8 @@ glue("ch7-m-hi", max(r["image_tokens"] for r in cont), display=False)
 # %% [markdown]
 # Every configuration of the sweep is one point of accuracy against latency. At this scale the
 # number of image tokens hardly shows in the time to first token: with the Perceiver on the
-# continuous route the times lie between {glue:text}`ch7-ttft-cont-lo:.1f` and {glue:text}`ch7-ttft-cont-hi:.1f` ms for
-# $M$ from {glue:text}`ch7-m-lo` to {glue:text}`ch7-m-hi`, differences the size of the timing noise
+# continuous route the times lie between {glue:text}`ch7-ttft-cont-lo:.1f` and
+# {glue:text}`ch7-ttft-cont-hi:.1f` ms for $M$ from {glue:text}`ch7-m-lo` to {glue:text}`ch7-m-hi`, differences the size of the timing noise
 # of a shared machine (run the cell again and compare). Accuracy moves by tens of points,
 # so the front is decided by accuracy: its most accurate point is the
 # {glue:text}`ch7-front-best`. With a larger language model, longer contexts or thousands of patch
