@@ -18,8 +18,9 @@
 #
 # Worked solutions to the exercises of {doc}`../07_evaluation`. Code and discussion are folded: try
 # first. The guide is run here on fewer exhibits than the chapter's 200 (so that the notebook runs
-# in minutes on a CPU), and two exercises that ask for training runs (3 and 5) are answered from the
-# committed records; their discussions say what more runs would add.
+# in minutes on a CPU). Exercise 3 asks for training runs and is answered from the committed
+# ablation records, Exercise 5 from the committed token sweep; their discussions say what more runs
+# would add.
 
 # %%
 import json
