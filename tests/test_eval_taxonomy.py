@@ -89,6 +89,35 @@ def test_table_counts_and_confusion():
         answer_confusion(t, "mood")
 
 
+def test_citations_name_the_museum_cells_whatever_the_image_tokens():
+    """A guide with M = 4 image tokens still cites the nine cells: a right citation of cell 8 is no
+    localisation error, and the verdict does not depend on the row's image tokens."""
+    from vlmbook.eval.schema import make_table
+    from vlmbook.eval.taxonomy import CITATION_GRID
+
+    assert CITATION_GRID == 3
+    t = majority_predictions("test", n_scenes=6, train_scenes=50)
+    rows = t.to_pylist()
+    wrong = [i for i, r in enumerate(rows) if not r["correct"]]
+    base = classify_table(t)
+    for m in (1, 4, 16):
+        other = make_table([{**r, "image_tokens": m} for r in rows])
+        assert classify_table(other) == base
+    # wrong answers that cite their true support cells: on the 3 x 3 grid the citation is right, read
+    # on a 2 x 2 grid (M = 4) it would not be; the rows are judged on the cells
+    cited = [support_patches(*_scene_qa(rows[i]["question_id"]), 3) for i in wrong]
+    four = make_table([{**rows[i], "image_tokens": 4, "cited_patches": c} for i, c in zip(wrong, cited)])
+    want = [classify_error(*_scene_qa(rows[i]["question_id"]), rows[i]["answer"], c, grid=3) for i, c in zip(wrong, cited)]
+    on_four = [classify_error(*_scene_qa(rows[i]["question_id"]), rows[i]["answer"], c, grid=2) for i, c in zip(wrong, cited)]
+    assert classify_table(four) == want and want != on_four
+
+
+def _scene_qa(qid):
+    from vlmbook.eval.harness import lookup
+
+    return lookup(qid)
+
+
 def test_reference_mismatch_raises():
     row = majority_predictions("test", n_scenes=1, train_scenes=20).slice(0, 1).to_pylist()[0]
     row.update(reference="nonsense", answer="nonsense", output="nonsense", correct=True)

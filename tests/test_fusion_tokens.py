@@ -27,7 +27,7 @@ def test_tokens_decouple_image_tokens_from_cells():
                        (dict(tokens=4, cite_cells=True), "tokens.*cite_cells")):
         with pytest.raises(ValueError, match=match):
             c.replace(**bad)
-    with pytest.raises(ValueError, match="tokens"):
+    with pytest.raises(ValueError, match="tokens.*image_side='vq'"):  # k-means codes are one per cell
         VLMConfig(**{**SMALL, **RECIPE, "route": "discrete", "tokens": 4})
     # pixel shuffle makes 64 / r² tokens from clip-tiny's 8 × 8 patches: 1, 4, 16 or 64, never 9 or 8
     assert [c.replace(compressor="pixel_shuffle", tokens=m).image_tokens for m in (1, 4, 16)] == [1, 4, 16]
@@ -211,22 +211,30 @@ def test_budget_and_pareto_figures_label_the_guide_sweep():
 
 
 def test_committed_token_sweep_record():
-    """The committed sweep: one seed of the curriculum recipe per (route, compressor, M), every image side warmed
-    up in the run with the joint read-out, and enough budgets to fit Q(M) for the continuous Perceiver."""
+    """The committed sweep: the curriculum recipe per (route, compressor, M); on the continuous and gated
+    routes every image side warmed up in the run with the joint read-out, on the discrete route Chapter 2's
+    tokenizer of that code grid; three seeds per M for each route's main line, and Q(M) fitted to each."""
     from vlmbook.bench.vlm import ABLATION, load_ablation
     from vlmbook.eval.sweeps import TOKEN_RECORD, guide_budget, token_rows
+    from vlmbook.vq.tokenizer import TOKEN_ARTIFACTS
 
     recs = load_ablation(ABLATION.with_name(TOKEN_RECORD))
     for r in recs:
-        assert (r["variant"], r["steps"], r["source"], r["threads"]) == ("curriculum", 3000, "clip", 1)
-        assert r["encoder_joint"] is True and r["encoder_artifact"] == "" and r["encoder_steps"] == 1500
+        assert (r["variant"], r["steps"], r["threads"]) == ("curriculum", 3000, 1)
+        if r["route"] == "discrete":
+            assert (r["source"], r["compressor"], r["encoder_steps"]) == ("vq", "none", 0)
+            assert r["vq_artifact"] == TOKEN_ARTIFACTS[r["image_tokens"]]
+        else:
+            assert r["source"] == "clip" and r["encoder_joint"] is True and r["encoder_artifact"] == ""
+            assert r["encoder_steps"] == 1500
         assert r["accuracy"]["step"] == 3000 and r["accuracy"]["greedy"] is True
     rows = token_rows(recs)
-    keys = {(r["route"], r["compressor"], r["image_tokens"]) for r in rows}
-    assert {("continuous", "perceiver", m) for m in (1, 4, 9, 16)} <= keys
-    assert {("gated", "perceiver", m) for m in (1, 4, 9, 16)} <= keys
+    seeds = {(r["route"], r["compressor"], r["image_tokens"]): r["seeds"] for r in rows}
+    for line in (("continuous", "perceiver"), ("gated", "perceiver"), ("discrete", "vq")):
+        assert [seeds.get((*line, m)) for m in (1, 4, 9, 16)] == [3, 3, 3, 3], line
     fit = guide_budget(rows)
-    assert "continuous/perceiver" in fit and 1 <= fit["continuous/perceiver"]["M_star"] <= 64
+    for key in ("continuous/perceiver", "gated/perceiver", "discrete/vq"):
+        assert 1 <= fit[key]["M_star"] <= 64
 
 
 # VLMBOOK_SLOW=2 pytest tests/test_fusion_tokens.py: one point of the sweep retrained (about 5 minutes, one thread)

@@ -65,7 +65,9 @@ def _timed(groups: Sequence[tuple], repeats: int, question: str) -> list[dict]:
                 vlm = VisionLanguageModel(cfg).eval()
                 image = Museum("test", size=cfg.image_size).tensors(0, 1)[0]
                 timed[arch] = latency(vlm, image, question, repeats=repeats)
-            rows.append({**row, "compressor": cfg.compressor, "image_tokens": cfg.image_tokens, **timed[arch],
+            # a token-sweep row names its compressor (the discrete route's is its tokenizer, "vq")
+            rows.append({**row, "compressor": row.get("compressor", cfg.compressor), "image_tokens": cfg.image_tokens,
+                         **timed[arch],
                          "threads": 1})
     return rows
 
@@ -89,7 +91,9 @@ TOKEN_READOUT = "vlm_tokens_readout.jsonl"
 def token_rows(records: Sequence[dict]) -> list[dict]:
     """The guide's token sweep: one row per (route, compressor, M, warm-up read-out) with held-out
     accuracy (%, mean/min/max over seeds), citation precision and recall, sorted by route, compressor
-    and M. Records of other variants or sources raise ``ValueError``. §7.4."""
+    and M. The discrete route's compressor is Chapter 2's tokenizer (``"vq"``: source ``vq``, its code
+    grid is M); the other routes read Chapter 4's encoder (source ``clip``). Records of mixed variants
+    or other sources raise ``ValueError``. §7.4."""
     import statistics
 
     groups: dict[tuple, list[dict]] = {}
@@ -98,9 +102,13 @@ def token_rows(records: Sequence[dict]) -> list[dict]:
         missing = [k for k in need if k not in r] + ([] if "all" in r.get("accuracy", {}) else ["accuracy.all"])
         if missing:
             raise ValueError(f"a token-sweep record lacks {missing}")
-        if r.get("source") != "clip":
-            raise ValueError(f"the token sweep reads Chapter 4's encoder (source 'clip'), got {r.get('source')!r}")
-        key = (r["route"], r["compressor"], int(r["image_tokens"]), bool(r.get("encoder_joint", False)),
+        want = "vq" if r["route"] == "discrete" else "clip"
+        if r.get("source") != want:
+            raise ValueError(f"the token sweep reads Chapter 4's encoder (source 'clip') on the continuous and gated "
+                             f"routes and Chapter 2's tokenizers (source 'vq') on the discrete route; a "
+                             f"{r['route']!r} record has source {r.get('source')!r}")
+        comp = "vq" if r["route"] == "discrete" else r["compressor"]  # the tokenizer is its compressor
+        key = (r["route"], comp, int(r["image_tokens"]), bool(r.get("encoder_joint", False)),
                r["variant"], r["steps"])
         groups.setdefault(key, []).append(r)
     if len({k[4:] for k in groups}) > 1:
@@ -108,7 +116,7 @@ def token_rows(records: Sequence[dict]) -> list[dict]:
     rows = []
     for (route, comp, M, joint, variant, steps), rs in sorted(groups.items()):
         acc = [r["accuracy"]["all"] for r in rs]
-        row = {"source": "clip", "route": route, "variant": variant, "compressor": comp, "image_tokens": M,
+        row = {"source": "vq" if route == "discrete" else "clip", "route": route, "variant": variant, "compressor": comp, "image_tokens": M,
                "joint": joint, "steps": steps, "seeds": len(rs), "accuracy": round(statistics.mean(acc), 2),
                "accuracy_min": min(acc), "accuracy_max": max(acc)}
         for m in ("single", "relational", "cite_precision", "cite_recall"):
@@ -126,8 +134,8 @@ def token_latency(rows: Sequence[dict], repeats: int = 5, question: str = "What 
     ``pareto`` over them: the front of route × compressor × M. §7.4."""
     from ..fusion.ablation import variant_config
 
-    groups = [(variant_config(r["variant"], r["route"], "clip", tokens=r["image_tokens"], compressor=r["compressor"]),
-               dict(r)) for r in rows]
+    groups = [(variant_config(r["variant"], r["route"], r.get("source", "clip"), tokens=r["image_tokens"],
+                              compressor="" if r["route"] == "discrete" else r["compressor"]), dict(r)) for r in rows]
     return with_front(_timed(groups, repeats, question))
 
 

@@ -91,23 +91,23 @@ def _citations_miss(scene: Scene, qa: QA, cited: set[int], grid: int) -> bool:
     return False
 
 
-def _grid_of(image_tokens: int) -> int:
-    g = math.isqrt(max(int(image_tokens), 0))
-    return g if g * g == image_tokens and g > 0 else 3
+#: The grid a citation ``<p_k>`` names by default: the museum's 3 × 3 exhibit cells. Not the image
+#: tokens M, which Chapter 7's token sweep sets apart from the cells (M = 4 still cites nine cells).
+CITATION_GRID = math.isqrt(len(LOCATIONS))
 
 
 def classify_table(table: pa.Table, grid: int | None = None) -> list[str | None]:
-    """A category (or ``None`` for a right answer) for every row of a predictions table. §7.3."""
+    """A category (or ``None`` for a right answer) for every row of a predictions table; ``grid`` is the
+    grid the rows' citations name (default :data:`CITATION_GRID`, the museum's cells). §7.3."""
     from .harness import lookup
 
     out: list[str | None] = []
-    cols = [table.column(c).to_pylist() for c in ("question_id", "answer", "cited_patches", "image_tokens",
-                                                  "reference")]
-    for qid, answer, cited, m, ref in zip(*cols):
+    cols = [table.column(c).to_pylist() for c in ("question_id", "answer", "cited_patches", "reference")]
+    for qid, answer, cited, ref in zip(*cols):
         scene, qa = lookup(qid)
         if qa.answer != ref:
             raise ValueError(f"row {qid!r}: reference {ref!r} is not the museum's answer {qa.answer!r}")
-        out.append(classify_error(scene, qa, answer, cited, grid or _grid_of(m)))
+        out.append(classify_error(scene, qa, answer, cited, grid or CITATION_GRID))
     return out
 
 

@@ -55,7 +55,8 @@ def variant_config(name: str, route: str = "continuous", source: str = "oracle",
     ``clip`` source, ``tokens`` image tokens M and Chapter 4's ``compressor`` if given: Chapter 7 §7.4).
 
     The discrete route reads Chapter 2's ``vq-tokenizer-cell`` (48-px exhibits, one code per cell)
-    for every source but ``"patch"``, which keeps this chapter's k-means quantizer.
+    for every source but ``"patch"``, which keeps this chapter's k-means quantizer; with ``tokens``
+    M = 1, 4 or 16 it reads the museum tokenizer of that code grid (``vq-tokenizer-m1`` …, 64 px).
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
@@ -67,11 +68,16 @@ def variant_config(name: str, route: str = "continuous", source: str = "oracle",
         return VLMConfig.tiny().replace(route=route, image_side="patch", compressor="none", image_size=72,
                                         **VARIANTS[name])
     if route == "discrete":  # Chapter 2's tokenizer: its 3 × 3 code grid is the museum's cells
-        from ..vq.tokenizer import CELL_CONFIG
+        from ..vq.tokenizer import TOKEN_ARTIFACTS, TOKEN_GRID_CONFIGS
 
-        return VLMConfig.tiny().replace(route=route, image_side="vq", compressor="none", vq_artifact="vq-tokenizer-cell",
-                                        image_size=CELL_CONFIG.image_size, grid=CELL_CONFIG.grid,
-                                        codebook_size=CELL_CONFIG.codebook_size, **VARIANTS[name])
+        if compressor:
+            raise ValueError(f"the discrete route's image tokens are Chapter 2's codes: no compressor, got {compressor!r}")
+        if tokens and tokens not in TOKEN_ARTIFACTS:
+            raise ValueError(f"the discrete route has tokenizers for M in {sorted(TOKEN_ARTIFACTS)}, got tokens={tokens}")
+        tok = TOKEN_GRID_CONFIGS[tokens or 9]  # M = 1, 4, 16 (§7.4's sweep): a code grid of √M × √M
+        return VLMConfig.tiny().replace(route=route, image_side="vq", compressor="none", grid=3,
+                                        tokens=0 if tokens in (0, 9) else tokens, vq_artifact=TOKEN_ARTIFACTS[tokens or 9],
+                                        image_size=tok.image_size, codebook_size=tok.codebook_size, **VARIANTS[name])
     if (tokens or compressor) and source != "clip":
         raise ValueError(f"tokens= and compressor= choose the clip source's image side, not {source!r}'s")
     cfg = VLMConfig.tiny().replace(route=route, **VARIANTS[name])
@@ -133,6 +139,7 @@ def run_cell(name: str, seed: int, steps: int, source: str = "oracle", route: st
             "encoder_lr": demo.encoder_lr if source == "clip" else None,
             "encoder_artifact": demo.encoder_artifact if source == "clip" else None,
             **({"encoder_joint": demo.encoder_joint} if source == "clip" else {}),
+            **({"vq_artifact": cfg.vq_artifact, "image_size": cfg.image_size} if cfg.image_side == "vq" else {}),
             "steps_per_s": round(steps / secs, 2), "accuracy": log[-1], "log": log[:-1]}
     return (rec, vlm) if return_model else rec
 
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead of the LM: warm up the encoder with each compressor at each learning rate "
                          "(e.g. cells:1e-3,perceiver:3e-3) and record its per-cell read-out")
     ap.add_argument("--encoder-steps", type=int, default=1500, help="warm-up steps of the image side (clip source, --readout)")
-    ap.add_argument("--tokens", type=int, default=0, help="image tokens M (clip source; 0 = one per cell)")
+    ap.add_argument("--tokens", type=int, default=0, help="image tokens M (clip source, or the discrete route: 1, 4, 9, 16; 0 = one per cell)")
     ap.add_argument("--compressor", default="", help="Chapter 4's compressor of the clip source (default: perceiver)")
     ap.add_argument("--joint", action="store_true", help="warm up with heads that read all image tokens at once")
     a = ap.parse_args(argv)

@@ -146,9 +146,13 @@ class VLMConfig(Config):
         self.check_non_negative("feature_dim", "tokens")
         self.check_choice("compressor", COMPRESSORS)
         if self.tokens and self.tokens != self.cells:
-            if self.route == "discrete" or self.compressor not in FREE_COMPRESSORS:
-                self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: it needs a continuous "
-                                     f"or gated route and a compressor in {FREE_COMPRESSORS}")
+            # the discrete route's M is its tokenizer's code grid (checked against it when it loads)
+            if self.route == "discrete" and self.image_side != "vq":
+                self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: the discrete route "
+                                     "makes other M only with a Chapter 2 tokenizer (image_side='vq')")
+            if self.route != "discrete" and self.compressor not in FREE_COMPRESSORS:
+                self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: it needs a "
+                                     f"compressor in {FREE_COMPRESSORS} (or the discrete route with image_side='vq')")
             if self.cite_cells or self.cell_embed == "sincos":
                 self._fail("tokens", f"M={self.tokens} differs from the grid's {self.cells} cells: cite_cells and "
                                      "cell_embed='sincos' give token k the place of cell k")

@@ -212,10 +212,13 @@ def probe_accuracy(kind: str, m: int, train: ProbeData, test: ProbeData, cfg: Pr
 
 
 def valid_budgets(kind: str, n: int, ms: Sequence[int]) -> list[int]:
-    """The budgets in ``ms`` that compressor ``kind`` can produce from N tokens."""
+    """The budgets in ``ms`` that compressor ``kind`` can produce from N tokens (``"vq"``: a Chapter 2
+    tokenizer's g × g code grid, the discrete route's image tokens in Chapter 7 §7.4)."""
     out = []
     for m in ms:
         if not 1 <= m <= n:
+            continue
+        if kind == "vq" and math.isqrt(m) ** 2 != m:
             continue
         if kind == "pixel_shuffle":
             g, r2 = math.isqrt(n), n // m

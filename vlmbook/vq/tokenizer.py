@@ -368,6 +368,51 @@ CELL_ARTIFACT = register_artifact(ArtifactSpec(
     description="VQ-VAE, 48 px -> 3x3 codes (one per museum cell), K=256, EMA + restart (Chapters 2, 5)"))
 
 
+#: Museum tokenizers for Chapter 7's token sweep of the discrete route: M codes per exhibit from a
+#: √M × √M code grid, the cell recipe otherwise (K = 256, museum exhibits only, one thread). A 3 × 3
+#: grid needs 48 px (16-px cells); 1, 4 and 16 codes divide 64 px, as Chapter 4's encoder reads them.
+TOKEN_GRID_CONFIGS: dict[int, TokenizerConfig] = {
+    1: CELL_CONFIG.replace(image_size=64, downsample=6), 4: CELL_CONFIG.replace(image_size=64, downsample=5),
+    9: CELL_CONFIG, 16: CELL_CONFIG.replace(image_size=64, downsample=4)}
+#: Image tokens M -> the artifact of that code grid (M = 9 is ``vq-tokenizer-cell``).
+TOKEN_ARTIFACTS: dict[int, str] = {1: "vq-tokenizer-m1", 4: "vq-tokenizer-m4", 9: "vq-tokenizer-cell",
+                                   16: "vq-tokenizer-m16"}
+
+
+def build_grid_tokenizer(tokens: int, seed: int = 0, steps: int | None = None) -> VQTokenizer:
+    """Train the museum tokenizer with ``tokens`` codes per exhibit (1, 4, 9 or 16) from scratch with
+    ``seed``, on the cell recipe. Chapter 7 §7.4."""
+    if tokens not in TOKEN_GRID_CONFIGS:
+        raise ValueError(f"tokens must be one of {sorted(TOKEN_GRID_CONFIGS)}, got {tokens!r}")
+    torch.manual_seed(seed)
+    model = VQTokenizer(TOKEN_GRID_CONFIGS[tokens])
+    cfg = CELL_TRAIN.replace(seed=seed, **({"steps": steps} if steps else {}))
+    with num_threads(CELL_THREADS):
+        train_tokenizer(model, cfg, progress=False)
+    return model.eval()
+
+
+def build_m1_tokenizer(seed: int = 0) -> VQTokenizer:
+    """``vq-tokenizer-m1``: 64 px → one code per exhibit. §7.4."""
+    return build_grid_tokenizer(1, seed)
+
+
+def build_m4_tokenizer(seed: int = 0) -> VQTokenizer:
+    """``vq-tokenizer-m4``: 64 px → 2 × 2 codes. §7.4."""
+    return build_grid_tokenizer(4, seed)
+
+
+def build_m16_tokenizer(seed: int = 0) -> VQTokenizer:
+    """``vq-tokenizer-m16``: 64 px → 4 × 4 codes. §7.4."""
+    return build_grid_tokenizer(16, seed)
+
+
+for _m in (1, 4, 16):
+    register_artifact(ArtifactSpec(
+        TOKEN_ARTIFACTS[_m], "1", f"vlmbook.vq.tokenizer:build_m{_m}_tokenizer", seed=0,
+        description=f"VQ-VAE, 64 px -> {_m} code(s) per museum exhibit, K=256, the cell recipe (Chapter 7 token sweep)"))
+
+
 def load_cell_tokenizer(rebuild: bool = False) -> VQTokenizer:
     """The ``vq-tokenizer-cell`` artifact: committed copy, else cache, else rebuilt (Chapter 5's discrete route)."""
     from ..hub import load_artifact
