@@ -345,18 +345,27 @@ show(rplot.accuracy_vs_budget(probe, {k: b["curve"] for k, b in budget.items()},
 # a fresh 1,500-step warm-up for that $M$ and compressor, then 3,000 language-model steps with the
 # curriculum, scored greedily on the 200 held-out exhibits. Nine tokens are trained again with the
 # joint read-out, so that every point shares one recipe; the committed guide, whose token $k$ is cell
-# $k$, is the dashed line. The Perceiver has three seeds per point on the continuous route and
-# one on the gated route; the other compressors, one seed each on the continuous route, at the
-# budgets each can make (pixel shuffle only 1, 4 or 16 from the 8 × 8 patches). One point is one
-# command (five to seven minutes on a core), for example
+# $k$, is the dashed line. The Perceiver has three seeds per point on the continuous and the gated
+# route; the other compressors, one seed each on the continuous route, at the budgets each can
+# make (pixel shuffle only 1, 4 or 16 from the 8 × 8 patches). One point is one command (five to
+# seven minutes on a core), for example
 # `python -m vlmbook.fusion.ablation curriculum 0 --source clip --route gated --tokens 4 --joint
 # --out ../bench/results/vlm_tokens.jsonl` (`--compressor tome` for another compressor).
+#
+# The discrete route has no compressor: its image tokens are Chapter 2's codes, and its $M$ is the
+# code grid of its tokenizer. Chapter 5's museum tokenizer makes 3 × 3 codes from a 48-px exhibit;
+# three more, trained with the same recipe (K = 256, 2,400 steps on museum exhibits, one thread),
+# make 1, 2 × 2 and 4 × 4 codes from a 64-px exhibit (the artifacts `vq-tokenizer-m1`, `-m4` and
+# `-m16`; a 3 × 3 grid does not divide 64 px into stride-2 stages). The language model is trained
+# exactly as on the other routes, three seeds per $M$:
+# `python -m vlmbook.fusion.ablation curriculum 0 --source vq --route discrete --tokens 4
+# --out ../bench/results/vlm_tokens.jsonl`.
 # Chapter 4's $Q(M)$ is fitted to each route and compressor with three or more points, and the
 # chooser picks $M^*$ as above, to within one point.
 # {numref}`fig-ch7-guide-tokens` shows the points and the fits, {numref}`fig-ch7-guide-pareto` their
 # times to first token.
 
-# %% mystnb={"figure": {"caption": "The museum guide's held-out accuracy against its number of image tokens M (one seed per point, read from the committed token sweep), for each fusion route and compressor, with Q(M) fitted where there are three or more points; the dashed line is the committed guide with one token per cell (three seeds).", "name": "fig-ch7-guide-tokens"}, "image": {"alt": "Accuracy in percent against M on a logarithmic axis, one colour per route and compressor with its fitted curve where it has one, and a dashed horizontal line for the committed guide; the continuous route's points rise with M, the gated route's stay low and flat."}}
+# %% mystnb={"figure": {"caption": "The museum guide's held-out accuracy against its number of image tokens M (the mean over seeds per point: three for the Perceiver on the continuous and gated routes and for the discrete route, whose compressor is Chapter 2's tokenizer, one for the other compressors; read from the committed token sweep), with Q(M) fitted where there are three or more points; the dashed line is the committed guide with one token per cell (three seeds).", "name": "fig-ch7-guide-tokens"}, "image": {"alt": "Accuracy in percent against M on a logarithmic axis, one colour per route and compressor with its fitted curve where it has one, and a dashed horizontal line for the committed guide; the continuous route's points rise with M, the gated and discrete routes' stay low and flat."}}
 # NBVAL_CHECK_OUTPUT
 from vlmbook.bench.vlm import load_readout  # noqa: E402
 
@@ -435,6 +444,27 @@ glue("ch7-p16-range", f"{cp[16]['accuracy_min']:.1f}–{cp[16]['accuracy_max']:.
 one = [acc_at[("continuous", c, 1)] for c in others if ("continuous", c, 1) in acc_at]
 glue("ch7-one-lo", min(one), display=False)
 glue("ch7-one-hi", max(one), display=False)
+# the discrete route: Chapter 2's tokenizers, one per code grid, and the LM fed perfect codes (Chapter 5)
+from vlmbook import hub, vq  # noqa: E402
+
+disc = {r["image_tokens"]: r for r in guide_rows if r["route"] == "discrete"}
+tok_psnr = {m: json.loads((hub.REPO_ARTIFACTS / hub.artifact_specs()[vq.TOKEN_ARTIFACTS[m]].key / "metrics.json")
+                          .read_text())["psnr"] for m in disc}
+print("discrete route's tokenizers, PSNR on 256 val exhibits:\n  "
+      + ", ".join(f"M={m} {tok_psnr[m]:.1f} dB ({vq.TOKEN_GRID_CONFIGS[m].image_size} px)" for m in sorted(disc)))
+oracle_codes = next(r for r in load_ablation(RESULTS / "vlm_discrete_vq.jsonl") if r.get("run") == "oracle_codes")
+glue("ch7-disc-seeds", min(r["seeds"] for r in disc.values()), display=False)
+glue("ch7-disc-lo", min(r["accuracy"] for r in disc.values()), display=False)
+glue("ch7-disc-hi", max(r["accuracy"] for r in disc.values()), display=False)
+glue("ch7-disc-psnr", ", ".join(f"{tok_psnr[m]:.1f}" for m in sorted(disc) if vq.TOKEN_GRID_CONFIGS[m].image_size == 64),
+     display=False)
+glue("ch7-disc-psnr-ms", ", ".join(str(m) for m in sorted(disc) if vq.TOKEN_GRID_CONFIGS[m].image_size == 64),
+     display=False)
+glue("ch7-oracle-codes", oracle_codes["accuracy"]["all"], display=False)
+glue("ch7-majority", 100 * correct[next(r for r in RUNS if r.startswith("majority"))].mean(), display=False)
+d_fit = guide_fit["discrete/vq"]
+glue("ch7-disc-rmse", 100 * d_fit["curve"].rmse, display=False)
+glue("ch7-disc-asym", 100 * d_fit["curve"].a, display=False)
 
 # %% [markdown]
 # The guide's accuracy rises with its tokens up to the number of cells and not beyond. On the
@@ -458,13 +488,28 @@ glue("ch7-one-hi", max(one), display=False)
 # it has not found the objects in 3,000 steps, and more tokens cannot help a route that does not
 # yet use them.
 #
+# The discrete route is nearly flat: between {glue:text}`ch7-disc-lo:.1f` and
+# {glue:text}`ch7-disc-hi:.1f` % at every $M$ (means over {glue:text}`ch7-disc-seeds` seeds;
+# the image-blind majority baseline of §7.1 scores {glue:text}`ch7-majority:.1f` %), although its
+# tokenizers reconstruct the exhibits better with every code they add (PSNR
+# {glue:text}`ch7-disc-psnr` dB at $M$ = {glue:text}`ch7-disc-psnr-ms` on 64-px exhibits). Its
+# limit is the language model's: each `<v_k>` word starts as a random vector whose meaning must be
+# learned from scratch, and Chapter 5's run of the same model fed *perfect* codes, one per cell,
+# reached only {glue:text}`ch7-oracle-codes:.1f` % (3,000 steps, one seed, without the
+# curriculum). A better tokenizer, or more of its codes, cannot help a model that has not yet
+# learned what one code means (Chapter 5, Exercise 7).
+#
 # Chapter 4's $Q(M)$ assumes a curve that rises and flattens. The guide's curve peaks, so the fit
 # misses its points by {glue:text}`ch7-guide-rmse:.1f` points (root mean square) and its $M^*$ of
 # {glue:text}`ch7-guide-mstar-continuous-perceiver` is an extrapolation the measurements contradict;
 # each other compressor has three points for the fit's three parameters, which it matches exactly
-# and so tests nothing; only the gated route's flat line gives a budget to believe —
-# {glue:text}`ch7-guide-mstar-gated-perceiver` token, because tokens buy it nothing. Check a model's
-# shape against the data before trusting what it chooses: here the measured answer is
+# and so tests nothing. The flat routes fit well and choose little: the gated route
+# {glue:text}`ch7-guide-mstar-gated-perceiver` token, because tokens buy it nothing, and the
+# discrete route (whose budgets are square code grids) $M^*$ =
+# {glue:text}`ch7-guide-mstar-discrete-vq`, with its points {glue:text}`ch7-disc-rmse:.1f` points
+# (root mean square) from a curve that levels off at {glue:text}`ch7-disc-asym:.1f` % — budgets
+# for routes that have learned little, not for the guide. Check a model's shape against the data
+# before trusting what it chooses: for the guide the measured answer is
 # $M$ = {glue:text}`ch7-guide-best-m`.
 #
 # Where does the loss come from? The warm-ups were read out on their own (the same runs, scored with
@@ -481,7 +526,7 @@ glue("ch7-one-hi", max(one), display=False)
 # one, so {glue:text}`ch7-drop-cause`. Tying tokens to what the questions ask about is worth more
 # here than adding tokens.
 
-# %% mystnb={"figure": {"caption": "Accuracy against time to first token for every point of the guide's token sweep (route \u00d7 compressor \u00d7 M, one seed each; time measured here on one thread on a model of each configuration). Filled markers lie on the Pareto front (dashed).", "name": "fig-ch7-guide-pareto"}, "image": {"alt": "Scatter of the token sweep's configurations, accuracy in percent against milliseconds to first token, each with its own marker; a dashed line joins the filled markers on the front from the fastest configuration to the most accurate one; which configurations lie on it depends on the timings of the run."}}
+# %% mystnb={"figure": {"caption": "Accuracy against time to first token for every point of the guide's token sweep (route \u00d7 compressor \u00d7 M, the mean over its seeds; time measured here on one thread on a model of each configuration). Filled markers lie on the Pareto front (dashed).", "name": "fig-ch7-guide-pareto"}, "image": {"alt": "Scatter of the token sweep's configurations, accuracy in percent against milliseconds to first token, each with its own marker; a dashed line joins the filled markers on the front from the fastest configuration to the most accurate one; which configurations lie on it depends on the timings of the run."}}
 token_sweep = sweeps.token_latency(guide_rows, repeats=5)
 for r in token_sweep:
     print(f"{r['route']:10s} {r['compressor']:13s} M={r['image_tokens']:2d}  accuracy {r['accuracy']:5.1f} %  "
@@ -644,9 +689,10 @@ print("\n".join(line for line in task.read_text().splitlines() if line.startswit
 #    the best two. Is the ranking stable across seeds?
 # 4. Add a rule to the taxonomy for `count` questions: off by one versus off by more. What share of
 #    the guide's counting errors is off by one?
-# 5. The guide's token sweep trained three seeds of the continuous route with the Perceiver at
-#    every $M$ and one seed of everything else. Use §7.2's rule — a difference counts when it is
-#    larger than the spread over seeds — to say which steps in $M$ change the guide's accuracy.
+# 5. The guide's token sweep trained three seeds per $M$ of each route's main line (the Perceiver
+#    on the continuous and gated routes, Chapter 2's tokenizers on the discrete route) and one seed
+#    of the other compressors. Use §7.2's rule — a difference counts when it is larger than the
+#    spread over seeds — to say which steps in $M$ change the guide's accuracy on each route.
 #    Which one-seed comparison in the sweep would you not trust, and how many seeds would settle it?
 # 6. Run `python -m vlmbook.bench all --quick` and compare the load average and the speed ratios
 #    with the committed records; which ratios move with load?
