@@ -452,10 +452,10 @@ show(vqplot.decoding_steps({LABELS[n]: q for n, q in curves.items()}, floor,
 # decides only the late ones, and more steps help from four on: {glue:text}`ch2-fd-book-t4:.0f` at
 # $T = 4$, {glue:text}`ch2-fd-book-t8:.0f` at $T = 8$ and {glue:text}`ch2-fd-book-t16:.0f` at
 # $T = 16$. Two steps are {glue:text}`ch2-fd-t2-verdict` one ({glue:text}`ch2-fd-book-t2:.0f`
-# against {glue:text}`ch2-fd-book-t1:.0f`): after 300 steps the model's predictions given a few
-# kept codes are worse than its guesses with none.
+# against {glue:text}`ch2-fd-book-t1:.0f`): likely because after 300 steps the model's predictions
+# given a few kept codes are worse than its guesses with none.
 #
-# Both failures are the model's youth, not the algorithm's. The same model trained ten times
+# Two steps losing to one is the model's youth, not the algorithm's. The same model trained ten times
 # longer (the artifact `maskgit-tiny`: 3,000 steps on 8,192 exhibits, about five minutes on one
 # core) reaches a held-out masked-token loss of {glue:text}`ch2-loss-long:.2f` nats against
 # {glue:text}`ch2-loss-short:.2f`, and its Fréchet distance {glue:text}`ch2-fd-long-verdict`:
@@ -463,7 +463,8 @@ show(vqplot.decoding_steps({LABELS[n]: q for n, q in curves.items()}, floor,
 # and {glue:text}`ch2-fd-long-t8:.0f` at $T$ = 1, 2, 4 and 8, as Chang et al. found, and
 # {glue:text}`ch2-fd-long-t16:.0f` at 16, against the reconstruction floor's
 # {glue:text}`ch2-fd-floor:.0f`: {glue:text}`ch2-fd-long-floor`. Iterative decoding pays once the
-# model's confidence means something. Exercise 5 asks how much choice noise each model wants.
+# model's confidence means something. (With the paper's 4.5, long schedules still grow worse for
+# this model too; Exercise 5 measures which choice noise suits which $T$.)
 #
 # Inpainting is the guide's use: keep the codes of the top half of an exhibit and let MaskGIT
 # fill in the bottom ({numref}`fig-ch2-maskgit-samples`).

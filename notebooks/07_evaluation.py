@@ -493,11 +493,11 @@ glue("ch7-disc-asym", 100 * d_fit["curve"].a, display=False)
 # the image-blind majority baseline of §7.1 scores {glue:text}`ch7-majority:.1f` %), although its
 # tokenizers reconstruct the exhibits better with every code they add (PSNR
 # {glue:text}`ch7-disc-psnr` dB at $M$ = {glue:text}`ch7-disc-psnr-ms` on 64-px exhibits). Its
-# limit is the language model's: each `<v_k>` word starts as a random vector whose meaning must be
-# learned from scratch, and Chapter 5's run of the same model fed *perfect* codes, one per cell,
-# reached only {glue:text}`ch7-oracle-codes:.1f` % (3,000 steps, one seed, without the
-# curriculum). A better tokenizer, or more of its codes, cannot help a model that has not yet
-# learned what one code means (Chapter 5, Exercise 7).
+# limit is most likely the language model's: each `<v_k>` word starts as a random vector whose
+# meaning must be learned from scratch, and Chapter 5's run of the same model fed *perfect* codes,
+# one per cell, reached only {glue:text}`ch7-oracle-codes:.1f` % (3,000 steps, one seed, without
+# the curriculum). A better tokenizer, or more of its codes, can help little while the model has
+# not learned what one code means (Chapter 5, Exercise 7).
 #
 # Chapter 4's $Q(M)$ assumes a curve that rises and flattens. The guide's curve peaks, so the fit
 # misses its points by {glue:text}`ch7-guide-rmse:.1f` points (root mean square) and its $M^*$ of
