@@ -153,3 +153,10 @@ def test_the_discrete_budget_is_a_square_code_grid():
     b = guide_budget(token_rows(recs), tolerance=1.0)["discrete/vq"]
     # the fewest square grid within one point of Q(64); any M would give 15
     assert min(M for M in range(1, 65) if q(M) >= q(64) - 1.0) == 15 and b["M_star"] == 16
+
+
+def test_sweep_line_names_the_tokenizer_as_the_discrete_compressor():
+    from vlmbook.eval.sweeps import sweep_line
+
+    assert sweep_line({"route": "discrete", "compressor": "none"}) == ("discrete", "vq")
+    assert sweep_line({"route": "gated", "compressor": "qformer"}) == ("gated", "qformer")

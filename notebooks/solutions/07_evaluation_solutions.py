@@ -276,17 +276,11 @@ from vlmbook.eval import sweeps  # noqa: E402
 token_records = load_ablation(RESULTS / sweeps.TOKEN_RECORD)
 LINES = (("continuous", "perceiver"), ("gated", "perceiver"), ("discrete", "vq"))
 
-
-def line_of(r: dict) -> tuple[str, str]:
-    """(route, compressor) of a record; the discrete route's compressor is its tokenizer."""
-    return r["route"], "vq" if r["route"] == "discrete" else r["compressor"]
-
-
 summary, real, sd_all = {}, {}, []
 for line in LINES:
     per_m = {}
     for r in token_records:
-        if line_of(r) == line:
+        if sweeps.sweep_line(r) == line:
             per_m.setdefault(r["image_tokens"], []).append(r["accuracy"]["all"])
     ms = sorted(per_m)
     summary[line] = {m: stats.mean_std(per_m[m]) for m in ms}
@@ -314,7 +308,8 @@ glue("s7-tests", sum(len(summary[line]) - 1 for line in LINES), display=False)
 cp = summary[("continuous", "perceiver")]
 sd_max = max(sd_all)
 glue("s7-sd-max", sd_max, display=False)
-qformer = {r["image_tokens"]: r["accuracy"]["all"] for r in token_records if line_of(r) == ("continuous", "qformer")}
+qformer = {r["image_tokens"]: r["accuracy"]["all"] for r in token_records
+           if sweeps.sweep_line(r) == ("continuous", "qformer")}
 glue("s7-qformer-gap", max(cp[m][0] - a for m, a in qformer.items() if m in cp), display=False)
 one_seed = {r["compressor"] for r in token_records if r["route"] == "continuous"} - {"perceiver"}
 glue("s7-one-seed", len(one_seed), display=False)

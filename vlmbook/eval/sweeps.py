@@ -88,6 +88,11 @@ TOKEN_RECORD = "vlm_tokens.jsonl"
 TOKEN_READOUT = "vlm_tokens_readout.jsonl"
 
 
+def sweep_line(record: dict) -> tuple[str, str]:
+    """(route, compressor) of a token-sweep record; the discrete route's compressor is its tokenizer, ``"vq"``. §7.4."""
+    return record["route"], "vq" if record["route"] == "discrete" else record["compressor"]
+
+
 def token_rows(records: Sequence[dict]) -> list[dict]:
     """The guide's token sweep: one row per (route, compressor, M, warm-up read-out) with held-out
     accuracy (%, mean/min/max over seeds), citation precision and recall, sorted by route, compressor
@@ -107,8 +112,7 @@ def token_rows(records: Sequence[dict]) -> list[dict]:
             raise ValueError(f"the token sweep reads Chapter 4's encoder (source 'clip') on the continuous and gated "
                              f"routes and Chapter 2's tokenizers (source 'vq') on the discrete route; a "
                              f"{r['route']!r} record has source {r.get('source')!r}")
-        comp = "vq" if r["route"] == "discrete" else r["compressor"]  # the tokenizer is its compressor
-        key = (r["route"], comp, int(r["image_tokens"]), bool(r.get("encoder_joint", False)),
+        key = (*sweep_line(r), int(r["image_tokens"]), bool(r.get("encoder_joint", False)),
                r["variant"], r["steps"])
         groups.setdefault(key, []).append(r)
     if len({k[4:] for k in groups}) > 1:
@@ -116,7 +120,8 @@ def token_rows(records: Sequence[dict]) -> list[dict]:
     rows = []
     for (route, comp, M, joint, variant, steps), rs in sorted(groups.items()):
         acc = [r["accuracy"]["all"] for r in rs]
-        row = {"source": "vq" if route == "discrete" else "clip", "route": route, "variant": variant, "compressor": comp, "image_tokens": M,
+        row = {"source": "vq" if route == "discrete" else "clip", "route": route, "variant": variant, "compressor": comp,
+               "image_tokens": M,
                "joint": joint, "steps": steps, "seeds": len(rs), "accuracy": round(statistics.mean(acc), 2),
                "accuracy_min": min(acc), "accuracy_max": max(acc)}
         for m in ("single", "relational", "cite_precision", "cite_recall"):

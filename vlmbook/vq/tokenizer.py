@@ -355,12 +355,7 @@ CELL_THREADS = 1
 
 def build_cell_tokenizer(seed: int = 0, steps: int | None = None) -> VQTokenizer:
     """Train the museum-cell tokenizer (48 px → 3 × 3 codes, K = 256) from scratch with ``seed``. §2.6."""
-    torch.manual_seed(seed)
-    model = VQTokenizer(CELL_CONFIG)
-    cfg = CELL_TRAIN.replace(seed=seed, **({"steps": steps} if steps else {}))
-    with num_threads(CELL_THREADS):
-        train_tokenizer(model, cfg, progress=False)
-    return model.eval()
+    return build_grid_tokenizer(9, seed, steps)
 
 
 CELL_ARTIFACT = register_artifact(ArtifactSpec(
