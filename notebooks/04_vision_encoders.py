@@ -456,6 +456,25 @@ for i, name in ((0, "first"), (-1, "last")):
 for k, v in record["curve"].items():
     glue(f"ch4-curve-{k}-first", float(v[0]), display=False)
     glue(f"ch4-curve-{k}-last", float(v[-1]), display=False)
+stop, tol = record["steps"], 100 * record["tolerance"]
+print(f"stopping rule (doubling adds < {tol:.1f} points to every curve): {stop} steps")
+glue("ch4-curve-tol", float(tol), display=False)
+glue("ch4-curve-rule", f"picks {stop:,} steps: from there on, training twice as long gains no probe that much"
+     if stop < record["curve_steps"][-1] else f"is not met even at {stop:,} steps", display=False)
+# how finely can one held-out accuracy be measured? its standard error on n_test exhibits
+n_test = record["probe_config"]["n_test"]
+mover = max(last_gain, key=last_gain.get)  # the curve still rising most
+se = 100 * (longest[mover] * (1 - longest[mover]) / n_test) ** 0.5
+print(f"largest last-doubling gain: {mover} {last_gain[mover]:+.1f} points;"
+      f" standard error of one accuracy on {n_test} exhibits: {se:.1f} points")
+glue("ch4-curve-mover", mover, display=False)
+glue("ch4-curve-mover-gain", float(last_gain[mover]), display=False)
+glue("ch4-curve-se", float(se), display=False)
+glue("ch4-curve-n-test", n_test, display=False)
+small = last_gain[mover] < se
+glue("ch4-curve-vs-se", "smaller than" if small else "larger than", display=False)
+glue("ch4-curve-verdict", "the rule asks for more than this test can resolve; within what it resolves, every curve "
+     "has stopped rising" if small else "that curve is still rising by more than the test's noise", display=False)
 
 # %% [markdown]
 # Three hundred steps are enough for some probes and far from enough for others. The learned
@@ -479,7 +498,13 @@ for k, v in record["curve"].items():
 # {glue:text}`ch4-curve-gap:+.1f` points from all 64 patch tokens (negative: *above* them). By then
 # every curve {glue:text}`ch4-curve-flat`: the last doubling added
 # {glue:text}`ch4-curve-all-gain:.1f` points for the reference and
-# {glue:text}`ch4-curve-perceiver-gain:.1f` for the resampler. Training changes the order, too:
+# {glue:text}`ch4-curve-perceiver-gain:.1f` for the resampler. The record's stopping rule — the first
+# step count after which one more doubling adds less than {glue:text}`ch4-curve-tol:.1f` points to
+# every curve — {glue:text}`ch4-curve-rule`. The largest gain in the last doubling,
+# {glue:text}`ch4-curve-mover-gain:+.1f` points for {glue:text}`ch4-curve-mover`, is
+# {glue:text}`ch4-curve-vs-se` the standard error of a single accuracy measured on
+# {glue:text}`ch4-curve-n-test` held-out exhibits ({glue:text}`ch4-curve-se:.1f` points), so
+# {glue:text}`ch4-curve-verdict`. Training changes the order, too:
 # at 300 steps it is {glue:text}`ch4-curve-rank-first`, at {glue:text}`ch4-curve-longest` steps
 # {glue:text}`ch4-curve-rank-last`. The table above, at 300 steps, compares budgets early in
 # training; the committed curves are the comparison near convergence.

@@ -461,8 +461,45 @@ def test_codec_bench_seed_mean_and_quick_run(tmp_path, monkeypatch):
     assert t["bd_rate_percent"]["ours_vs_jpeg"] < -20 and not list(tmp_path.iterdir())
     # the headline is the mean-scale series against WebP (positive today: the tiny codecs lose)
     assert res.headline == pytest.approx(t["bd_rate_percent"]["meanscale_vs_webp"])
-    from vlmbook.codec.models import MS_LAMBDAS
+    from vlmbook.codec.models import MS_LAMBDAS, MSW_LAMBDAS
 
     gaps = t["meanscale_psnr_gap_to_webp_db"]
-    assert len(t["meanscale"]) == len(MS_LAMBDAS) == len(gaps)
+    assert len(t["meanscale"]) == len(MS_LAMBDAS) + len(MSW_LAMBDAS) == len(gaps)
+    assert [p["artifact"] for p in t["meanscale"]][-2:] == ["codec-ms-q7", "codec-msw-q1"]
     assert gaps[0] is None and all(g > 0 for g in gaps if g is not None)  # below WebP's floor; else WebP wins
+
+
+def test_widen_computes_what_the_base_computes_and_can_learn():
+    """Chapter 3 §3.9: widened channels start silent, so the widened codec is the base codec."""
+    from vlmbook.codec import widen
+    from vlmbook.codec.models import rd_loss
+
+    torch.manual_seed(0)
+    base = HyperpriorCodec(CodecConfig(model="meanscale", N=8, M=12)).eval()
+    with torch.no_grad():  # a trained-looking base: no zero weights anywhere
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wide = widen(base, N=12, M=20).eval()
+    assert (wide.config.N, wide.config.M, wide.config.model) == (12, 20, "meanscale")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = base(x, "round"), wide(x, "round")
+    assert b["y"].shape == (2, 20, 4, 4) and b["z_hat"].shape == (2, 12, 1, 1)
+    assert torch.equal(a["x_hat"], b["x_hat"])
+    assert torch.equal(a["y_hat"], b["y_hat"][:, :12])
+    assert torch.allclose(a["scales"], b["scales"][:, :12]) and torch.allclose(a["means"], b["means"][:, :12])
+    assert torch.equal(b["means"][:, 12:], torch.zeros_like(b["means"][:, 12:]))  # new latents: mean 0 ...
+    assert b["scales"][:, 12:].unique().numel() == 1  # ... and one constant scale
+    # one step moves the new synthesis weights off zero: the new channels can be learned
+    opt = torch.optim.Adam(wide.train().parameters(), 1e-3)
+    loss, _ = rd_loss(wide(x), x, 0.05)
+    loss.backward()
+    assert wide.g_s[0].weight.grad[12:].abs().sum() > 0
+    opt.step()
+    assert wide.g_s[0].weight[12:].abs().sum() > 0
+    with pytest.raises(ValueError, match="mean-scale"):
+        widen(HyperpriorCodec(CodecConfig(N=8, M=12)), M=20)
+    with pytest.raises(ValueError, match="must not shrink"):
+        widen(base, N=4, M=20)
+    with pytest.raises(ValueError, match="one must grow"):
+        widen(base)

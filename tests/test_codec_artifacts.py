@@ -1,5 +1,5 @@
 """Chapter 3: the committed codec artifacts (codec-base, codec-q1..q4, codec-ms-base, codec-ms-q1..q7,
-codec-ctx-q1..q7) and their reproducibility.
+codec-msw-q1, codec-ctx-q1..q7) and their reproducibility.
 
 ``vlmbook artifacts build codec-base`` (``vlmbook.codec.models.build_base``) trains the tiny scale
 hyperprior at ``BASE_LAMBDA`` for ``TrainSpec.tiny()`` = 8,000 steps of eight random 128-px photo
@@ -163,3 +163,54 @@ def test_quality_builders_define_one_named_builder_per_lambda():
     assert ns["build_x_q3"](seed=2) == 32 and calls == [(3, 2)]
     assert ns["build_x_q3"].__name__ == "build_x_q3" and "codec-x-q3" in ns["build_x_q3"].__doc__
     assert context.build_ctx_q7.__name__ == "build_ctx_q7" and models.build_ms_q1.__name__ == "build_ms_q1"
+
+
+#: Real-file bpp and PSNR of the widened top of the series (codec-msw-q1) on the first eval photo.
+RECORDED_MSW = {1: {'bpp': 1.181641, 'psnr': 25.205827}}
+
+
+def test_widened_artifacts_registered_and_committed():
+    from vlmbook.codec.models import MS_LAMBDAS, MSW_LAMBDAS, MSW_M, build_msw
+
+    specs = artifact_specs()
+    tiny = load_artifact(f"codec-ms-q{len(MS_LAMBDAS)}", HyperpriorCodec)
+    assert MSW_M == 3 * tiny.config.M and min(MSW_LAMBDAS) > max(MS_LAMBDAS)
+    for q in range(1, len(MSW_LAMBDAS) + 1):
+        spec = specs[f"codec-msw-q{q}"]
+        assert spec.builder == f"vlmbook.codec.models:build_msw_q{q}" and spec.seed == 0
+        assert (REPO_ARTIFACTS / spec.key / "model.safetensors").is_file()
+        cfg = load_artifact(f"codec-msw-q{q}", HyperpriorCodec).config
+        assert (cfg.model, cfg.N, cfg.M, cfg.lmbda) == ("meanscale", tiny.config.N, MSW_M, MSW_LAMBDAS[q - 1])
+    with pytest.raises(ValueError, match="quality"):
+        build_msw(len(MSW_LAMBDAS) + 1)
+
+
+@pytest.mark.parametrize("q", sorted(RECORDED_MSW))
+def test_committed_widened_metrics(q):
+    p = codec_point(load_artifact(f"codec-msw-q{q}", HyperpriorCodec), eval_images(256)[:1])
+    assert p["bpp"] == pytest.approx(RECORDED_MSW[q]["bpp"], abs=2e-6)
+    assert p["psnr"] == pytest.approx(RECORDED_MSW[q]["psnr"], abs=1e-3)
+
+
+def test_meanscale_series_spans_a_tenth_to_one_bit_per_pixel_and_five_db():
+    """Chapter 3 §3.9: the series (tiny, then widened) covers 0.1-1 bpp and 5 dB on the eval photos,
+    and each widened point buys both rate and PSNR over the point before it."""
+    from vlmbook.codec.models import MS_LAMBDAS, MSW_LAMBDAS
+
+    names = [f"codec-ms-q{q}" for q in range(1, len(MS_LAMBDAS) + 1)]
+    names += [f"codec-msw-q{q}" for q in range(1, len(MSW_LAMBDAS) + 1)]
+    pts = [codec_point(load_artifact(n, HyperpriorCodec), eval_images(256)) for n in names]
+    bpp, db = [p["bpp"] for p in pts], [p["psnr"] for p in pts]
+    assert bpp == sorted(bpp)
+    assert bpp[0] <= 0.1 and bpp[-1] >= 1.0 and max(db) - min(db) >= 5.0, (bpp, db)
+    top = len(MS_LAMBDAS) - 1
+    assert all(db[i + 1] > db[i] for i in range(top, len(db) - 1)), db[top:]
+
+
+@pytest.mark.skipif(os.environ.get("VLMBOOK_SLOW") != "2", reason="retrains a widened codec (3 min); set VLMBOOK_SLOW=2")
+def test_retraining_reproduces_widened_artifact():
+    from vlmbook.codec.models import build_msw
+
+    p = codec_point(build_msw(1, 0).eval(), eval_images(256)[:1])
+    assert p["bpp"] == pytest.approx(RECORDED_MSW[1]["bpp"], rel=0.02)
+    assert p["psnr"] == pytest.approx(RECORDED_MSW[1]["psnr"], abs=0.1)

@@ -1,10 +1,10 @@
 """How long the token-budget probe of Chapter 4 §4.6 must train: a measured curve, stored as a small record.
 
 Training probes until their accuracy stops rising takes longer than a chapter may run on a CPU,
-so the measured record is committed (``vlmbook/artifacts/probe-sweep-v1/sweep.json``)
+so the measured record is committed (``vlmbook/artifacts/probe-sweep-v2/sweep.json``)
 and rebuilt by one command::
 
-    python -m vlmbook.resample.sweep            # writes the record (about 43 min of one quiet core)
+    python -m vlmbook.resample.sweep            # writes the record (about two hours of one core)
 
 The record holds the training curve — probe accuracy (per question group too) against training
 steps for the reference (all patch tokens) and each compressor at M = 16 — and the step count
@@ -22,9 +22,9 @@ from typing import Sequence
 from ..device import num_threads
 from .budget import ProbeConfig, ProbeData, probe_accuracy, probe_features
 
-VERSION = 1
+VERSION = 2
 RECORD = Path(__file__).resolve().parents[1] / "artifacts" / f"probe-sweep-v{VERSION}" / "sweep.json"
-CURVE_STEPS = (300, 600, 1200, 2400, 4800, 9600)
+CURVE_STEPS = (300, 600, 1200, 2400, 4800, 9600, 19200)
 CURVE_KINDS = (("all", 64), ("perceiver", 16), ("qformer", 16), ("pixel_shuffle", 16), ("tokenlearner", 16),
                ("tome", 16))
 
