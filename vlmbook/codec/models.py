@@ -341,10 +341,12 @@ def widen(base: HyperpriorCodec, N: int | None = None, M: int | None = None) -> 
     old, new, modules = base.state_dict(), model.state_dict(), dict(model.named_modules())
     for k, v in new.items():
         o = old[k]
-        if k.rsplit(".", 1)[-1] in ("_cdf", "_cdf_length", "_offset") or o.shape == v.shape:
-            new[k] = v if o.shape != v.shape else o.clone()  # CDF tables are rebuilt by update()
+        if o.shape == v.shape:
+            new[k] = o.clone()
             continue
         owner, _, pname = k.rpartition(".")
+        if pname in ("_cdf", "_cdf_length", "_offset"):
+            continue  # CDF tables of a wider bottleneck: rebuilt by update()
         w = v.clone()
         mod = modules[owner]
         if pname == "weight" and isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
