@@ -50,7 +50,7 @@ test-latest: $(UV)
 # VLMBOOK_SLOW=1 also runs the artifact-retraining checks (about a minute each).
 test: $(STAMP)
 	$(BIN)/python tools/nb.py check
-	VLMBOOK_SLOW=1 $(BIN)/python -m pytest tests -q
+	VLMBOOK_SLOW=1 $(BIN)/python -m pytest tests -q --durations=15
 	$(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q
 
 unit: $(STAMP)

@@ -485,11 +485,31 @@ def test_committed_sweep_record_reproduces():
     enc = load_clip_tiny()
     tr = probe_features(enc, "train", rec["probe_config"]["n_train"])
     te = probe_features(enc, "test", rec["probe_config"]["n_test"])
-    for kind in ("perceiver", "pixel_shuffle"):  # the cheapest point (300 steps) of two curves
-        want = rec["rows"][f"{kind}-16"][0]
-        got = reproduce_row(rec, kind, 16, want["steps"], tr, te)
+    budget = {(r["kind"], r["M"]): r for r in rec["budget"]}
+    for kind, m, want in (("perceiver", 16, rec["rows"]["perceiver-16"][0]),  # the cheapest point of two curves
+                          ("pixel_shuffle", 16, rec["rows"]["pixel_shuffle-16"][0]),
+                          ("tome", 4, budget["tome", 4])):  # and a row of the budget table
+        got = reproduce_row(rec, kind, m, want["steps"], tr, te)
         # float reductions differ a little between processors: allow two test exhibits' worth of answers
         assert got["accuracy"] == pytest.approx(want["accuracy"], abs=0.004), (got, want)
+
+
+@pytest.mark.skipif(not __import__("vlmbook.resample.sweep", fromlist=["RECORD"]).RECORD.is_file(),
+                    reason="sweep record not committed")
+def test_committed_budget_table_covers_every_budget_and_agrees_with_the_curve():
+    """Chapter 4 §4.6 plots the record's budget table: each compressor at every budget it can produce, after
+    the probe's steps; its M = 16 rows are the same seeded runs as the curves' first points."""
+    from vlmbook.resample import valid_budgets
+    from vlmbook.resample.sweep import BUDGET_KINDS, BUDGET_MS, load_sweep
+
+    rec = load_sweep()
+    rows = rec["budget"]
+    assert [(r["kind"], r["M"]) for r in rows] == [(k, m) for k in BUDGET_KINDS for m in valid_budgets(k, 64, BUDGET_MS)]
+    assert {r["steps"] for r in rows} == {rec["probe_config"]["steps"]} == {rec["curve_steps"][0]}
+    for r in rows:
+        assert set(r) >= {"accuracy", "attribute", "count", "relation"}
+        if r["M"] == 16:
+            assert r == {**rec["rows"][f"{r['kind']}-16"][0], "steps": r["steps"]}
 
 
 def test_fused_sdpa_attention_equals_explicit_matmuls():

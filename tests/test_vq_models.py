@@ -353,6 +353,17 @@ def test_short_retrain_reproduces_the_recipe_metric():
 SHORT_RETRAIN_PSNR = 14.73  # build_tiny_tokenizer(seed=0, steps=8) on 32 val exhibits, 2 threads
 
 
+# VLMBOOK_SLOW=2 pytest tests/test_vq_models.py -k rebuild: the full recipe (one to two minutes on 2 cores)
+@pytest.mark.skipif(__import__("os").environ.get("VLMBOOK_SLOW") != "2", reason="retrains a tokenizer; set VLMBOOK_SLOW=2")
+@pytest.mark.skipif(not (REPO_ARTIFACTS / "vq-tokenizer-tiny-v1" / "model.safetensors").is_file(),
+                    reason="artifact not committed")
+def test_tiny_tokenizer_rebuild_equals_the_committed_artifact():
+    """Chapter 2 §2.6: the artifact's recipe with its seed rebuilds the committed weights bit for bit."""
+    from vlmbook.vq import build_tiny_tokenizer, load_tiny_tokenizer
+
+    assert state_digest(build_tiny_tokenizer(seed=0)) == state_digest(load_tiny_tokenizer())
+
+
 MASKGIT_ARTIFACT = REPO_ARTIFACTS / "maskgit-tiny-v1"
 
 

@@ -9,8 +9,11 @@ and rebuilt by one command::
 The record holds the training curve — probe accuracy (per question group too) against training
 steps for the reference (all patch tokens) and each compressor at M = 16 — and the step count
 chosen from it: the first at which doubling the steps adds less than ``tol`` accuracy for all
-(or the longest run, when none does). Every point is its own seeded run, so points built in
-separate processes are the same as one run's. ``tests/test_resample.py`` retrains one point and checks it.
+(or the longest run, when none does). It also holds the budget table that §4.6 plots: three
+compressors at every budget M it can produce, after the chapter's 300 steps (``"budget"``; rebuilt
+alone, in about two minutes, by ``python -m vlmbook.resample.sweep --budget``). Every point is its
+own seeded run, so points built in separate processes are the same as one run's.
+``tests/test_resample.py`` retrains points of both and checks them; the chapter retrains four.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ RECORD = Path(__file__).resolve().parents[1] / "artifacts" / f"probe-sweep-v{VER
 CURVE_STEPS = (300, 600, 1200, 2400, 4800, 9600, 19200)
 CURVE_KINDS = (("all", 64), ("perceiver", 16), ("qformer", 16), ("pixel_shuffle", 16), ("tokenlearner", 16),
                ("tome", 16))
+BUDGET_KINDS = ("perceiver", "pixel_shuffle", "tome")
+BUDGET_MS = (1, 4, 16, 64)
 
 
 def converged_steps(curve: dict[str, list[float]], steps: Sequence[int], tol: float = 0.005) -> int:
@@ -64,6 +69,26 @@ def build_sweep(encoder=None, cfg: ProbeConfig | None = None, curve_steps: Seque
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def build_budget(encoder=None, cfg: ProbeConfig | None = None, kinds: Sequence[str] = BUDGET_KINDS,
+                 ms: Sequence[int] = BUDGET_MS, progress: bool = True) -> list[dict]:
+    """Probe accuracy of each compressor at every budget in ``ms`` it can produce, after ``cfg.steps``. §4.6."""
+    from ..vision import load_clip_tiny
+    from .budget import valid_budgets
+
+    encoder = encoder or load_clip_tiny()
+    cfg = cfg or ProbeConfig.tiny()
+    with num_threads(1):
+        train = probe_features(encoder, "train", cfg.n_train)
+        test = probe_features(encoder, "test", cfg.n_test)
+        rows = []
+        for kind in kinds:
+            for m in valid_budgets(kind, train.features.shape[1], ms):
+                rows.append({"steps": int(cfg.steps), **_row(probe_accuracy(kind, m, train, test, cfg))})
+                if progress:
+                    print(kind, m, rows[-1]["accuracy"], flush=True)
+    return rows
+
+
 def _row(r: dict) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 
@@ -82,11 +107,17 @@ def reproduce_row(record: dict, kind: str, m: int, steps: int, train: ProbeData,
     return {"steps": int(steps), **_row(probe_accuracy(kind, m, train, test, cfg))}
 
 
-def main() -> None:
-    rec = build_sweep()
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m vlmbook.resample.sweep")
+    p.add_argument("--budget", action="store_true", help="rebuild only the budget table of the committed record")
+    args = p.parse_args(argv)
+    rec = load_sweep() if args.budget else build_sweep()
+    rec["budget"] = build_budget(cfg=ProbeConfig(**rec["probe_config"]))
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"written {RECORD} ({rec['seconds']} s); converged at {rec['steps']} steps")
+    print(f"written {RECORD}; converged at {rec['steps']} steps")
 
 
 if __name__ == "__main__":
