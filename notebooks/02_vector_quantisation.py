@@ -229,8 +229,8 @@ print(f"grouped VQ, 2 groups x 4 bits: MSE {gvq_err:.2f} (vs {errors[1]:.2f} for
 # `vq.build_tiny_tokenizer` below. Its full 1,200 steps take one to two minutes on two CPU cores; here
 # we train a quarter of them, live, to watch the recipe work. The full run is a *committed
 # artifact*, `vq-tokenizer-tiny`, which this and later chapters load: `vlmbook artifacts build
-# vq-tokenizer-tiny` rebuilds it with the same seed and recipe, and on the machine that made it the
-# rebuild equals the committed weights bit for bit (`VLMBOOK_SLOW=2 pytest tests/test_vq_models.py
+# vq-tokenizer-tiny` rebuilds it with the same seed and recipe, and on the machines this book was made on
+# the rebuild equals the committed weights bit for bit (`VLMBOOK_SLOW=2 pytest tests/test_vq_models.py
 # -k rebuild` checks it; float reductions can differ on other processors, which is why the book loads
 # the committed copy rather than retraining).
 
