@@ -213,11 +213,14 @@ glue("ch3-n-tables", len(gc.scale_table), display=False)
 # ## 3.6 The fast path: the same coder, compiled
 #
 # The readable coder spends its time in the Python interpreter, one loop turn per bit. The codec
-# does not need a different algorithm, only the same one compiled: `fastcoder` is the loop above,
-# line for line, compiled to machine code with numba. It writes *the same bytes* (the test suite
-# checks it on streams with and without escapes), so everything said about the range coder's size
-# holds for it, and its stream has no header or state to flush: a few bits of flush and the padding
-# to a byte are all it adds to the ideal size.
+# does not need a different algorithm, only the same one compiled: `fastcoder` is the coder above,
+# compiled to machine code with numba. One change makes it fast: where the loop above renormalises
+# one bit a turn, `fastcoder` takes a whole run at once — the leading bits that `low` and `high`
+# share, then the E3 steps that follow — counted with a leading-zero count. The arithmetic is the
+# same, so it writes *the same bytes* (the test suite checks it on streams with and without escapes,
+# and checks that both decoders refuse the same corrupt streams). Everything said about the range
+# coder's size holds for it, and its stream has no header or state to flush: a few bits of flush
+# and the padding to a byte are all it adds to the ideal size.
 
 # %%
 # NBVAL_CHECK_OUTPUT

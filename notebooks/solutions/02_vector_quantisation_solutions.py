@@ -110,6 +110,9 @@ glue("s2-psnr-gain", gain, display=False)
 glue("s2-tokens-8", results["VQ 8x8"][0].grid ** 2, display=False)
 glue("s2-tokens-16", results["VQ 16x16"][0].grid ** 2, display=False)
 glue("s2-steps", STEPS, display=False)
+glue("s2-fsq-gap", abs(results["FSQ 8x8 (8,8,8)"][1]["psnr"] - results["VQ 8x8"][1]["psnr"]), display=False)
+glue("s2-recipe-ratio", vq.tokenizer.TINY_TRAIN.steps // STEPS, display=False)
+glue("s2-preset-steps", vq.TokenizerTrainConfig.tiny().steps, display=False)
 budget = rd.image_token_budget(2048, 500)
 for label in ("VQ 8x8", "VQ 16x16"):
     fits = budget // results[label][0].grid ** 2
@@ -129,10 +132,12 @@ for label in ("VQ 8x8", "VQ 16x16"):
 # **Exercise 3.** FSQ needs no codebook loss and cannot collapse in the VQ sense: its "codebook"
 # is the grid of $8^3 = 512$ rounded values, so usage depends only on whether the encoder spreads
 # its outputs over the grid — and after this short run it has not (compare the usage column). The
-# two 8 × 8 tokenizers print the same PSNR: after so few steps both reconstruct only the wall and
-# coarse blobs (the chapter's `tiny` tokenizer, trained four times longer, does much better), so
-# this run cannot rank VQ against FSQ on PSNR. Train both for the chapter's full 600 steps to
-# answer that; expect FSQ's usage to rise as its encoder learns to use the range of each channel.
+# two 8 × 8 tokenizers end {glue:text}`s2-fsq-gap:.1f` dB apart, but after so few steps both
+# reconstruct only the wall and coarse blobs (the chapter's `tiny` tokenizer, trained
+# {glue:text}`s2-recipe-ratio` times longer, does much better), so one short run of one seed cannot
+# rank VQ against FSQ on PSNR. Train both for the {glue:text}`s2-preset-steps` steps of
+# `vq.TokenizerTrainConfig.tiny()` to answer that; expect FSQ's usage to rise as its encoder learns
+# to use the range of each channel.
 # ```
 #
 # ## Exercise 4
