@@ -6,8 +6,8 @@ Elias-gamma bypass bits of probability 1/2, the same two-bit flush) is compiled 
 the readable loop renormalises one bit a turn, this one takes each run at once: the k leading bits
 that low and high share, then the m E3 steps that follow, found by counting leading zeros. It is the
 same arithmetic, so the bitstream is *byte for byte* the teaching coder's (tested) and the decoder
-returns the same values and refuses the same corrupt streams. Codecs call :func:`encode` / :func:`decode`; the first call
-compiles (a few seconds, cached on disk afterwards).
+returns the same values and refuses the same corrupt streams. Codecs call :func:`encode` /
+:func:`decode`; the first call compiles (a few seconds, cached on disk afterwards).
 
 The stream ends with the encoder's flush and zero padding to a byte, and nothing else: no header,
 no lane states. That is why it sits within a byte or two of the ideal size even for the few
@@ -34,17 +34,6 @@ _ERRORS = {
 
 
 @numba.njit(cache=True, inline="always")
-def _put(out, nbits, acc, bit):
-    # bits collect in ``acc`` (MSB first) and leave a whole byte at a time
-    acc = (acc << 1) | bit
-    nbits += 1
-    if (nbits & 7) == 0:
-        out[(nbits >> 3) - 1] = acc & 0xFF
-        acc = 0
-    return nbits, acc
-
-
-@numba.njit(cache=True, inline="always")
 def _clz32(x):
     # leading zero bits of a 32-bit value (32 for 0)
     if x == 0:
@@ -59,7 +48,8 @@ def _clz32(x):
 
 @numba.njit(cache=True, inline="always")
 def _put_bits(out, nbits, acc, value, count):
-    # ``count`` low bits of ``value``, MSB first; ``acc`` holds the nbits & 7 bits not yet written
+    # ``count`` low bits of ``value``, MSB first: bits collect in ``acc`` (the nbits & 7 not yet
+    # written) and leave a whole byte at a time
     while count > 0:
         c = count if count < 24 else 24
         count -= c
@@ -146,9 +136,8 @@ def _encode(flat, width, lengths, offsets, values, idx, out, precision):
                                                        precision)
     pending += 1
     first = 0 if low < QUARTER else 1
-    nbits, acc = _put(out, nbits, acc, first)
-    for _ in range(pending):
-        nbits, acc = _put(out, nbits, acc, 1 - first)
+    nbits, acc = _put_bits(out, nbits, acc, first, 1)
+    nbits, acc = _put_run(out, nbits, acc, 1 - first, pending)
     if nbits & 7:
         out[nbits >> 3] = (acc << (8 - (nbits & 7))) & 0xFF
     return nbits
@@ -168,15 +157,8 @@ def _escape_count(values, idx, lengths, offsets):
 
 
 @numba.njit(cache=True, inline="always")
-def _bit(data, pos):
-    if pos < data.size * 8:
-        return (data[pos >> 3] >> (7 - (pos & 7))) & 1
-    return 0
-
-
-@numba.njit(cache=True, inline="always")
 def _bits(data, pos, k):
-    # k <= 32 bits from bit position pos, MSB first; zeros past the end (as _bit)
+    # k <= 32 bits from bit position pos, MSB first; zeros past the end of the stream
     first = pos >> 3
     nbytes = ((pos & 7) + k + 7) >> 3
     r = 0
@@ -226,10 +208,8 @@ def _decode_one(data, low, high, value, pos, flat, row, length, precision, limit
 @numba.njit(cache=True)
 def _decode(data, flat, width, lengths, offsets, idx, bit_row, out, precision):
     """Returns (error code, bits read); out[i] holds the decoded value."""
-    low, high, value, pos = 0, TOP, 0, BITS
+    low, high, value, pos = 0, TOP, _bits(data, 0, BITS), BITS
     limit = data.size * 8 + 2 * BITS
-    for k in range(BITS):
-        value = (value << 1) | _bit(data, k)
     ntab = lengths.size
     for i in range(idx.size):
         t = idx[i]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..device import num_threads
-from .budget import ProbeConfig, ProbeData, probe_accuracy, probe_features
+from .budget import ProbeConfig, ProbeData, probe_accuracy, probe_features, valid_budgets
 
 VERSION = 2
 RECORD = Path(__file__).resolve().parents[1] / "artifacts" / f"probe-sweep-v{VERSION}" / "sweep.json"
@@ -44,17 +44,32 @@ def converged_steps(curve: dict[str, list[float]], steps: Sequence[int], tol: fl
     return int(steps[-1])
 
 
-def build_sweep(encoder=None, cfg: ProbeConfig | None = None, curve_steps: Sequence[int] = CURVE_STEPS,
-                kinds: Sequence[tuple[str, int]] = CURVE_KINDS, tol: float = 0.005, progress: bool = True) -> dict:
-    """Probe accuracy against training steps for each (kind, M); the converged step count. §4.6."""
+def _probe_data(encoder, cfg: ProbeConfig) -> tuple[ProbeData, ProbeData]:
     from ..vision import load_clip_tiny
 
     encoder = encoder or load_clip_tiny()
+    return probe_features(encoder, "train", cfg.n_train), probe_features(encoder, "test", cfg.n_test)
+
+
+def _budget_rows(train: ProbeData, test: ProbeData, cfg: ProbeConfig, kinds: Sequence[str], ms: Sequence[int],
+                 progress: bool) -> list[dict]:
+    rows = []
+    for kind in kinds:
+        for m in valid_budgets(kind, train.features.shape[1], ms):
+            rows.append({"steps": int(cfg.steps), **_row(probe_accuracy(kind, m, train, test, cfg))})
+            if progress:
+                print(kind, m, rows[-1]["accuracy"], flush=True)
+    return rows
+
+
+def build_sweep(encoder=None, cfg: ProbeConfig | None = None, curve_steps: Sequence[int] = CURVE_STEPS,
+                kinds: Sequence[tuple[str, int]] = CURVE_KINDS, tol: float = 0.005, progress: bool = True) -> dict:
+    """Probe accuracy against training steps for each (kind, M); the converged step count; the budget table
+    of :func:`build_budget` on the same features. §4.6."""
     cfg = cfg or ProbeConfig.tiny()
     t0 = time.perf_counter()
     with num_threads(1):
-        train = probe_features(encoder, "train", cfg.n_train)
-        test = probe_features(encoder, "test", cfg.n_test)
+        train, test = _probe_data(encoder, cfg)
         rows: dict[str, list[dict]] = {}
         for kind, m in kinds:
             key = f"{kind}-{m}"
@@ -62,31 +77,20 @@ def build_sweep(encoder=None, cfg: ProbeConfig | None = None, curve_steps: Seque
                          for s in curve_steps]
             if progress:
                 print(key, [r["accuracy"] for r in rows[key]], flush=True)
+        budget = _budget_rows(train, test, cfg, BUDGET_KINDS, BUDGET_MS, progress)
     curve = {k: [r["accuracy"] for r in v] for k, v in rows.items()}
     steps = converged_steps(curve, curve_steps, tol)
     return {"version": VERSION, "probe_config": cfg.to_dict(), "curve_steps": [int(s) for s in curve_steps],
             "curve": curve, "rows": rows, "tolerance": tol, "steps": steps,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "budget": budget}
 
 
 def build_budget(encoder=None, cfg: ProbeConfig | None = None, kinds: Sequence[str] = BUDGET_KINDS,
                  ms: Sequence[int] = BUDGET_MS, progress: bool = True) -> list[dict]:
     """Probe accuracy of each compressor at every budget in ``ms`` it can produce, after ``cfg.steps``. §4.6."""
-    from ..vision import load_clip_tiny
-    from .budget import valid_budgets
-
-    encoder = encoder or load_clip_tiny()
     cfg = cfg or ProbeConfig.tiny()
     with num_threads(1):
-        train = probe_features(encoder, "train", cfg.n_train)
-        test = probe_features(encoder, "test", cfg.n_test)
-        rows = []
-        for kind in kinds:
-            for m in valid_budgets(kind, train.features.shape[1], ms):
-                rows.append({"steps": int(cfg.steps), **_row(probe_accuracy(kind, m, train, test, cfg))})
-                if progress:
-                    print(kind, m, rows[-1]["accuracy"], flush=True)
-    return rows
+        return _budget_rows(*_probe_data(encoder, cfg), cfg, kinds, ms, progress)
 
 
 def _row(r: dict) -> dict:
@@ -113,8 +117,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vlmbook.resample.sweep")
     p.add_argument("--budget", action="store_true", help="rebuild only the budget table of the committed record")
     args = p.parse_args(argv)
-    rec = load_sweep() if args.budget else build_sweep()
-    rec["budget"] = build_budget(cfg=ProbeConfig(**rec["probe_config"]))
+    if args.budget:
+        rec = load_sweep()
+        rec["budget"] = build_budget(cfg=ProbeConfig(**rec["probe_config"]))
+    else:
+        rec = build_sweep()
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"written {RECORD}; converged at {rec['steps']} steps")
